@@ -1,0 +1,57 @@
+"""Fixtures: tiny synthetic MNIST written as real IDX files, read back through torchvision."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_idx(path: Path, data: torch.Tensor) -> None:
+    """An IDX file of unsigned bytes (magic 0x0000080N, big-endian sizes), as MNIST ships them."""
+    header = struct.pack(">I", 0x800 | data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
+    path.write_bytes(header + bytes(data.to(torch.uint8).flatten().tolist()))
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 28, 28) uint8 images whose class c is a cross at row/column 4 + 2c, jittered, and labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.zeros(n, 28, 28)
+    shift = torch.randint(-1, 2, (n,), generator=g)
+    for i, (c, s) in enumerate(zip(labels.tolist(), shift.tolist())):
+        k = 4 + 2 * c + s
+        images[i, k:k + 2, 3:25] = 1
+        images[i, 3:25, k:k + 2] = 1
+    images *= 0.6 + 0.4 * torch.rand(n, 1, 1, generator=g)
+    return (images * 255).round().to(torch.uint8), labels
+
+
+def make_mnist(root: Path, n_train: int = 640, n_test: int = 200) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    return make_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, mnist_root) -> Config:
+    """A small, fast CPU run on the synthetic data, writing to a fresh directory."""
+    return Config(data=DataConfig(root=str(mnist_root), download=False),
+                  model=ModelConfig(hidden_dims=(32,), latent_dim=4),
+                  train=TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=3, device="cpu"),
+                  output=OutputConfig(dir=str(tmp_path / "run")))

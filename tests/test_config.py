@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import pytest
+
+from vae.config import (Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config,
+                        to_dict, valid_keys)
+from vae.errors import UserError
+
+from conftest import REPO
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_classic_example():
+    cfg = Config()
+    assert cfg.model.hidden_dims == (400,) and cfg.model.latent_dim == 20
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.epochs) == (128, 1e-3, 10)
+
+
+def test_file_then_overrides_then_output_dir_from_config_name(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n  lr: 1.0e-2\nmodel:\n  latent_dim: 8\n")
+    cfg = load_config(path, ["train.lr=3e-4", "model.hidden_dims=[512, 256]"])
+    assert cfg.train.epochs == 3 and cfg.model.latent_dim == 8
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.hidden_dims == (512, 256)
+    assert cfg.output.dir == "outputs/exp"
+    assert cfg.train.batch_size == 128  # untouched default
+
+
+def test_explicit_output_dir_wins(tmp_path):
+    cfg = load_config(write(tmp_path, ""), ["output.dir=/tmp/elsewhere"])
+    assert cfg.output.dir == "/tmp/elsewhere"
+
+
+def test_round_trip_through_plain_data():
+    cfg = Config(model=ModelConfig(hidden_dims=(7, 5), latent_dim=3), train=TrainConfig(lr=0.5))
+    assert from_dict(to_dict(cfg)) == cfg
+    assert to_dict(cfg)["model"]["hidden_dims"] == [7, 5]
+
+
+@pytest.mark.parametrize("source, key, suggestion", [
+    ("file", "train:\n  ephocs: 3\n", "train.epochs"),
+    ("override", "train.learning_rate=0.1", None),
+    ("override", "model.latent=4", "model.latent_dim"),
+    ("file", "trian:\n  epochs: 3\n", "train"),
+])
+def test_unknown_key_is_named_with_closest_valid_one(tmp_path, source, key, suggestion):
+    path = write(tmp_path, key if source == "file" else "")
+    with pytest.raises(UserError, match="unknown config key") as e:
+        load_config(path, [key] if source == "override" else [])
+    if suggestion:
+        assert f"did you mean '{suggestion}'" in str(e.value)
+    else:
+        assert "valid keys" in str(e.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=ten", "train.epochs must be int"),
+    ("train.epochs=2.5", "train.epochs must be int"),
+    ("train.batch_size=true", "train.batch_size must be int"),
+    ("model.hidden_dims=5", "model.hidden_dims must be a list"),
+    ("model.hidden_dims=[64, x]", r"model.hidden_dims\[1\] must be int"),
+    ("data.download=yes please", "data.download must be bool"),
+    ("train.lr=fast", "train.lr must be float"),
+    ("train.device=7", "train.device must be str"),
+])
+def test_wrong_types_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=-3", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("model.latent_dim=0", "model.latent_dim"),
+    ("model.latent_dim=1000000000000", "model.latent_dim"),
+    ("model.hidden_dims=[0]", "model.hidden_dims"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.lr=.nan", "train.lr"),
+    ("train.lr=-1e-3", "train.lr"),
+    ("train.lr=1e999", "train.lr"),
+    ("train.seed=-1", "train.seed"),
+    ("train.device=tpu", "train.device"),
+    ("viz.digit=10", "viz.digit"),
+    ("viz.every=0", "viz.every"),
+])
+def test_impossible_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(UserError, match=rf"^{key} must"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["train.epochs", "=3", "train.epochs 3"])
+def test_malformed_override_is_refused(override):
+    with pytest.raises(UserError, match="must look like section.key=value|unknown config key"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: [1, 2\n", r"not valid YAML.*line \d+"),
+    ("a: &x [1]\nb: *x\n", "aliases are not allowed"),
+    ("- just\n- a list\n", "must hold a mapping"),
+    ("train: 5\n", "section 'train' must be a mapping"),
+])
+def test_malformed_files_are_refused(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_config(write(tmp_path, text), [])
+
+
+def test_binary_and_missing_files_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="not a text"):
+        load_config(garbage, [])
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", [])
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    assert load_config(write(tmp_path, ""), []) == load_config(write(tmp_path, "{}", "exp.yaml"), [])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path, [])
+    assert cfg.output.dir == f"outputs/{path.stem}"
+    assert set(valid_keys()) >= {f"{s}.{k}" for s, v in to_dict(cfg).items() for k in v}
+
+
+def test_same_run_allows_epochs_output_and_viz_but_not_architecture():
+    stored = Config()
+    check_same_run(stored, from_dict({"train": {"epochs": 99}, "output": {"dir": "x"}, "viz": {"digit": 7}}))
+    with pytest.raises(UserError, match=r"model.latent_dim \(checkpoint: 20, given: 8\)"):
+        check_same_run(stored, from_dict({"model": {"latent_dim": 8}}))
+    with pytest.raises(UserError, match="train.lr"):
+        check_same_run(stored, from_dict({"train": {"lr": 0.5}}))

@@ -1,0 +1,38 @@
+"""Train a VAE: python train.py --config configs/mnist.yaml [--resume RUN_DIR|CKPT] [section.key=value ...]"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from vae.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
+from vae.cli import run
+from vae.config import OutputConfig, load_config, to_dict
+from vae.training import train
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Train a VAE on MNIST from a YAML config.")
+    parser.add_argument("--config", help="YAML config file (default with --resume: the checkpoint's own)")
+    parser.add_argument("--resume", metavar="RUN_DIR|CKPT",
+                        help="continue a run: its directory (uses checkpoints/last.pt) or a checkpoint file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in output.dir instead of refusing")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, values parsed as YAML (train.lr=3e-4)")
+    args = parser.parse_args(argv)
+    if args.config is None and args.resume is None:
+        parser.error("give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one")
+
+    resume, base = None, None
+    if args.resume is not None:
+        resume = resolve_checkpoint(args.resume)
+        base = to_dict(load_checkpoint(resume)[1])
+    cfg = load_config(args.config, args.overrides, base)
+    if resume is not None and not any(o.startswith("output.dir=") for o in args.overrides):
+        cfg = dataclasses.replace(cfg, output=OutputConfig(dir=str(run_dir_of(resume))))
+    train(cfg, resume=resume, overwrite=args.overwrite, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    run(main)

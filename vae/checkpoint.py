@@ -1,0 +1,72 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vae.config import Config, from_dict
+from vae.errors import UserError
+from vae.files import atomic_write
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "config", "epoch", "best_test_loss", "model", "optimizer", "rng")
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory meaning its checkpoints/last.pt."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise UserError(f"{path} is a directory without checkpoints/last.pt: not a run directory")
+        return last
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to: <run>/checkpoints/x.pt -> <run>."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
+    """Load and check a checkpoint on the CPU; returns (state, the config it was trained with)."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
+        if "weights_only" in str(e):
+            raise UserError(f"{path} holds Python objects that could run code on load; refusing it "
+                            f"(only tensors and plain data are accepted)") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no format_version)")
+    if state["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format {state['format_version']!r}; this version "
+                        f"reads format {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{path} is incomplete: missing {', '.join(missing)}")
+    try:
+        cfg = from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"{path} holds an invalid config: {e}") from None
+    return state, cfg
+
+
+def load_state(target, state_dict: dict, source: Path) -> None:
+    """`target.load_state_dict(state_dict)` (a module or optimizer), mismatches reported in one line."""
+    try:
+        target.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{source} does not fit the {type(target).__name__} its config describes: "
+                        f"{reason}") from None

@@ -1,0 +1,255 @@
+"""Typed run configuration: frozen dataclasses built from YAML plus dotted `key=value` overrides.
+
+Everything the user can get wrong is checked here, once, and reported as a `UserError` that
+names the key (and the closest valid key when it is misspelled).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vae.errors import UserError
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise UserError(f"{key} {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"  # folder that holds MNIST/raw/ (torchvision layout)
+    download: bool = True  # try torchvision's download when the files are missing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_dims: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
+    latent_dim: int = 20
+
+    def __post_init__(self):
+        _require(1 <= self.latent_dim <= 4096, "model.latent_dim", self.latent_dim, "must be in 1..4096")
+        _require(all(1 <= h <= 65536 for h in self.hidden_dims), "model.hidden_dims",
+                 list(self.hidden_dims), "must hold sizes in 1..65536")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        _require(1 <= self.epochs <= 1_000_000, "train.epochs", self.epochs, "must be in 1..1000000")
+        _require(1 <= self.batch_size <= 1_000_000, "train.batch_size", self.batch_size,
+                 "must be in 1..1000000")
+        _require(math.isfinite(self.lr) and 0 < self.lr <= 10, "train.lr", self.lr,
+                 "must be a finite number in (0, 10]")
+        _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in 0..2**63-1")
+        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device",
+                 self.device, "must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    every: int = 1  # write image grids every N epochs (and always after the last one)
+    digit: int = 2  # the class shown in the single-digit reconstruction grid
+
+    def __post_init__(self):
+        _require(self.every >= 1, "viz.every", self.every, "must be >= 1")
+        _require(0 <= self.digit <= 9, "viz.digit", self.digit, "must be a digit 0..9")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None  # run directory; None means outputs/<config file name>
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    viz: VizConfig = VizConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config file or override may set, e.g. 'train.lr'."""
+    return [f"{name}.{f.name}" for name, cls in _sections().items() for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str, candidates: list[str]) -> UserError:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(candidates)}"
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotated type `tp`, converting only where YAML is ambiguous."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # `X | None`
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if tp is str and isinstance(value, str):
+        return value
+    raise UserError(f"{key} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a validated Config from nested plain data (missing keys take their defaults)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    sections = _sections()
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise _unknown(str(name), list(sections))
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise UserError(f"config section '{name}' must be a mapping, got {values!r}")
+        hints = typing.get_type_hints(sections[name])
+        kwargs = {}
+        for key, value in values.items():
+            dotted = f"{name}.{key}"
+            if key not in hints:
+                raise _unknown(dotted, valid_keys())
+            kwargs[key] = _coerce(value, hints[key], dotted)
+        built[name] = sections[name](**kwargs)
+    return Config(**built)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Nested plain data (lists, not tuples): for YAML files and checkpoints."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return list(v) if isinstance(v, tuple) else v
+    return plain(dataclasses.asdict(cfg))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases, so a small file cannot expand into a huge one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed", mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{source} is not valid YAML: {problem}{where}") from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The raw nested dict of a YAML config file (an empty file is an empty config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text (UTF-8) file") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    keys = valid_keys()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override '{item}' must look like section.key=value, e.g. train.lr=3e-4")
+        if key not in keys:
+            raise _unknown(key, keys)
+        section, name = key.split(".")
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        out[section][name] = parse_yaml(text, f"override '{item}'")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Defaults <- YAML file (or `base`, e.g. a checkpoint's stored config) <- overrides, validated.
+
+    When no output directory is given, runs go to outputs/<config file name>.
+    """
+    raw = read_config_file(path) if path is not None else (base or {})
+    cfg = from_dict(apply_overrides(raw, list(overrides)))
+    if cfg.output.dir is None:
+        stem = Path(path).stem if path is not None else "run"
+        cfg = dataclasses.replace(cfg, output=OutputConfig(dir=f"outputs/{stem}"))
+    return cfg
+
+
+# Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
+# where the data lives, which device, how long to train, where to write and what to draw.
+MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device", "output.dir",
+                        "viz.every", "viz.digit")
+
+
+def check_same_run(stored: Config, new: Config) -> None:
+    """Refuse a config that would continue a checkpoint as a different experiment."""
+    old, now = to_dict(stored), to_dict(new)
+    changed = [f"{s}.{k} (checkpoint: {old[s][k]!r}, given: {now[s][k]!r})"
+               for s in old for k in old[s]
+               if old[s][k] != now[s][k] and f"{s}.{k}" not in MAY_CHANGE_ON_RESUME]
+    if changed:
+        raise UserError(f"the checkpoint was trained with another config: {'; '.join(changed)}. "
+                        f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change; start a new run instead")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,78 @@
+"""MNIST through torchvision, held whole as one uint8 tensor on the training device, batched by index."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+
+from vae.errors import UserError
+
+IMAGE_SHAPE = (1, 28, 28)
+PIXELS = 28 * 28
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 28, 28) uint8, on the training device
+    labels: torch.Tensor  # (N,) int64, on the training device
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pixels(self, index: torch.Tensor) -> torch.Tensor:
+        """Intensities in [0, 1] of the images at `index`, flattened: (B, 784) float32."""
+        return self.images[index].reshape(-1, PIXELS).float().div_(255)
+
+
+def _read(root: Path, train: bool, download: bool) -> MNIST:
+    raw = root / "MNIST" / "raw"
+    missing = [f for f in RAW_FILES if not (raw / f).is_file()]
+    try:
+        if missing and download:
+            try:
+                return MNIST(str(root), train=train, download=True)
+            except Exception as e:  # noqa: BLE001 - network errors come in many types
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(
+                    f"MNIST files not found in {raw.resolve()} and the download failed ({why}). "
+                    f"Put {', '.join(RAW_FILES)} (or their .gz archives) there, "
+                    f"or point data.root=DIR at a folder holding MNIST/raw/") from None
+        if missing:
+            raise UserError(
+                f"MNIST files not found in {raw.resolve()} (missing {', '.join(missing)}). "
+                f"Put the files there, point data.root=DIR at a folder holding MNIST/raw/, "
+                f"or set data.download=true on a machine with internet")
+        return MNIST(str(root), train=train, download=False)
+    except (AssertionError, RuntimeError, ValueError, IndexError, KeyError, OSError) as e:
+        raise UserError(f"could not read the MNIST files in {raw.resolve()}: "
+                        f"{str(e).strip() or type(e).__name__} (corrupt or truncated?)") from None
+
+
+def _to_split(ds: MNIST, device: torch.device) -> Split:
+    images, labels = ds.data, ds.targets
+    where = Path(ds.raw_folder).resolve()
+    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE[1:]:
+        raise UserError(f"MNIST images in {where} must be 28x28 uint8, got {tuple(images.shape)} "
+                        f"{images.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise UserError(f"MNIST in {where}: {images.shape[0]} images but {labels.numel()} labels")
+    if images.shape[0] == 0 or labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"MNIST in {where}: empty split or labels outside 0..9")
+    return Split(images.to(device), labels.long().to(device))
+
+
+def load_mnist(root: str | Path, download: bool, device: torch.device) -> tuple[Split, Split]:
+    """(train, test) splits of MNIST found under `root`/MNIST/raw, moved to `device`."""
+    root = Path(root).expanduser()
+    return tuple(_to_split(_read(root, train, download), device) for train in (True, False))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Indices of one shuffled epoch over n examples; the last batch may be short."""
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    yield from perm.split(batch_size)

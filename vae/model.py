@@ -1,0 +1,52 @@
+"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)), reparameterization, Bernoulli decoder p(x|z)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vae.config import ModelConfig
+from vae.data import PIXELS
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers between consecutive sizes, ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Kingma & Welling (2014): the MLP encoder/decoder of the classic MNIST example, 784-400-20."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = list(cfg.hidden_dims)
+        self.latent_dim = cfg.latent_dim
+        # The encoder's last layer emits mu and logvar side by side: (B, 2 * latent).
+        self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim])
+        self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, latent) -> Bernoulli logits of p(x|z), (B, 784)."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """One-sample pass: (logits (B, 784), mu (B, latent), logvar (B, latent))."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar

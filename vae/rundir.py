@@ -1,0 +1,108 @@
+"""The run directory's own files: the clobber guard, run.json, config.yaml and metrics.csv."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+import yaml
+
+from vae.config import Config, to_dict
+from vae.errors import UserError
+from vae.files import atomic_write_text
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl",
+                  "test_loss", "test_recon", "test_kl", "seconds")
+RUN_ENTRIES = ("checkpoints", "images", "eval", "metrics.csv", "config.yaml", "run.json")
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "metrics.csv").exists()
+
+
+def check_fresh(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start a new run on top of an existing one unless told to overwrite it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output.dir {run_dir} exists and is not a directory")
+    if holds_run(run_dir) and not overwrite:
+        raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                        f"choose another output.dir=DIR, or pass --overwrite to replace it")
+
+
+def create(run_dir: Path, clear: bool) -> None:
+    """Make the run directory (emptied of an earlier run's files when `clear`)."""
+    try:
+        if clear:
+            for name in RUN_ENTRIES:
+                entry = run_dir / name
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                elif entry.exists():
+                    entry.unlink()
+        for sub in ("checkpoints", "images"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device) -> None:
+    """config.yaml (the resolved config) and run.json (how, where and with what this ran).
+
+    A resumed run keeps the earlier invocations' records under "previous".
+    """
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    info = {
+        "argv": argv,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "git_commit": _git_commit(),
+        "previous": [],
+    }
+    try:
+        old = json.loads((run_dir / "run.json").read_text())
+        info["previous"] = old.pop("previous", []) + [old]
+    except (OSError, ValueError, AttributeError):
+        pass
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return [{k: (int(row[k]) if k == "epoch" else float(row[k])) for k in METRIC_COLUMNS}
+                    for row in csv.DictReader(f)]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is malformed: expected the columns {','.join(METRIC_COLUMNS)}") from None
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv whole and atomically: a kill never leaves half a row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+
