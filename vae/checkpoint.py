@@ -1,6 +1,7 @@
 """Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -42,11 +43,14 @@ def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
-        if "weights_only" in str(e):
-            raise UserError(f"{path} holds Python objects that could run code on load; refusing it "
-                            f"(only tensors and plain data are accepted)") from None
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({reason})") from None
+        text = str(e)
+        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if unsafe:
+            raise UserError(f"{path} refers to Python code ({unsafe.group(1)}) that would run on load; "
+                            f"refusing it (checkpoints hold only tensors and plain data)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1) if detail else (text.strip().split(". ")[0] or type(e).__name__)
+        raise UserError(f"{path} is not a readable checkpoint ({reason.strip()[:160]})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no format_version)")
     if state["format_version"] != FORMAT_VERSION:

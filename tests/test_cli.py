@@ -1,0 +1,130 @@
+"""The command line end to end, through subprocesses, as a user runs it."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vae import rundir
+
+from conftest import REPO
+
+
+def cli(script, *args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def snapshot(folder):
+    """Every file under folder with its content hash: to prove nothing was touched."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_root):
+    """A finished 2-epoch CLI run on synthetic data, shared (read-only) by the tests below."""
+    base = tmp_path_factory.mktemp("cli")
+    config = base / "tiny.yaml"
+    config.write_text(f"data:\n  root: {mnist_root}\n  download: false\n"
+                      "model:\n  hidden_dims: [32]\n  latent_dim: 4\n"
+                      "train:\n  epochs: 2\n  batch_size: 64\n  device: cpu\n")
+    result = cli("train.py", "--config", config, f"output.dir={base / 'run'}")
+    assert result.returncode == 0, result.stderr
+    return base, config, result
+
+
+def test_train_prints_one_line_per_epoch_and_writes_the_run(trained):
+    base, _, result = trained
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and "nats/example" in lines[0]
+    assert (base / "run" / "checkpoints" / "best.pt").is_file()
+    assert json.loads((base / "run" / "run.json").read_text())["argv"][1:3] == ["--config", str(base / "tiny.yaml")]
+
+
+def test_resume_a_run_directory_with_more_epochs(trained, tmp_path):
+    base, _, _ = trained
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(base / "run"), str(run)], check=True)
+    result = cli("train.py", "--resume", run, "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    assert "epochs 3..3" in result.stdout
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]
+    assert len(json.loads((run / "run.json").read_text())["previous"]) == 1
+
+
+def test_evaluate_writes_metrics_and_pictures_under_eval(trained, tmp_path):
+    base, _, _ = trained
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(base / "run"), str(run)], check=True)
+    result = cli("evaluate.py", "--checkpoint", run / "checkpoints" / "best.pt", "viz.digit=7")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["examples"] == 200 and metrics["loss"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    best = min(rundir.read_metrics(run), key=lambda r: r["test_loss"])
+    assert metrics["loss"] == pytest.approx(best["test_loss"], abs=1e-9)  # same seed, same noise
+    assert f"{metrics['loss']:9.3f}" in result.stdout
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["digit7.png", "metrics.json", "recon.png",
+                                                                "samples.png"]
+
+
+BAD_TRAIN_ARGS = {
+    "unknown key": (["train.ephocs=3"], "did you mean 'train.epochs'"),
+    "wrong type": (["train.epochs=many"], "train.epochs must be int"),
+    "negative epochs": (["train.epochs=-2"], "train.epochs must be in"),
+    "zero latent": (["model.latent_dim=0"], "model.latent_dim must be in"),
+    "bad device": (["train.device=gpu"], "train.device must be"),
+    "bad override": (["train.epochs"], "must look like section.key=value"),
+    "missing config": (["--config", "nope.yaml"], "config file not found"),
+    "malformed yaml": (["--config", "{bad_yaml}"], "not valid YAML"),
+    "existing run": (["output.dir={base}/run"], "already holds a run"),
+    "missing data": (["data.root={base}/nothing-here"], "MNIST files not found in"),
+    "missing resume": (["--resume", "{base}/nope.pt"], "checkpoint not found"),
+    "garbage resume": (["--resume", "{garbage}"], "not a readable checkpoint"),
+    "non-checkpoint resume": (["--resume", "{base}/tiny.yaml"], "not a readable checkpoint"),
+    "plain directory resume": (["--resume", "{base}"], "without checkpoints/last.pt"),
+    "architecture change on resume": (["--resume", "{base}/run", "model.hidden_dims=[64]"],
+                                      "trained with another config"),
+    "cuda without cuda": (["train.device=cuda:7"], "no such CUDA device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRAIN_ARGS))
+def test_bad_train_input_is_one_clear_line_and_changes_nothing(trained, tmp_path, case):
+    base, config, _ = trained
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02}q\x00" + bytes(range(200)))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: {epochs: 3\n")
+    args, message = BAD_TRAIN_ARGS[case]
+    args = [a.format(base=base, garbage=garbage, bad_yaml=bad_yaml) for a in args]
+    if "--config" not in args and "--resume" not in args:
+        args = ["--config", config, f"output.dir={tmp_path / 'new'}", *args]
+    before = snapshot(base)
+    result = cli("train.py", *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert snapshot(base) == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "nope.pt"], "checkpoint not found"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "model.latent_dim=3"], "trained with another config"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.k=3"], "unknown config key"),
+])
+def test_bad_evaluate_input_is_one_clear_line(trained, args, message):
+    base, _, _ = trained
+    before = snapshot(base)
+    result = cli("evaluate.py", *[a.format(run=base / "run") for a in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert snapshot(base) == before
+
+
+def test_neither_config_nor_resume_is_a_usage_error():
+    result = cli("train.py")
+    assert result.returncode == 2 and "give --config FILE" in result.stderr
+

@@ -1,0 +1,69 @@
+from urllib.error import URLError
+
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from vae.data import batches, load_mnist
+from vae.errors import UserError
+
+from conftest import make_mnist, synthetic_digits, write_idx
+
+CPU = torch.device("cpu")
+
+
+def test_synthetic_idx_files_load_through_torchvision(mnist_root):
+    train, test = load_mnist(mnist_root, download=False, device=CPU)
+    images, labels = synthetic_digits(640, seed=0)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (640, 28, 28)
+    assert torch.equal(train.images, images) and torch.equal(train.labels, labels)
+    assert len(test) == 200
+
+
+def test_pixels_are_flat_intensities_in_unit_interval(mnist_root):
+    train, _ = load_mnist(mnist_root, download=False, device=CPU)
+    x = train.pixels(torch.tensor([0, 5, 9]))
+    assert x.shape == (3, 784) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.5
+    torch.testing.assert_close(x[1], train.images[5].flatten().float() / 255)
+
+
+def test_missing_files_name_the_folder_searched(tmp_path):
+    with pytest.raises(UserError, match=rf"not found in {tmp_path.resolve()}/MNIST/raw.*data.root"):
+        load_mnist(tmp_path, download=False, device=CPU)
+
+
+def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(UserError, match=r"download failed.*Put train-images-idx3-ubyte"):
+        load_mnist(tmp_path, download=True, device=CPU)
+    monkeypatch.setattr(MNIST, "download", lambda self: (_ for _ in ()).throw(URLError("offline")))
+    with pytest.raises(UserError, match="download failed"):
+        load_mnist(tmp_path, download=True, device=CPU)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "count"])
+def test_corrupt_files_are_reported_not_raised(tmp_path, damage):
+    raw = make_mnist(tmp_path, n_train=30, n_test=20) / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:5000])
+    elif damage == "magic":
+        images.write_bytes(b"\x00\x00\x07\x03" + images.read_bytes()[4:])
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(29, dtype=torch.uint8))
+    with pytest.raises(UserError, match="MNIST"):
+        load_mnist(tmp_path, download=False, device=CPU)
+
+
+def test_batches_cover_every_example_once_with_a_short_last_batch():
+    got = list(batches(10, 4, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in got] == [4, 4, 2]
+    assert sorted(torch.cat(got).tolist()) == list(range(10))
+
+
+def test_batch_order_follows_the_generator():
+    order = lambda seed: torch.cat(list(batches(100, 32, torch.Generator().manual_seed(seed))))
+    assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))

@@ -1,0 +1,197 @@
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from vae import rundir
+from vae.checkpoint import load_checkpoint
+from vae.config import from_dict, to_dict
+from vae.data import load_mnist
+from vae.errors import UserError
+from vae.evaluation import evaluate
+from vae.model import VAE
+from vae.training import train, train_epoch
+
+TIMING = "seconds"
+
+
+def with_(cfg, **sections):
+    """cfg with some fields replaced, e.g. with_(cfg, train={"epochs": 4})."""
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
+                                       for name, values in sections.items()})
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k != TIMING} for r in rows]
+
+
+def assert_same_parameters(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_run_writes_its_whole_directory(tiny_cfg):
+    result = train(tiny_cfg, argv=["train.py", "--config", "x.yaml"])
+    run = result.run_dir
+    assert from_dict(yaml.safe_load((run / "config.yaml").read_text())) == tiny_cfg
+    info = json.loads((run / "run.json").read_text())
+    assert info["argv"] == ["train.py", "--config", "x.yaml"] and info["device"] == "cpu"
+    assert {"torch", "torchvision", "python", "git_commit", "started_at"} <= info.keys()
+
+    rows = rundir.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == result.rows
+    assert list(rows[0]) == list(rundir.METRIC_COLUMNS)
+    for r in rows:
+        assert r["train_loss"] == pytest.approx(r["train_recon"] + r["train_kl"])
+        assert r["test_loss"] == pytest.approx(r["test_recon"] + r["test_kl"])
+        assert r["test_kl"] > 0 and r[TIMING] > 0
+
+    images = sorted(p.name for p in (run / "images").iterdir())
+    assert images == ["digit2_epoch001.png", "digit2_epoch002.png", "loss_curves.png",
+                      "recon_epoch001.png", "recon_epoch002.png",
+                      "samples_epoch001.png", "samples_epoch002.png"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    state, cfg = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and cfg == tiny_cfg
+    assert state["best_test_loss"] == min(r["test_loss"] for r in rows) == result.best_test_loss
+
+
+def test_viz_every_skips_epochs_but_always_draws_the_last(tiny_cfg):
+    run = train(with_(tiny_cfg, train={"epochs": 3}, viz={"every": 2, "digit": 5})).run_dir
+    assert sorted(p.name for p in (run / "images").glob("digit*")) == ["digit5_epoch002.png",
+                                                                         "digit5_epoch003.png"]
+
+
+def test_training_lowers_the_loss_on_learnable_data(tiny_cfg):
+    rows = train(with_(tiny_cfg, train={"epochs": 4})).rows
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"] - 20
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
+    train_split, test_split = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = VAE(tiny_cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, test_split, seed=0)
+    assert_same_parameters(before, model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_epoch(model, opt, train_split, 64, torch.Generator().manual_seed(0), desc="test")
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_evaluation_is_repeatable(tiny_cfg):
+    _, test_split = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    model = VAE(tiny_cfg.model)
+    assert evaluate(model, test_split, seed=4) == evaluate(model, test_split, seed=4)
+    assert evaluate(model, test_split, seed=4) != evaluate(model, test_split, seed=5)
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(tiny_cfg, tmp_path):
+    a = train(tiny_cfg)
+    b = train(with_(tiny_cfg, output={"dir": str(tmp_path / "b")}))
+    c = train(with_(tiny_cfg, output={"dir": str(tmp_path / "c")}, train={"seed": 4}))
+    assert without_timing(a.rows) == without_timing(b.rows) != without_timing(c.rows)
+    assert_same_parameters(a.model.state_dict(), b.model.state_dict())
+
+
+def test_resume_is_bitwise_identical_to_uninterrupted_run(tiny_cfg, tmp_path):
+    straight = train(with_(tiny_cfg, train={"epochs": 4}, output={"dir": str(tmp_path / "straight")}))
+    halves = with_(tiny_cfg, train={"epochs": 2}, output={"dir": str(tmp_path / "halves")})
+    train(halves)
+    resumed = train(with_(halves, train={"epochs": 4}), resume=tmp_path / "halves")
+    assert_same_parameters(straight.model.state_dict(), resumed.model.state_dict())
+    assert without_timing(rundir.read_metrics(tmp_path / "halves")) == without_timing(straight.rows)
+    a, _ = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b, _ = load_checkpoint(tmp_path / "halves" / "checkpoints" / "last.pt")
+    assert_same_parameters(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+
+
+def test_best_checkpoint_is_one_consistent_moment(tiny_cfg):
+    cfg = with_(tiny_cfg, train={"epochs": 3})
+    result = train(cfg)
+    best, _ = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
+    row = min(result.rows, key=lambda r: r["test_loss"])
+    assert best["epoch"] == row["epoch"] and best["best_test_loss"] == row["test_loss"]
+    # Its weights give exactly the test loss recorded at that epoch...
+    model = VAE(cfg.model)
+    model.load_state_dict(best["model"])
+    _, test_split = load_mnist(cfg.data.root, False, torch.device("cpu"))
+    assert evaluate(model, test_split, cfg.train.seed)["loss"] == row["test_loss"]
+    # ...and its optimizer has taken exactly that many epochs of steps.
+    steps_per_epoch = -(-640 // cfg.train.batch_size)
+    assert best["optimizer"]["state"][0]["step"].item() == row["epoch"] * steps_per_epoch
+
+
+def test_resume_from_an_earlier_checkpoint_redoes_later_epochs_once(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg)
+    shutil.copy(run / "checkpoints" / "last.pt", run / "checkpoints" / "epoch2.pt")
+    full = train(with_(tiny_cfg, train={"epochs": 4}), resume=run)
+    again = train(with_(tiny_cfg, train={"epochs": 4}), resume=run / "checkpoints" / "epoch2.pt")
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3, 4]
+    assert without_timing(again.rows) == without_timing(full.rows)
+
+
+def test_resume_into_another_directory_forks_the_run(tiny_cfg, tmp_path):
+    train(tiny_cfg)
+    source_rows = rundir.read_metrics(tmp_path / "run")
+    fork = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "fork")}),
+                 resume=tmp_path / "run")
+    assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "fork")] == [1, 2, 3]
+    assert fork.rows[:2] == source_rows == rundir.read_metrics(tmp_path / "run")
+
+
+def test_resume_truncates_rows_written_after_the_checkpoint(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg)
+    rows = rundir.read_metrics(run)
+    rundir.write_metrics(run, rows + [{**rows[-1], "epoch": 3}])  # as if killed after the row, before the save
+    result = train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]
+    assert rundir.read_metrics(run)[2] == result.rows[2] != rows[-1] | {"epoch": 3}
+
+
+def test_resume_refuses_another_architecture_or_learning_rate(tiny_cfg):
+    train(tiny_cfg)
+    for changed in ({"model": {"latent_dim": 8}}, {"train": {"lr": 0.1}}):
+        with pytest.raises(UserError, match="trained with another config"):
+            train(with_(tiny_cfg, **changed), resume=tiny_cfg.output.dir)
+
+
+def test_resume_of_a_finished_run_trains_nothing(tiny_cfg, capsys):
+    train(tiny_cfg)
+    before = (tiny_cfg.output.dir + "/checkpoints/last.pt")
+    stamp = open(before, "rb").read()
+    result = train(tiny_cfg, resume=tiny_cfg.output.dir)
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(result.rows) == 2 and open(before, "rb").read() == stamp
+
+
+def test_a_new_run_never_clobbers_an_existing_one(tiny_cfg):
+    first = train(tiny_cfg)
+    stamp = (first.run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run.*--resume.*--overwrite"):
+        train(with_(tiny_cfg, train={"seed": 9}))
+    assert (first.run_dir / "checkpoints" / "last.pt").read_bytes() == stamp
+    replaced = train(with_(tiny_cfg, train={"seed": 9, "epochs": 1}), overwrite=True)
+    assert [r["epoch"] for r in replaced.rows] == [1]
+    assert not (first.run_dir / "images" / "recon_epoch002.png").exists()
+
+
+def test_missing_data_fails_before_anything_is_written(tiny_cfg, tmp_path):
+    cfg = with_(tiny_cfg, data={"root": str(tmp_path / "empty")})
+    with pytest.raises(UserError, match="MNIST files not found"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_yaml_records_overrides_for_a_later_resume(tiny_cfg):
+    run = train(with_(tiny_cfg, model={"hidden_dims": (16, 8)})).run_dir
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden_dims"] == [16, 8]
+    assert to_dict(load_checkpoint(run)[1])["model"]["hidden_dims"] == [16, 8]
