@@ -106,7 +106,7 @@ def test_a_checkpoint_that_runs_code_on_load_is_refused(tmp_path):
     victim = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pt"
     torch.save({**make_state(), "payload": WritesAFile(str(victim))}, path, pickle_module=pickle)
-    with pytest.raises(UserError, match=r"refers to Python code \(io.open\) that would run on load"):
+    with pytest.raises(UserError, match=r"refers to Python code \(\S*open\) that would run on load"):
         load_checkpoint(path)
     assert not victim.exists()
 
