@@ -55,7 +55,7 @@ def train_epoch(model: VAE, opt: torch.optim.Optimizer, split: Split, batch_size
     sums = torch.zeros(3, dtype=torch.float64, device=split.images.device)
     n_batches = math.ceil(len(split) / batch_size)
     with tqdm(total=n_batches, desc=desc, leave=False, disable=None, unit="batch") as bar:
-        for step, idx in enumerate(batches(len(split), batch_size, gen)):
+        for step, idx in enumerate(batches(len(split), batch_size, gen), start=1):
             x = split.pixels(idx)  # (B, 784)
             logits, mu, logvar = model(x, gen)
             terms = vae_loss(logits, x, mu, logvar)
@@ -65,8 +65,8 @@ def train_epoch(model: VAE, opt: torch.optim.Optimizer, split: Split, batch_size
             opt.step()
             sums += torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach()
             bar.update()
-            if step % 50 == 0:  # .item() syncs with the device: not every step
-                bar.set_postfix(loss=f"{loss.item():.2f}")
+            if step % 50 == 0 or step == n_batches:  # .item() waits for the device: not every step
+                bar.set_postfix(loss=f"{sums[0].item() / min(step * batch_size, len(split)):.2f}")
     loss, recon, kl = (sums / len(split)).tolist()
     return {"loss": loss, "recon": recon, "kl": kl}
 
