@@ -37,7 +37,8 @@ def _read(root: Path, train: bool, download: bool) -> MNIST:
             try:
                 return MNIST(str(root), train=train, download=True)
             except Exception as e:  # noqa: BLE001 - network errors come in many types
-                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                lines = str(e).strip().splitlines() or [type(e).__name__]
+                why = lines[-1].strip("<>")  # torchvision ends with the last mirror's error
                 raise UserError(
                     f"MNIST files not found in {raw.resolve()} and the download failed ({why}). "
                     f"Put {', '.join(RAW_FILES)} (or their .gz archives) there, "
