@@ -3,22 +3,26 @@ from __future__ import annotations
 
 import argparse
 
+from vae.analysis import evaluate_checkpoint
 from vae.cli import run
-from vae.evaluation import evaluate_checkpoint
+from vae.report import metric_rows
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="Test-set ELBO, pictures and metrics.json of a checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="ELBO split, IWAE NLL, KL diagnostics, pictures and report of a checkpoint.")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT|RUN_DIR",
                         help="a checkpoint file, or a run directory (uses checkpoints/last.pt)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="e.g. data.root=DIR train.device=cpu viz.digit=7")
+                        help="e.g. data.root=DIR eval.iwae_samples=500 eval.split=train viz.digit=7")
     args = parser.parse_args(argv)
-    m = evaluate_checkpoint(args.checkpoint, args.overrides)
-    print(f"{m['checkpoint']} (epoch {m['epoch']}), {m['examples']} test examples, nats per example:")
-    print(f"  negative ELBO {m['loss']:9.3f}")
-    print(f"  reconstruction {m['recon']:8.3f}")
-    print(f"  KL            {m['kl']:9.3f}")
+    metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
+    width = max(len(k) for k, _ in metric_rows(metrics))
+    for key, value in metric_rows(metrics):
+        print(f"{key:<{width}}  {value}")
+    ranked = sorted(enumerate(metrics["kl_per_dim"]), key=lambda p: -p[1])
+    print("KL per dim (nats): " + ", ".join(f"z{d} {kl:.2f}" for d, kl in ranked))
+    print(f"wrote {metrics['report']} and the pictures and metrics.json beside it in eval/")
 
 
 if __name__ == "__main__":

@@ -54,19 +54,22 @@ def test_resume_a_run_directory_with_more_epochs(trained, tmp_path):
     assert len(json.loads((run / "run.json").read_text())["previous"]) == 1
 
 
-def test_evaluate_writes_metrics_and_pictures_under_eval(trained, tmp_path):
+def test_evaluate_writes_metrics_pictures_and_report(trained, tmp_path):
     base, _, _ = trained
     run = tmp_path / "run"
     subprocess.run(["cp", "-r", str(base / "run"), str(run)], check=True)
-    result = cli("evaluate.py", "--checkpoint", run / "checkpoints" / "best.pt", "viz.digit=7")
+    result = cli("evaluate.py", "--checkpoint", run / "checkpoints" / "best.pt", "viz.digit=7",
+                 "eval.iwae_samples=16")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["examples"] == 200 and metrics["loss"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    assert metrics["examples"] == 200 and metrics["protocol"]["iwae_samples"] == 16
     best = min(rundir.read_metrics(run), key=lambda r: r["test_loss"])
-    assert metrics["loss"] == pytest.approx(best["test_loss"], abs=1e-9)  # same seed, same noise
-    assert f"{metrics['loss']:9.3f}" in result.stdout
-    assert sorted(p.name for p in (run / "eval").iterdir()) == ["digit7.png", "metrics.json", "recon.png",
-                                                                "samples.png"]
+    # train.seed == eval.seed here, so evaluation draws the same noise as training's test pass did.
+    assert metrics["negative_elbo"] == pytest.approx(best["test_loss"], abs=1e-9)
+    assert f"{metrics['nll_iwae']:.3f} nats" in result.stdout and "active units" in result.stdout
+    assert {"digit7.png", "metrics.json", "recon.png", "samples.png", "traversal.png"} <= {
+        p.name for p in (run / "eval").iterdir()}
+    assert (run / "report.html").is_file()
 
 
 BAD_TRAIN_ARGS = {
@@ -86,7 +89,7 @@ BAD_TRAIN_ARGS = {
     "plain directory resume": (["--resume", "{base}"], "without checkpoints/last.pt"),
     "architecture change on resume": (["--resume", "{base}/run", "model.hidden_dims=[64]"],
                                       "trained with another config"),
-    "cuda without cuda": (["train.device=cuda:7"], "no such CUDA device"),
+    "cuda without cuda": (["train.device=cuda:99"], "no such CUDA device"),
 }
 
 
@@ -114,6 +117,8 @@ def test_bad_train_input_is_one_clear_line_and_changes_nothing(trained, tmp_path
     (["--checkpoint", "nope.pt"], "checkpoint not found"),
     (["--checkpoint", "{run}/checkpoints/best.pt", "model.latent_dim=3"], "trained with another config"),
     (["--checkpoint", "{run}/checkpoints/best.pt", "eval.k=3"], "unknown config key"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.iwae_samples=0"], "eval.iwae_samples must be"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.split=validation"], "eval.split must be"),
 ])
 def test_bad_evaluate_input_is_one_clear_line(trained, args, message):
     base, _, _ = trained

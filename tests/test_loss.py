@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae.loss import kl_nats, reconstruction_nats, vae_loss
+from vae.loss import bernoulli_log_likelihood, kl_nats, reconstruction_nats, vae_loss
 
 
 def random_posterior(batch=16, latent=5, seed=0):
@@ -56,3 +56,11 @@ def test_loss_terms_are_per_example_and_add_up():
     terms = vae_loss(logits, x, mu, logvar)
     assert terms.reconstruction.shape == terms.kl.shape == (8,)
     torch.testing.assert_close(terms.total, terms.reconstruction + terms.kl)
+
+
+def test_bernoulli_log_likelihood_broadcasts_over_samples_and_equals_minus_reconstruction():
+    g = torch.Generator().manual_seed(3)
+    logits, x = torch.randn(7, 5, 784, generator=g), torch.rand(5, 784, generator=g)
+    log_lik = bernoulli_log_likelihood(logits, x)
+    assert log_lik.shape == (7, 5)
+    torch.testing.assert_close(log_lik[4], -reconstruction_nats(logits[4], x), rtol=1e-5, atol=1e-3)

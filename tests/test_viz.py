@@ -31,11 +31,12 @@ def test_grid_of_64_is_8_by_8_and_not_blank(tmp_path):
 
 
 def test_loss_curves_plot_is_written(tmp_path):
-    rows = [{"epoch": e, **{f"{s}_{t}": 100.0 / e for s in ("train", "test") for t in ("loss", "recon", "kl")}}
+    rows = [{"epoch": e, "test_active_units": 10 + e,
+             **{f"{s}_{t}": 100.0 / e for s in ("train", "test") for t in ("loss", "recon", "kl")}}
             for e in (1, 2, 3)]
     plot_loss_curves(rows, tmp_path / "curves.png")
     img = grey(tmp_path / "curves.png")
-    assert img.shape == (380, 1300) and img.std() > 10
+    assert img.shape == (380, 1700) and img.std() > 10
 
 
 def test_pictures_of_a_model_include_the_chosen_digit(tmp_path, mnist_root):

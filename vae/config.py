@@ -74,6 +74,19 @@ class VizConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"  # test | train: the split evaluate.py measures
+    iwae_samples: int = 5000  # k of the importance-weighted NLL bound (Burda et al. use 5000)
+    seed: int = 0  # seeds every sample evaluate.py draws, so its numbers repeat
+
+    def __post_init__(self):
+        _require(self.split in ("test", "train"), "eval.split", self.split, "must be test or train")
+        _require(1 <= self.iwae_samples <= 1_000_000, "eval.iwae_samples", self.iwae_samples,
+                 "must be in 1..1000000")
+        _require(0 <= self.seed < 2**63, "eval.seed", self.seed, "must be in 0..2**63-1")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str | None = None  # run directory; None means outputs/<config file name>
 
@@ -84,6 +97,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     viz: VizConfig = VizConfig()
+    eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
 
@@ -235,9 +249,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 
 
 # Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
-# where the data lives, which device, how long to train, where to write and what to draw.
+# where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device", "output.dir",
-                        "viz.every", "viz.digit")
+                        "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed")
 
 
 def check_same_run(stored: Config, new: Config) -> None:

@@ -1,17 +1,13 @@
-"""Held-out ELBO in nats per example, and the picture set drawn during training and evaluation."""
+"""Held-out ELBO in nats per example, and the picture set drawn during training."""
 from __future__ import annotations
 
-import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
-from vae.config import check_same_run, load_config, to_dict
-from vae.data import Split, load_mnist
-from vae.device import resolve_device
-from vae.files import atomic_write_text
+from vae.data import Split
+from vae.diagnostics import active_units
 from vae.loss import vae_loss
 from vae.model import VAE
 from vae.viz import save_grid, save_pairs
@@ -21,14 +17,24 @@ SHOWN = 32  # images in each reconstruction grid
 SAMPLES = 64  # images in the prior-sample grid
 
 
+@dataclass(frozen=True)
+class Posteriors:
+    """Per-example results of one encoding pass over a split."""
+
+    mu: torch.Tensor  # (N, L)
+    logvar: torch.Tensor  # (N, L)
+    recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
+    kl: torch.Tensor  # (N,) rate, analytic, nats
+
+
 def fixed_latents(latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
     """The same SAMPLES draws from p(z) for a given seed, so sample grids compare across epochs."""
     return torch.randn(SAMPLES, latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 @torch.no_grad()
-def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction and KL over `split`, one z sample per example.
+def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
+    """Posterior parameters and single-sample ELBO terms of every example in `split`.
 
     The noise comes from its own generator seeded with `seed`, so every evaluation of the same
     model gives the same numbers and the training random stream is left untouched.
@@ -36,59 +42,42 @@ def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
     model.eval()
     device = split.images.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    parts = []
     for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
         x = split.pixels(idx)
         logits, mu, logvar = model(x, gen)
         terms = vae_loss(logits, x, mu, logvar)
-        sums += torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double()
-    loss, recon, kl = (sums / len(split)).tolist()
-    return {"loss": loss, "recon": recon, "kl": kl}
+        parts.append((mu, logvar, terms.reconstruction, terms.kl))
+    return Posteriors(*(torch.cat(p) for p in zip(*parts)))
+
+
+def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
+    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats, and active units."""
+    post = encode_split(model, split, seed)
+    recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
+    return {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu)}
+
+
+@torch.no_grad()
+def reconstruct(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Bernoulli means decoded from the posterior mean: the grids change only when the model does."""
+    model.eval()
+    return torch.sigmoid(model.decode(model.encode(x)[0]))
 
 
 @torch.no_grad()
 def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, folder: Path,
-                  suffix: str = "") -> list[Path]:
-    """Originals over reconstructions (first test images, then one digit class) and prior samples.
-
-    Reconstructions decode the posterior mean, so the grids change only when the model does.
-    """
+                  suffix: str = "", shown: int = SHOWN) -> list[Path]:
+    """Originals over reconstructions (first test images, then one digit class) and prior samples."""
     model.eval()
-
-    def reconstruct(x):
-        return torch.sigmoid(model.decode(model.encode(x)[0]))
-
     paths = [folder / f"recon{suffix}.png", folder / f"digit{digit}{suffix}.png",
              folder / f"samples{suffix}.png"]
-    x = split.pixels(torch.arange(min(SHOWN, len(split)), device=fixed_z.device))
-    save_pairs(x, reconstruct(x), paths[0])
-    x = split.pixels((split.labels == digit).nonzero().flatten()[:SHOWN])
+    x = split.pixels(torch.arange(min(shown, len(split)), device=fixed_z.device))
+    save_pairs(x, reconstruct(model, x), paths[0])
+    x = split.pixels((split.labels == digit).nonzero().flatten()[:shown])
     if len(x):
-        save_pairs(x, reconstruct(x), paths[1])
+        save_pairs(x, reconstruct(model, x), paths[1])
     else:
         paths.pop(1)
     save_grid(torch.sigmoid(model.decode(fixed_z)), paths[-1])
     return paths
-
-
-def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Test-set ELBO of a checkpoint, its pictures and metrics.json, under <run dir>/eval/."""
-    path = resolve_checkpoint(path)
-    state, stored = load_checkpoint(path)
-    cfg = load_config(None, overrides, base=to_dict(stored))
-    check_same_run(stored, cfg)
-    device = resolve_device(cfg.train.device)
-    _, test = load_mnist(cfg.data.root, cfg.data.download, device)
-    model = VAE(cfg.model).to(device)
-    load_state(model, state["model"], path)
-
-    t0 = time.perf_counter()
-    metrics = {"checkpoint": str(path), "epoch": state["epoch"], "split": "test", "examples": len(test),
-               "unit": "nats per example", **evaluate(model, test, cfg.train.seed),
-               "seconds": time.perf_counter() - t0}
-    out = run_dir_of(path) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    save_pictures(model, test, fixed_latents(cfg.model.latent_dim, cfg.train.seed, device),
-                  cfg.viz.digit, out)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics

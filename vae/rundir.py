@@ -20,7 +20,8 @@ from vae.errors import UserError
 from vae.files import atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl",
-                  "test_loss", "test_recon", "test_kl", "seconds")
+                  "test_loss", "test_recon", "test_kl", "test_active_units", "seconds")
+INTEGER_COLUMNS = ("epoch", "test_active_units")
 RUN_ENTRIES = ("checkpoints", "images", "eval", "metrics.csv", "config.yaml", "run.json")
 
 
@@ -92,7 +93,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return []
     try:
         with path.open(newline="") as f:
-            return [{k: (int(row[k]) if k == "epoch" else float(row[k])) for k in METRIC_COLUMNS}
+            return [{k: (int(row[k]) if k in INTEGER_COLUMNS else float(row[k])) for k in METRIC_COLUMNS}
                     for row in csv.DictReader(f)]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path} is malformed: expected the columns {','.join(METRIC_COLUMNS)}") from None

@@ -15,6 +15,7 @@ from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve
 from vae.config import Config, check_same_run, to_dict
 from vae.data import Split, batches, load_mnist
 from vae.device import resolve_device
+from vae.diagnostics import collapse_warning
 from vae.files import atomic_write
 from vae.evaluation import evaluate, fixed_latents, save_pictures
 from vae.loss import vae_loss
@@ -137,6 +138,9 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
                           suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")
         print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {tr['loss']:8.3f}  test {te['loss']:8.3f} "
-              f"(recon {te['recon']:7.3f} + KL {te['kl']:6.3f}) nats/example  {seconds:5.1f}s"
-              + ("  *best" if is_best else ""))
+              f"(recon {te['recon']:7.3f} + KL {te['kl']:6.3f}) nats/example  "
+              f"{te['active_units']:3d} active units  {seconds:5.1f}s" + ("  *best" if is_best else ""))
+        warning = collapse_warning(rows)
+        if warning:
+            print(warning, file=sys.stderr)
     return TrainResult(run_dir, rows, best, model)

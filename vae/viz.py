@@ -33,17 +33,77 @@ def save_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: Pat
 
 
 def plot_loss_curves(rows: list[dict], path: Path) -> None:
-    """Train and test loss, reconstruction and KL (nats per example) against epoch."""
+    """Train/test negative ELBO, distortion and rate (nats per example), and active units, by epoch."""
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (term, title) in zip(axes, [("loss", "negative ELBO"), ("recon", "reconstruction"),
-                                        ("kl", "KL(q(z|x) || p(z))")]):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, (term, title) in zip(axes, [("loss", "negative ELBO"), ("recon", "distortion (reconstruction)"),
+                                        ("kl", "rate KL(q(z|x) || p(z))")]):
         for split, style in (("train", "-"), ("test", "--")):
             ax.plot(epochs, [r[f"{split}_{term}"] for r in rows], style, marker=".", label=split)
-        ax.set(title=title, xlabel="epoch", ylabel="nats per example")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        ax.set(title=title, ylabel="nats per example")
         ax.legend()
+    axes[3].plot(epochs, [r["test_active_units"] for r in rows], "--", marker=".", color="C1", label="test")
+    axes[3].set(title="active units (Var_x E[z_d] > 0.01)", ylim=(0, None))
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
+
+
+def save_labeled_rows(images: torch.Tensor, row_labels: list[str], path: Path, title: str) -> None:
+    """Images (R, C, 784) as an R x C grid with a label at the left of each row."""
+    rows, cols = images.shape[:2]
+    grid = make_grid(images.detach().float().cpu().reshape(-1, *IMAGE), nrow=cols, padding=2, pad_value=0.5)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * cols, 0.6 + 0.45 * rows))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_yticks([2 + 30 * r + 14 for r in range(rows)], row_labels)
+    ax.set_xticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_kl_per_dim(kl: list[float], active: list[bool], path: Path) -> None:
+    """Average KL of each latent dim (nats), largest first; inactive dims greyed."""
+    order = sorted(range(len(kl)), key=lambda d: -kl[d])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(kl)), 3.8))
+    ax.bar(range(len(kl)), [kl[d] for d in order], color=["C0" if active[d] else "0.7" for d in order])
+    ax.set_xticks(range(len(kl)), [str(d) for d in order], fontsize=7)
+    ax.set(title=f"KL per latent dimension ({sum(active)} of {len(kl)} active)",
+           xlabel="latent dimension (sorted)", ylabel="nats per example")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str],
+                        path: Path) -> None:
+    """2-D points (N, 2) of the posterior means, coloured by digit label."""
+    points, labels = points.cpu().numpy(), labels.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.7)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    ax.set(title="posterior means of the evaluated images", xlabel=axis_names[0], ylabel=axis_names[1])
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_nats_histogram(series: dict[str, torch.Tensor], path: Path) -> None:
+    """Overlaid histograms of per-example nats (e.g. negative ELBO and IWAE NLL)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    series = {name: values.double().cpu().numpy() for name, values in series.items()}
+    low, high = min(v.min() for v in series.values()), max(v.max() for v in series.values())
+    bins = torch.linspace(low, high, 81).tolist()  # shared bins
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (mean {values.mean():.2f})")
+    ax.set(title="per-example nats", xlabel="nats", ylabel="examples")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)

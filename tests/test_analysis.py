@@ -1,0 +1,105 @@
+"""evaluate.py's analysis end to end on a small trained model: numbers, pictures, report."""
+import base64
+import io
+import json
+import math
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from vae.analysis import evaluate_checkpoint
+from vae.training import train
+
+from test_training import with_
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, mnist_root):
+    """(run dir, metrics) for 2-D and 4-D latent models trained 3 epochs, evaluated with k=64."""
+    from conftest import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+    results = {}
+    for latent in (2, 4):
+        cfg = Config(data=DataConfig(root=str(mnist_root), download=False),
+                     model=ModelConfig(hidden_dims=(32,), latent_dim=latent),
+                     train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=1, device="cpu"),
+                     output=OutputConfig(dir=str(tmp_path_factory.mktemp("eval") / "run")))
+        run = train(cfg).run_dir
+        results[latent] = run, evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64"])
+    return results
+
+
+def test_metrics_json_holds_the_elbo_split_and_bounds(evaluated):
+    run, m = evaluated[4]
+    assert json.loads((run / "eval" / "metrics.json").read_text()) == m
+    assert m["examples"] == 200 and m["protocol"]["iwae_samples"] == 64
+    assert m["negative_elbo"] == pytest.approx(m["distortion"] + m["rate"])
+    assert m["negative_elbo_bits_per_dim"] == pytest.approx(m["negative_elbo"] / (784 * math.log(2)))
+    assert m["nll_iwae"] < m["negative_elbo_k_samples"]  # the IWAE bound is tighter than the ELBO
+    assert m["inference_gap"] == pytest.approx(m["negative_elbo_k_samples"] - m["nll_iwae"]) and m["inference_gap"] > 0
+    assert abs(m["negative_elbo_k_samples"] - m["negative_elbo"]) < 0.05 * m["negative_elbo"]
+    assert len(m["kl_per_dim"]) == 4 and sum(m["kl_per_dim"]) == pytest.approx(m["rate"], rel=1e-6)
+    assert m["active_units"] == sum(v > 0.01 for v in m["posterior_mean_variance_per_dim"])
+    rs = m["rate_split"]
+    assert rs["average_kl"] == m["rate"] and rs["mutual_information"] <= rs["mutual_information_bound"] + 1e-6
+    assert rs["sum"] == pytest.approx(rs["mutual_information"] + rs["marginal_kl"])
+    assert set(m["seconds"]) == {"encode", "iwae", "aggregate_posterior", "pictures", "total"}
+
+
+def test_evaluation_is_repeatable_with_its_seed(evaluated):
+    run, m = evaluated[4]
+    again = evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64"])
+    assert again["nll_iwae"] == m["nll_iwae"] and again["rate_split"] == m["rate_split"]
+    other = evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64", "eval.seed=5"])
+    assert other["nll_iwae"] != m["nll_iwae"]
+
+
+def grey(path):
+    return torch.from_numpy(imread(path))[..., :3].mean(-1)
+
+
+@pytest.mark.parametrize("latent, expected", [
+    (4, {"recon.png", "digit2.png", "samples.png", "digits.png", "interpolation.png", "traversal.png",
+         "kl_per_dim.png", "latent_scatter.png", "nats_histogram.png", "worst.png", "metrics.json"}),
+    (2, {"manifold.png"}),
+])
+def test_every_picture_is_written_and_not_blank(evaluated, latent, expected):
+    run, _ = evaluated[latent]
+    names = {p.name for p in (run / "eval").iterdir()}
+    assert expected <= names
+    for name in names - {"metrics.json"}:
+        assert grey(run / "eval" / name).std() > 0.02, name
+    # 10 digit rows of 8 originals + 8 reconstructions; a 20 x 20 manifold of 28 px cells.
+    if latent == 2:
+        assert grey(run / "eval" / "manifold.png").shape == (20 * 30 + 2, 20 * 30 + 2)
+    else:
+        assert grey(run / "eval" / "samples.png").shape == (8 * 30 + 2, 8 * 30 + 2)
+
+
+class ImageCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.sources.append(attrs["src"])
+        for key in ("href", "src"):
+            if attrs.get(key, "").startswith(("http:", "https:", "//")):
+                self.links.append(attrs[key])
+
+
+def test_report_is_self_contained_and_every_image_decodes(evaluated):
+    run, m = evaluated[2]
+    text = (run / "report.html").read_text()
+    parser = ImageCollector()
+    parser.feed(text)
+    assert parser.links == []
+    assert len(parser.sources) == 12  # loss curves + 11 evaluation pictures (with the 2-D manifold)
+    for src in parser.sources:
+        prefix, data = src.split(",", 1)
+        assert prefix == "data:image/png;base64"
+        assert imread(io.BytesIO(base64.b64decode(data)), format="png").shape[0] > 50
+    assert f"{m['nll_iwae']:.3f}" in text and "latent_dim: 2" in text

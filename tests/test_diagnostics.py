@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+
+from vae.config import ModelConfig
+from vae.data import load_mnist
+from vae.diagnostics import (LOG_2PI, active_units, collapse_warning, importance_weighted_bound, log_normal,
+                             rate_split)
+from vae.evaluation import encode_split
+from vae.loss import kl_nats
+from vae.model import VAE
+
+
+class LinearGaussian:
+    """p(z) = N(0, I), p(x|z) = N(Wz + b, s^2 I): log p(x), the posterior and the ELBO are closed-form."""
+
+    def __init__(self, d=6, latent=3, sigma=0.5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(d, latent, generator=g, dtype=torch.float64)
+        self.b = torch.randn(d, generator=g, dtype=torch.float64)
+        self.var = sigma ** 2
+        self.x = self.W @ torch.randn(latent, 4, generator=g, dtype=torch.float64) + self.b[:, None]
+        self.x = (self.x + sigma * torch.randn(self.x.shape, generator=g, dtype=torch.float64)).T  # (4, d)
+
+    def log_lik(self, z, x):  # z (S, B, L), x (B, D) -> (S, B)
+        mean = z @ self.W.T + self.b
+        return -0.5 * ((x - mean).pow(2) / self.var + math.log(self.var) + LOG_2PI).sum(-1)
+
+    def log_px(self):
+        cov = self.W @ self.W.T + self.var * torch.eye(len(self.b), dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(self.x)
+
+    def posterior(self):
+        """Exact p(z|x), as (mu, logvar) of its diagonal marginals, and the full covariance."""
+        precision = torch.eye(self.W.shape[1], dtype=torch.float64) + self.W.T @ self.W / self.var
+        cov = torch.linalg.inv(precision)
+        mu = (self.x - self.b) @ self.W @ cov / self.var
+        return mu, cov.diagonal().log().expand_as(mu).clone(), cov
+
+    def elbo(self, mu, logvar):
+        """E_q[log p(x|z)] - KL(q || p) in closed form for a diagonal Gaussian q."""
+        expected = self.log_lik(mu[None], self.x)[0] - 0.5 * (logvar.exp() @ (self.W ** 2).sum(0)) / self.var
+        return expected - kl_nats(mu, logvar)
+
+
+def imperfect_posterior(m: LinearGaussian):
+    mu, logvar, _ = m.posterior()
+    return mu + 0.3, logvar + 0.5  # off-centre and too wide: the bound is loose
+
+
+def test_iwae_with_one_sample_is_the_elbo_in_expectation():
+    m = LinearGaussian()
+    mu, logvar = imperfect_posterior(m)
+    draws = torch.stack([importance_weighted_bound(m.log_lik, m.x, mu, logvar, 1, 1,
+                                                   torch.Generator().manual_seed(i))[0] for i in range(4000)])
+    stderr = draws.std(0) / math.sqrt(len(draws))
+    assert torch.all((draws.mean(0) - m.elbo(mu, logvar)).abs() < 4 * stderr)
+
+
+def test_k_sample_elbo_estimates_the_closed_form_elbo():
+    m = LinearGaussian()
+    mu, logvar = imperfect_posterior(m)
+    _, elbo = importance_weighted_bound(m.log_lik, m.x, mu, logvar, 200_000, 50_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(elbo, m.elbo(mu, logvar), atol=0.02, rtol=0)
+
+
+def test_iwae_bound_tightens_with_k_on_average():
+    m = LinearGaussian()
+    mu, logvar = imperfect_posterior(m)
+
+    def mean_bound(k):
+        return torch.stack([importance_weighted_bound(m.log_lik, m.x, mu, logvar, k, k,
+                                                      torch.Generator().manual_seed(i))[0]
+                            for i in range(300)]).mean().item()
+    bounds = [mean_bound(k) for k in (1, 5, 50, 500)]
+    assert bounds == sorted(bounds) and bounds[-1] - bounds[0] > 0.1
+    assert bounds[-1] < m.log_px().mean().item()
+
+
+def test_iwae_converges_to_the_true_log_likelihood():
+    m = LinearGaussian()
+    mu, logvar = imperfect_posterior(m)
+    log_px, elbo = importance_weighted_bound(m.log_lik, m.x, mu, logvar, 50_000, 5000,  # 10 chunks
+                                             torch.Generator().manual_seed(1))
+    torch.testing.assert_close(log_px, m.log_px(), atol=0.02, rtol=0)
+    assert torch.all(m.log_px() - elbo > 0.1)  # the ELBO of a poor q is visibly looser
+
+
+def test_log_normal_matches_torch_distributions():
+    z, mu, logvar = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    expected = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    torch.testing.assert_close(log_normal(z, mu, logvar), expected)
+
+
+def test_rate_split_terms_add_up_to_the_average_kl():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(2000, 4, generator=g), torch.randn(2000, 4, generator=g) * 0.5 - 1
+    split = rate_split(mu, logvar, chunk=300, generator=torch.Generator().manual_seed(1))
+    average_kl = kl_nats(mu, logvar).double().mean().item()
+    assert split["mutual_information"] + split["marginal_kl"] == pytest.approx(average_kl, abs=0.15)
+    assert 0 < split["mutual_information"] <= split["mutual_information_bound"] == pytest.approx(math.log(2000))
+    assert split["marginal_kl"] > 0
+
+
+def test_rate_split_is_zero_when_every_posterior_is_the_prior():
+    zeros = torch.zeros(500, 3)
+    split = rate_split(zeros, zeros, generator=torch.Generator().manual_seed(0))
+    assert split["marginal_kl"] == pytest.approx(0, abs=1e-9)
+    assert split["mutual_information"] == pytest.approx(0, abs=1e-9)
+
+
+def test_mutual_information_reaches_log_n_for_distinguishable_codes():
+    mu = torch.arange(300.0)[:, None] * torch.ones(1, 2)  # far apart...
+    logvar = torch.full((300, 2), -8.0)  # ...and sharp: z identifies x
+    split = rate_split(mu, logvar, generator=torch.Generator().manual_seed(0))
+    assert split["mutual_information"] == pytest.approx(math.log(300), abs=1e-3)
+
+
+def test_active_units_count_dimensions_whose_mean_varies():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.cat([torch.randn(1000, 3, generator=g),  # varies: active
+                    torch.full((1000, 2), 0.7),  # constant: inactive
+                    0.03 * torch.randn(1000, 1, generator=g)], dim=1)  # variance 0.0009 < 0.01
+    assert active_units(mu) == 3
+
+
+def test_active_units_of_an_encoder_built_to_use_two_dims(mnist_root):
+    _, test = load_mnist(mnist_root, download=False, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(hidden_dims=(), latent_dim=5))
+    linear = model.encoder[0]  # rows 0..4 give mu, rows 5..9 logvar
+    with torch.no_grad():
+        linear.weight[:5] = 0
+        linear.weight[[0, 1]] = 0.05 * torch.randn(2, 784)  # only mu_0 and mu_1 depend on x
+    assert active_units(encode_split(model, test, seed=0).mu) == 2
+
+
+def test_collapse_warning_names_the_numbers_and_the_remedies():
+    healthy = {"epoch": 1, "test_kl": 20.0, "test_active_units": 12}
+    assert collapse_warning([healthy]) is None
+    dead = collapse_warning([healthy, {"epoch": 2, "test_kl": 0.01, "test_active_units": 0}])
+    assert "epoch 2" in dead and "0 active units" in dead and "warm-up" in dead and "free bits" in dead
+    low = [{"epoch": e, "test_kl": 0.4, "test_active_units": 1} for e in (1, 2, 3)]
+    assert collapse_warning(low[:2]) is None and "rate 0.400 nats" in collapse_warning(low)
