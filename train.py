@@ -7,7 +7,8 @@ import sys
 
 from vae.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from vae.cli import run
-from vae.config import OutputConfig, load_config, to_dict
+from vae.config import OutputConfig, load_config, split_override, to_dict
+from vae.errors import UserError
 from vae.training import train
 
 
@@ -29,8 +30,12 @@ def main(argv: list[str]) -> None:
         resume = resolve_checkpoint(args.resume)
         base = to_dict(load_checkpoint(resume)[1])
     cfg = load_config(args.config, args.overrides, base)
-    if resume is not None and not any(o.startswith("output.dir=") for o in args.overrides):
-        cfg = dataclasses.replace(cfg, output=OutputConfig(dir=str(run_dir_of(resume))))
+    if resume is not None and "output.dir" not in [split_override(o)[0] for o in args.overrides]:
+        home = run_dir_of(resume)  # continue in place unless output.dir=DIR asks for a fork
+        if home is None:
+            raise UserError(f"{resume} is not in a run's checkpoints/ folder: give output.dir=DIR "
+                            f"to continue it there")
+        cfg = dataclasses.replace(cfg, output=OutputConfig(dir=str(home)))
     train(cfg, resume=resume, overwrite=args.overwrite, argv=sys.argv)
 
 

@@ -54,6 +54,24 @@ def test_resume_a_run_directory_with_more_epochs(trained, tmp_path):
     assert len(json.loads((run / "run.json").read_text())["previous"]) == 1
 
 
+def test_resume_forks_with_a_spaced_output_dir_override(trained, tmp_path):
+    base, _, _ = trained
+    before = snapshot(base / "run")
+    result = cli("train.py", "--resume", base / "run", f"output.dir = {tmp_path / 'fork'}", "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "fork")] == [1, 2, 3]
+    assert snapshot(base / "run") == before
+
+
+def test_a_loose_checkpoint_needs_an_output_dir(trained, tmp_path):
+    base, _, _ = trained
+    loose = tmp_path / "model.pt"
+    loose.write_bytes((base / "run" / "checkpoints" / "last.pt").read_bytes())
+    result = cli("train.py", "--resume", loose, "train.epochs=3")
+    assert result.returncode == 2 and "give output.dir=DIR" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_evaluate_writes_metrics_pictures_and_report(trained, tmp_path):
     base, _, _ = trained
     run = tmp_path / "run"
@@ -77,6 +95,7 @@ BAD_TRAIN_ARGS = {
     "wrong type": (["train.epochs=many"], "train.epochs must be int"),
     "negative epochs": (["train.epochs=-2"], "train.epochs must be in"),
     "zero latent": (["model.latent_dim=0"], "model.latent_dim must be in"),
+    "deeply nested yaml": (["model.hidden_dims=" + "[" * 3000 + "]" * 3000], "nested too deeply"),
     "bad device": (["train.device=gpu"], "train.device must be"),
     "bad override": (["train.epochs"], "must look like section.key=value"),
     "missing config": (["--config", "nope.yaml"], "config file not found"),

@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from vae.config import (Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config,
-                        to_dict, valid_keys)
+from vae.config import Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config, to_dict
 from vae.errors import UserError
 
 from conftest import REPO
@@ -66,7 +65,7 @@ def test_unknown_key_is_named_with_closest_valid_one(tmp_path, source, key, sugg
     ("model.hidden_dims=[64, x]", r"model.hidden_dims\[1\] must be int"),
     ("data.download=yes please", "data.download must be bool"),
     ("train.lr=fast", "train.lr must be float"),
-    ("train.device=7", "train.device must be str"),
+    ("train.device=[cuda]", "train.device must be str"),
 ])
 def test_wrong_types_are_refused(override, message):
     with pytest.raises(UserError, match=message):
@@ -110,6 +109,18 @@ def test_malformed_files_are_refused(tmp_path, text, message):
         load_config(write(tmp_path, text), [])
 
 
+def test_absurdly_nested_yaml_is_refused_not_a_crash(tmp_path):
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_config(write(tmp_path, "train: " + "[" * 5000 + "]" * 5000), [])
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_config(None, ["model.hidden_dims=" + "[" * 5000 + "]" * 5000])
+
+
+def test_paths_may_be_numbers_and_spaces_around_keys_are_ignored():
+    cfg = load_config(None, ["output.dir=2024", " data.root =/x"])
+    assert cfg.output.dir == "2024" and cfg.data.root == "/x"
+
+
 def test_binary_and_missing_files_are_refused(tmp_path):
     garbage = tmp_path / "garbage.yaml"
     garbage.write_bytes(bytes(range(256)) * 4)
@@ -127,7 +138,6 @@ def test_empty_file_is_the_defaults(tmp_path):
 def test_every_shipped_config_loads(path):
     cfg = load_config(path, [])
     assert cfg.output.dir == f"outputs/{path.stem}"
-    assert set(valid_keys()) >= {f"{s}.{k}" for s, v in to_dict(cfg).items() for k in v}
 
 
 def test_same_run_allows_epochs_output_and_viz_but_not_architecture():

@@ -112,39 +112,86 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(tiny_cfg, tmp_path):
     assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
 
 
-def test_best_checkpoint_is_one_consistent_moment(tiny_cfg):
-    cfg = with_(tiny_cfg, train={"epochs": 3})
-    result = train(cfg)
+def test_best_checkpoint_is_one_consistent_moment(tiny_cfg, tmp_path, monkeypatch):
+    import vae.training
+    scripted = iter([5.0, 1.0, 3.0])  # test losses per epoch: the best epoch (2) is not the last
+
+    def evaluate_scripted(*args):
+        return {**evaluate(*args), "loss": next(scripted)}
+    monkeypatch.setattr(vae.training, "evaluate", evaluate_scripted)
+    result = train(with_(tiny_cfg, train={"epochs": 3}))
+    monkeypatch.undo()
     best, _ = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
-    row = min(result.rows, key=lambda r: r["test_loss"])
-    assert best["epoch"] == row["epoch"] and best["best_test_loss"] == row["test_loss"]
-    # Its weights give exactly the test loss recorded at that epoch...
-    model = VAE(cfg.model)
-    model.load_state_dict(best["model"])
-    _, test_split = load_mnist(cfg.data.root, False, torch.device("cpu"))
-    assert evaluate(model, test_split, cfg.train.seed)["loss"] == row["test_loss"]
-    # ...and its optimizer has taken exactly that many epochs of steps.
-    steps_per_epoch = -(-640 // cfg.train.batch_size)
-    assert best["optimizer"]["state"][0]["step"].item() == row["epoch"] * steps_per_epoch
+    assert best["epoch"] == 2 and best["best_test_loss"] == 1.0
+    # The same weights, optimizer state and RNG as a run that stopped after epoch 2.
+    two, _ = load_checkpoint(train(with_(tiny_cfg, output={"dir": str(tmp_path / "two")})).run_dir)
+    assert_same_parameters(best["model"], two["model"])
+    assert_same_parameters(best["optimizer"]["state"][0], two["optimizer"]["state"][0])
+    assert torch.equal(best["rng"]["generator"], two["rng"]["generator"])
 
 
-def test_resume_from_an_earlier_checkpoint_redoes_later_epochs_once(tiny_cfg, tmp_path):
+def test_resume_from_an_earlier_checkpoint_refuses_to_discard_later_epochs(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg)
     shutil.copy(run / "checkpoints" / "last.pt", run / "checkpoints" / "epoch2.pt")
     full = train(with_(tiny_cfg, train={"epochs": 4}), resume=run)
-    again = train(with_(tiny_cfg, train={"epochs": 4}), resume=run / "checkpoints" / "epoch2.pt")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="trained to epoch 4.*would discard.*--overwrite"):
+        train(with_(tiny_cfg, train={"epochs": 4}), resume=run / "checkpoints" / "epoch2.pt")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    again = train(with_(tiny_cfg, train={"epochs": 4}), resume=run / "checkpoints" / "epoch2.pt", overwrite=True)
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3, 4]
     assert without_timing(again.rows) == without_timing(full.rows)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before  # the same epochs, redone bit for bit
 
 
 def test_resume_into_another_directory_forks_the_run(tiny_cfg, tmp_path):
     train(tiny_cfg)
-    source_rows = rundir.read_metrics(tmp_path / "run")
-    fork = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "fork")}),
-                 resume=tmp_path / "run")
+    source = tmp_path / "run"
+    source_files = {p.name: p.read_bytes() for p in (source / "checkpoints").iterdir()}
+    source_rows = rundir.read_metrics(source)
+    fork = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "fork")}), resume=source)
     assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "fork")] == [1, 2, 3]
-    assert fork.rows[:2] == source_rows == rundir.read_metrics(tmp_path / "run")
+    assert fork.rows[:2] == source_rows == rundir.read_metrics(source)
+    assert {p.name: p.read_bytes() for p in (source / "checkpoints").iterdir()} == source_files
+    assert load_checkpoint(tmp_path / "fork" / "checkpoints" / "best.pt")[0]["epoch"] in (2, 3)
+    with pytest.raises(UserError, match="already holds a run"):  # a fork never lands on a run
+        train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "fork")}), resume=source)
+
+
+def test_a_loose_checkpoint_forks_into_output_dir(tiny_cfg, tmp_path):
+    train(tiny_cfg)
+    shutil.copy(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "model.pt")
+    result = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "new")}),
+                   resume=tmp_path / "model.pt")
+    assert [r["epoch"] for r in result.rows] == [3]  # no history travels with a bare checkpoint
+    assert load_checkpoint(tmp_path / "new" / "checkpoints" / "best.pt")[0]["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "new", "run"]
+
+
+def test_a_best_checkpoint_newer_than_last_is_redone(tiny_cfg, tmp_path):
+    """A kill after best.pt but before last.pt was written: the resumed epoch rewrites best.pt."""
+    straight = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "straight")}))
+    train(tiny_cfg)
+    run = tmp_path / "run"
+    shutil.copy(straight.run_dir / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")  # epoch 3
+    train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
+    redone, _ = load_checkpoint(run / "checkpoints" / "best.pt")
+    expected, _ = load_checkpoint(straight.run_dir / "checkpoints" / "best.pt")
+    assert redone["epoch"] == expected["epoch"] == 3
+    assert_same_parameters(redone["model"], expected["model"])
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
+    import vae.training
+    run = train(tiny_cfg).run_dir
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    real = vae.training.train_epoch
+    monkeypatch.setattr(vae.training, "train_epoch", lambda *a, **k: {**real(*a, **k), "kl": float("nan")})
+    with pytest.raises(UserError, match="diverged in epoch 3: train kl not finite"):
+        train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
 
 
 def test_resume_truncates_rows_written_after_the_checkpoint(tiny_cfg, tmp_path):

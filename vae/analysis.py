@@ -164,7 +164,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     load_state(model, state["model"], path)
     model.eval()
 
-    run_dir = run_dir_of(path)
+    run_dir = run_dir_of(path) or path.resolve().parent
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -14,8 +15,12 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "epoch", "best_test_loss", "model", "optimizer", "rng")
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+def save_checkpoint(state: dict, *paths: Path) -> None:
+    """Serialize `state` once and write it atomically to each path, in the order given."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    for path in paths:
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -31,10 +36,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to: <run>/checkpoints/x.pt -> <run>."""
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/x.pt -> <run>), or None."""
     parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
+    return parent.parent if parent.name == "checkpoints" else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, Config]:

@@ -142,6 +142,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):  # e.g. output.dir=2024
+        return str(value)
     raise UserError(f"{key} must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
@@ -191,6 +193,8 @@ class _NoAliasLoader(yaml.SafeLoader):
 def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise UserError(f"{source} is nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -217,15 +221,20 @@ def read_config_file(path: str | Path) -> dict:
     return raw
 
 
+def split_override(item: str) -> tuple[str, str]:
+    """'train.lr = 3e-4' -> ('train.lr', ' 3e-4')."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{item}' must look like section.key=value, e.g. train.lr=3e-4")
+    return key.strip(), text
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     keys = valid_keys()
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"override '{item}' must look like section.key=value, e.g. train.lr=3e-4")
+        key, text = split_override(item)
         if key not in keys:
             raise _unknown(key, keys)
         section, name = key.split(".")
@@ -264,6 +273,3 @@ def check_same_run(stored: Config, new: Config) -> None:
         raise UserError(f"the checkpoint was trained with another config: {'; '.join(changed)}. "
                         f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change; start a new run instead")
 
-
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

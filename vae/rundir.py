@@ -41,7 +41,7 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
 def create(run_dir: Path, clear: bool) -> None:
     """Make the run directory (emptied of an earlier run's files when `clear`)."""
     try:
-        if clear:
+        if clear and holds_run(run_dir):
             for name in RUN_ENTRIES:
                 entry = run_dir / name
                 if entry.is_dir():

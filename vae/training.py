@@ -10,18 +10,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vae import rundir
 from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
                             save_checkpoint)
 from vae.config import Config, check_same_run, to_dict
 from vae.data import Split, batches, load_mnist
 from vae.device import resolve_device
 from vae.diagnostics import collapse_warning
-from vae.files import atomic_write
+from vae.errors import UserError
 from vae.evaluation import evaluate, fixed_latents, save_pictures
+from vae.files import atomic_write
 from vae.loss import vae_loss
 from vae.model import VAE
 from vae.viz import plot_loss_curves
-from vae import rundir
+
 
 @dataclass
 class TrainResult:
@@ -72,42 +74,77 @@ def train_epoch(model: VAE, opt: torch.optim.Optimizer, split: Split, batch_size
     return {"loss": loss, "recon": recon, "kl": kl}
 
 
+def _last_epoch(run_dir: Path) -> int:
+    """The epoch of a run directory's last.pt (0 when it has none that loads)."""
+    try:
+        return load_checkpoint(run_dir / "checkpoints" / "last.pt")[0]["epoch"]
+    except UserError:
+        return 0
+
+
+def _carry_best(source: Path | None, run_dir: Path, epoch: int) -> float:
+    """Best test loss so far, keeping its best.pt in run_dir (copied there when forking).
+
+    A best.pt from after `epoch` belongs to discarded work: it is removed, and the next epoch
+    writes a new one.
+    """
+    src, dest = (source or run_dir) / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt"
+    try:
+        best = load_checkpoint(src)[0] if src.is_file() else None
+    except UserError:
+        best = None
+    if best is None or best["epoch"] > epoch:
+        dest.unlink(missing_ok=True)
+        return math.inf
+    if src.resolve() != dest.resolve():
+        atomic_write(dest, lambda f: f.write(src.read_bytes()))
+    return best["best_test_loss"]
+
+
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
           argv: list[str] | None = None) -> TrainResult:
     """Train from scratch, or continue the checkpoint `resume` (a file or a run directory).
 
-    Everything the user supplied is checked before anything in the run directory is written.
+    A checkpoint continues in place when output.dir is the run directory it belongs to; anywhere
+    else the run is forked into output.dir, which must not hold a run. Everything the user
+    supplied is checked before anything in a run directory is written.
     """
     device = resolve_device(cfg.train.device)
-    run_dir = Path(cfg.output.dir)
-    state = None
+    run_dir = Path(cfg.output.dir).expanduser()
+    state, source = None, None
     if resume is not None:
         resume = resolve_checkpoint(resume)
         state, stored = load_checkpoint(resume)
         check_same_run(stored, cfg)
-    forking = state is not None and run_dir.resolve() != run_dir_of(resume)
-    if state is None or forking:
+        source = run_dir_of(resume)
+    in_place = source is not None and run_dir.resolve() == source
+    if not in_place:
         rundir.check_fresh(run_dir, overwrite)
+    elif not overwrite and _last_epoch(run_dir) > state["epoch"]:
+        raise UserError(f"{run_dir} has trained to epoch {_last_epoch(run_dir)}: continuing it from "
+                        f"{resume.name} (epoch {state['epoch']}) would discard the later epochs. Fork it "
+                        f"with output.dir=DIR, or pass --overwrite to discard them")
     train_split, test_split = load_mnist(cfg.data.root, cfg.data.download, device)
 
     torch.manual_seed(cfg.train.seed)
     model = VAE(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    start, best, rows = 1, math.inf, []
+    start, rows = 1, []
     if state is not None:
         load_state(model, state["model"], resume)
         load_state(opt, state["optimizer"], resume)
         restore_rng(state["rng"], gen)
-        start, best = state["epoch"] + 1, state["best_test_loss"]
+        start = state["epoch"] + 1
         # Rows after the checkpoint's epoch belong to work that is about to be redone.
-        rows = [r for r in rundir.read_metrics(run_dir_of(resume)) if r["epoch"] <= state["epoch"]]
+        rows = [r for r in rundir.read_metrics(source) if r["epoch"] < start] if source else []
     if start > cfg.train.epochs:
         print(f"{resume} is already at epoch {start - 1} of train.epochs={cfg.train.epochs}: "
               f"nothing to do (raise train.epochs to train on)")
-        return TrainResult(run_dir, rows, best, model)
+        return TrainResult(run_dir, rows, state["best_test_loss"], model)
 
-    rundir.create(run_dir, clear=overwrite and (state is None or forking))
+    rundir.create(run_dir, clear=overwrite and not in_place)
+    best = _carry_best(source, run_dir, state["epoch"]) if state is not None else math.inf
     rundir.write_run_info(run_dir, cfg, argv or sys.argv, device)
     rundir.write_metrics(run_dir, rows)
     fixed_z = fixed_latents(cfg.model.latent_dim, cfg.train.seed, device)
@@ -122,16 +159,22 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
         te = evaluate(model, test_split, cfg.train.seed)
         seconds = time.perf_counter() - t0
 
+        diverged = [f"{split} {term}" for split, m in (("train", tr), ("test", te))
+                    for term in ("recon", "kl") if not math.isfinite(m[term])]
+        if diverged:
+            raise UserError(f"training diverged in epoch {epoch}: {', '.join(diverged)} not finite; nothing "
+                            f"of this epoch was saved. Lower train.lr, or resume from {last}")
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()},
                      **{f"test_{k}": v for k, v in te.items()}, "seconds": seconds})
         rundir.write_metrics(run_dir, rows)  # before the checkpoint: a resume drops rows past it
         is_best = te["loss"] < best
         best = min(best, te["loss"])
+        # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
+        # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
         save_checkpoint({"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epoch,
                          "best_test_loss": best, "model": model.state_dict(),
-                         "optimizer": opt.state_dict(), "rng": rng_state(gen)}, last)
-        if is_best:  # the same moment as last.pt: weights, optimizer and RNG together
-            atomic_write(best_path, lambda f: f.write(last.read_bytes()))
+                         "optimizer": opt.state_dict(), "rng": rng_state(gen)},
+                        *([best_path] if is_best else []), last)
 
         if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
             save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",

@@ -11,9 +11,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from vae.data import IMAGE_SHAPE as IMAGE  # noqa: E402
 from vae.files import atomic_write  # noqa: E402
-
-IMAGE = (1, 28, 28)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
