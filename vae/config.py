@@ -87,6 +87,11 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = False  # also log scalars and image grids to <run>/tensorboard/ (needs tensorboard)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str | None = None  # run directory; None means outputs/<config file name>
 
@@ -98,6 +103,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     viz: VizConfig = VizConfig()
     eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
     output: OutputConfig = OutputConfig()
 
 
@@ -260,7 +266,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 # Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device", "output.dir",
-                        "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed")
+                        "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
+                        "logging.tensorboard")
 
 
 def check_same_run(stored: Config, new: Config) -> None:

@@ -22,7 +22,8 @@ from vae.files import atomic_write_text
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl",
                   "test_loss", "test_recon", "test_kl", "test_active_units", "seconds")
 INTEGER_COLUMNS = ("epoch", "test_active_units")
-RUN_ENTRIES = ("checkpoints", "images", "eval", "metrics.csv", "config.yaml", "run.json")
+RUN_ENTRIES = ("checkpoints", "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
+               "report.html")
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -22,6 +22,7 @@ from vae.evaluation import evaluate, fixed_latents, save_pictures
 from vae.files import atomic_write
 from vae.loss import vae_loss
 from vae.model import VAE
+from vae.tblog import TensorBoardLog, summary_writer_class
 from vae.viz import plot_loss_curves
 
 
@@ -110,6 +111,8 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     supplied is checked before anything in a run directory is written.
     """
     device = resolve_device(cfg.train.device)
+    if cfg.logging.tensorboard:
+        summary_writer_class()  # fail now, not after the data has loaded
     run_dir = Path(cfg.output.dir).expanduser()
     state, source = None, None
     if resume is not None:
@@ -147,6 +150,7 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     best = _carry_best(source, run_dir, state["epoch"]) if state is not None else math.inf
     rundir.write_run_info(run_dir, cfg, argv or sys.argv, device)
     rundir.write_metrics(run_dir, rows)
+    tensorboard = TensorBoardLog(run_dir / "tensorboard") if cfg.logging.tensorboard else None
     fixed_z = fixed_latents(cfg.model.latent_dim, cfg.train.seed, device)
     last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
@@ -176,14 +180,19 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
                          "optimizer": opt.state_dict(), "rng": rng_state(gen)},
                         *([best_path] if is_best else []), last)
 
+        pictures = []
         if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
-            save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
-                          suffix=f"_epoch{epoch:03d}")
+            pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
+                                     suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")
+        if tensorboard:
+            tensorboard.epoch(rows[-1], pictures)
         print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {tr['loss']:8.3f}  test {te['loss']:8.3f} "
               f"(recon {te['recon']:7.3f} + KL {te['kl']:6.3f}) nats/example  "
               f"{te['active_units']:3d} active units  {seconds:5.1f}s" + ("  *best" if is_best else ""))
         warning = collapse_warning(rows)
         if warning:
             print(warning, file=sys.stderr)
+    if tensorboard:
+        tensorboard.close()
     return TrainResult(run_dir, rows, best, model)

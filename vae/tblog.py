@@ -1,0 +1,37 @@
+"""Optional TensorBoard logging (logging.tensorboard=true): per-epoch scalars and the image grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from matplotlib.image import imread
+
+from vae.errors import UserError
+
+
+def summary_writer_class():
+    """torch's SummaryWriter, or a clear error when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("logging.tensorboard=true needs the tensorboard package: "
+                        "pip install tensorboard (or set logging.tensorboard=false)") from None
+    return SummaryWriter
+
+
+class TensorBoardLog:
+    def __init__(self, log_dir: Path):
+        self.writer = summary_writer_class()(log_dir=str(log_dir))
+
+    def epoch(self, row: dict, pictures: list[Path]) -> None:
+        """Scalars of one metrics.csv row (train_loss -> train/loss) and the PNGs drawn this epoch."""
+        for key, value in row.items():
+            if key != "epoch":
+                self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+        for path in pictures:
+            image = torch.from_numpy(imread(path))[..., :3]  # (H, W, 3) floats in [0, 1]
+            self.writer.add_image(path.stem.rsplit("_epoch", 1)[0], image, row["epoch"], dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
