@@ -103,3 +103,4 @@ def test_report_is_self_contained_and_every_image_decodes(evaluated):
         assert prefix == "data:image/png;base64"
         assert imread(io.BytesIO(base64.b64decode(data)), format="png").shape[0] > 50
     assert f"{m['nll_iwae']:.3f}" in text and "latent_dim: 2" in text
+    assert 'width="484"' in text  # 242-px pixel grids are shown twice as large

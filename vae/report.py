@@ -49,8 +49,12 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
 
 
 def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+    """An inline <img>; small pixel grids are shown at twice their size."""
+    png = path.read_bytes()
+    width = int.from_bytes(png[16:20], "big")  # from the IHDR chunk
+    size = f' width="{2 * width}"' if width < 400 else ""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"{size}>'
 
 
 def write_report(run_dir: Path, cfg: Config, metrics: dict) -> None:
