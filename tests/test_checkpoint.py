@@ -18,7 +18,8 @@ def make_state(epoch=3, cfg=Config()):
     return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epoch,
             "best_test_loss": 101.5, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": {"device_type": "cpu", "generator": torch.Generator().get_state(),
-                    "torch": torch.get_rng_state(), "cuda": []}}
+                    "torch": torch.get_rng_state(), "cuda": []},
+            "progress": None}
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -29,6 +30,13 @@ def test_round_trip_is_exact(tmp_path):
     for k, v in state["model"].items():
         assert torch.equal(loaded["model"][k], v)
     assert torch.equal(loaded["rng"]["generator"], state["rng"]["generator"])
+
+
+def test_a_format_1_checkpoint_is_upgraded_on_load(tmp_path):
+    old = {k: v for k, v in make_state().items() if k != "progress"}
+    torch.save({**old, "format_version": 1}, tmp_path / "v1.pt")
+    state, _ = load_checkpoint(tmp_path / "v1.pt")
+    assert state["format_version"] == FORMAT_VERSION == 2 and state["progress"] is None
 
 
 def test_save_leaves_no_temporary_files(tmp_path):

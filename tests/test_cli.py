@@ -90,25 +90,15 @@ def test_evaluate_writes_metrics_pictures_and_report(trained, tmp_path):
     assert (run / "report.html").is_file()
 
 
+# A few malformed inputs as real processes; tests/test_malformed.py holds the whole corpus.
 BAD_TRAIN_ARGS = {
     "unknown key": (["train.ephocs=3"], "did you mean 'train.epochs'"),
-    "wrong type": (["train.epochs=many"], "train.epochs must be int"),
-    "negative epochs": (["train.epochs=-2"], "train.epochs must be in"),
-    "zero latent": (["model.latent_dim=0"], "model.latent_dim must be in"),
-    "deeply nested yaml": (["model.hidden_dims=" + "[" * 3000 + "]" * 3000], "nested too deeply"),
-    "bad device": (["train.device=gpu"], "train.device must be"),
-    "bad override": (["train.epochs"], "must look like section.key=value"),
-    "missing config": (["--config", "nope.yaml"], "config file not found"),
     "malformed yaml": (["--config", "{bad_yaml}"], "not valid YAML"),
     "existing run": (["output.dir={base}/run"], "already holds a run"),
     "missing data": (["data.root={base}/nothing-here"], "MNIST files not found in"),
-    "missing resume": (["--resume", "{base}/nope.pt"], "checkpoint not found"),
     "garbage resume": (["--resume", "{garbage}"], "not a readable checkpoint"),
-    "non-checkpoint resume": (["--resume", "{base}/tiny.yaml"], "not a readable checkpoint"),
-    "plain directory resume": (["--resume", "{base}"], "without checkpoints/last.pt"),
     "architecture change on resume": (["--resume", "{base}/run", "model.hidden_dims=[64]"],
                                       "trained with another config"),
-    "cuda without cuda": (["train.device=cuda:99"], "no such CUDA device"),
 }
 
 

@@ -31,7 +31,7 @@ def test_file_then_overrides_then_output_dir_from_config_name(tmp_path):
 
 
 def test_explicit_output_dir_wins(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["output.dir=/tmp/elsewhere"])
+    cfg = load_config(write(tmp_path, "{}"), ["output.dir=/tmp/elsewhere"])
     assert cfg.output.dir == "/tmp/elsewhere"
 
 
@@ -48,7 +48,7 @@ def test_round_trip_through_plain_data():
     ("file", "trian:\n  epochs: 3\n", "train"),
 ])
 def test_unknown_key_is_named_with_closest_valid_one(tmp_path, source, key, suggestion):
-    path = write(tmp_path, key if source == "file" else "")
+    path = write(tmp_path, key if source == "file" else "{}")
     with pytest.raises(UserError, match="unknown config key") as e:
         load_config(path, [key] if source == "override" else [])
     if suggestion:
@@ -130,8 +130,10 @@ def test_binary_and_missing_files_are_refused(tmp_path):
         load_config(tmp_path / "nope.yaml", [])
 
 
-def test_empty_file_is_the_defaults(tmp_path):
-    assert load_config(write(tmp_path, ""), []) == load_config(write(tmp_path, "{}", "exp.yaml"), [])
+def test_an_empty_file_is_refused_and_an_empty_mapping_is_the_defaults(tmp_path):
+    with pytest.raises(UserError, match="is empty; write {} for a config that keeps every default"):
+        load_config(write(tmp_path, "# nothing but a comment\n"), [])
+    assert load_config(write(tmp_path, "{}"), []) == load_config(None, ["output.dir=outputs/exp"])
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

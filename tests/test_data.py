@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from vae.data import batches, load_mnist
+from vae.data import load_mnist
 from vae.errors import UserError
 
 from conftest import make_mnist, synthetic_digits, write_idx
@@ -56,14 +56,3 @@ def test_corrupt_files_are_reported_not_raised(tmp_path, damage):
         write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(29, dtype=torch.uint8))
     with pytest.raises(UserError, match="MNIST"):
         load_mnist(tmp_path, download=False, device=CPU)
-
-
-def test_batches_cover_every_example_once_with_a_short_last_batch():
-    got = list(batches(10, 4, torch.Generator().manual_seed(0)))
-    assert [len(b) for b in got] == [4, 4, 2]
-    assert sorted(torch.cat(got).tolist()) == list(range(10))
-
-
-def test_batch_order_follows_the_generator():
-    order = lambda seed: torch.cat(list(batches(100, 32, torch.Generator().manual_seed(seed))))
-    assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))

@@ -12,8 +12,10 @@ from vae.config import from_dict, to_dict
 from vae.data import load_mnist
 from vae.errors import UserError
 from vae.evaluation import evaluate
+from vae.loss import vae_loss
 from vae.model import VAE
-from vae.training import train, train_epoch
+from vae.resume import EpochProgress
+from vae.training import train, train_step
 
 TIMING = "seconds"
 
@@ -80,8 +82,23 @@ def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
     evaluate(model, test_split, seed=0)
     assert_same_parameters(before, model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_epoch(model, opt, train_split, 64, torch.Generator().manual_seed(0), desc="test")
+    progress = EpochProgress.begin(len(train_split), torch.Generator().manual_seed(0))
+    train_step(model, opt, train_split.pixels(progress.remaining(64)[0]), torch.Generator(), 0.0, progress)
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert progress.step == 1 and progress.seen == 64 and progress.means()["loss"] > 100
+
+
+def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
+    train_split, _ = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    x = train_split.pixels(torch.arange(64))
+
+    def grad_norm(clip):
+        torch.manual_seed(0)
+        model = VAE(tiny_cfg.model)
+        opt = torch.optim.Adam(model.parameters())
+        train_step(model, opt, x, torch.Generator().manual_seed(0), clip, EpochProgress(torch.arange(64)))
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
+    assert grad_norm(0.0) > 10 and grad_norm(0.5) == pytest.approx(0.5, rel=1e-4)
 
 
 def test_evaluation_is_repeatable(tiny_cfg):
@@ -182,16 +199,62 @@ def test_a_best_checkpoint_newer_than_last_is_redone(tiny_cfg, tmp_path):
     assert_same_parameters(redone["model"], expected["model"])
 
 
-def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
     import vae.training
     run = train(tiny_cfg).run_dir
     good = (run / "checkpoints" / "last.pt").read_bytes()
-    real = vae.training.train_epoch
-    monkeypatch.setattr(vae.training, "train_epoch", lambda *a, **k: {**real(*a, **k), "kl": float("nan")})
-    with pytest.raises(UserError, match="diverged in epoch 3: train kl not finite"):
+    calls = iter(range(1000))
+
+    def poisoned(*args):  # the 4th step of the resumed epoch 3 gets a NaN KL
+        terms = vae_loss(*args)
+        return terms._replace(kl=terms.kl * float("nan")) if next(calls) == 3 else terms
+    monkeypatch.setattr(vae.training, "vae_loss", poisoned)
+    with pytest.raises(UserError, match="diverged at epoch 3, step 4: KL not finite"):
         train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+
+
+def test_a_signal_mid_epoch_saves_and_the_resume_is_bitwise_exact(tiny_cfg, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import vae.training
+    from vae.errors import Interrupted
+    straight = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "straight")}))
+    real, steps = vae.training.train_step, iter(range(1000))
+
+    def ctrl_c_at_step_13(*args):  # epochs have 10 steps: this is step 3 of epoch 2
+        real(*args)
+        if next(steps) == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(vae.training, "train_step", ctrl_c_at_step_13)
+    cfg = with_(tiny_cfg, train={"epochs": 3})
+    with pytest.raises(Interrupted, match="stopped in epoch 2 after step 3; continue with") as e:
+        train(cfg)
+    assert e.value.signum == signal.SIGINT
+    monkeypatch.undo()
+    state, _ = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 1 and state["progress"]["step"] == 3
+    resumed = train(cfg, resume=tmp_path / "run")
+    assert_same_parameters(straight.model.state_dict(), resumed.model.state_dict())
+    assert without_timing(rundir.read_metrics(tmp_path / "run")) == without_timing(straight.rows)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_checkpoints_every_n_steps_resume_mid_epoch(tiny_cfg, tmp_path):
+    every = with_(tiny_cfg, train={"checkpoint_every_steps": 4, "epochs": 1})
+    train(every)
+    state, _ = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 1 and state["progress"] is None  # the epoch end replaced the step checkpoints
+
+
+def test_deterministic_mode_trains_identically(tiny_cfg, tmp_path):
+    a = train(with_(tiny_cfg, train={"deterministic": True}))
+    assert torch.are_deterministic_algorithms_enabled()
+    b = train(with_(tiny_cfg, output={"dir": str(tmp_path / "b")}))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert without_timing(a.rows) == without_timing(b.rows)
 
 
 def test_resume_truncates_rows_written_after_the_checkpoint(tiny_cfg, tmp_path):
@@ -229,6 +292,16 @@ def test_a_new_run_never_clobbers_an_existing_one(tiny_cfg):
     replaced = train(with_(tiny_cfg, train={"seed": 9, "epochs": 1}), overwrite=True)
     assert [r["epoch"] for r in replaced.rows] == [1]
     assert not (first.run_dir / "images" / "recon_epoch002.png").exists()
+
+
+def test_a_full_disk_or_a_file_in_the_way_fails_before_anything_is_written(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        train(with_(tiny_cfg, output={"dir": str(tmp_path / "file" / "run")}))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 2**20))
+    with pytest.raises(UserError, match=r"only 1 MiB free on the disk of .*needs about \d+ MiB"):
+        train(tiny_cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_missing_data_fails_before_anything_is_written(tiny_cfg, tmp_path):

@@ -11,8 +11,12 @@ from vae.config import Config, from_dict
 from vae.errors import UserError
 from vae.files import atomic_write
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "config", "epoch", "best_test_loss", "model", "optimizer", "rng")
+FORMAT_VERSION = 2
+REQUIRED_KEYS = ("format_version", "config", "epoch", "best_test_loss", "model", "optimizer", "rng", "progress")
+# Each step upgrades a checkpoint of format N to N + 1.
+UPGRADES = {
+    1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
+}
 
 
 def save_checkpoint(state: dict, *paths: Path) -> None:
@@ -58,9 +62,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
         raise UserError(f"{path} is not a readable checkpoint ({reason.strip()[:160]})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no format_version)")
+    while state["format_version"] in UPGRADES:
+        state = UPGRADES[state["format_version"]](state)
     if state["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {state['format_version']!r}; this version "
-                        f"reads format {FORMAT_VERSION}")
+        raise UserError(f"{path} has checkpoint format {state['format_version']!r}, which this version "
+                        f"cannot read or upgrade (it reads formats 1..{FORMAT_VERSION}): "
+                        f"use the version of this project that wrote it")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise UserError(f"{path} is incomplete: missing {', '.join(missing)}")

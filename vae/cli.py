@@ -4,13 +4,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from vae.errors import UserError
+from vae.errors import Interrupted, UserError
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Call main(argv); a UserError or OS error becomes 'error: ...' on stderr and exit status 2."""
+    """Call main(argv); a UserError or OS error becomes 'error: ...' on stderr and exit status 2.
+
+    A stop on a signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
+    """
     try:
         main(sys.argv[1:])
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

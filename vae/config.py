@@ -51,6 +51,9 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_clip: float = 0.0  # clip the gradient norm to this; 0 = off
+    checkpoint_every_steps: int = 0  # also save last.pt every N steps inside an epoch; 0 = epoch ends only
+    deterministic: bool = False  # torch's deterministic algorithms (matters on GPU)
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 1_000_000, "train.epochs", self.epochs, "must be in 1..1000000")
@@ -61,6 +64,10 @@ class TrainConfig:
         _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in 0..2**63-1")
         _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device",
                  self.device, "must be auto, cpu, cuda or cuda:N")
+        _require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip", self.grad_clip,
+                 "must be a finite number >= 0 (0 = off)")
+        _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+                 self.checkpoint_every_steps, "must be >= 0 (0 = at epoch ends only)")
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,10 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict:
-    """The raw nested dict of a YAML config file (an empty file is an empty config)."""
+    """The raw nested dict of a YAML config file.
+
+    An empty file is refused (a truncated or unsaved file, most likely); `{}` means all defaults.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -221,7 +231,7 @@ def read_config_file(path: str | Path) -> dict:
         raise UserError(f"{path} is not a text (UTF-8) file") from None
     raw = parse_yaml(text, str(path))
     if raw is None:
-        return {}
+        raise UserError(f"{path} is empty; write {{}} for a config that keeps every default")
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping of sections (data, model, train, ...)")
     return raw
@@ -265,7 +275,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 
 # Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
-MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device", "output.dir",
+MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
+                        "train.checkpoint_every_steps", "train.deterministic", "output.dir",
                         "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
                         "logging.tensorboard")
 

@@ -1,7 +1,6 @@
 """MNIST through torchvision, held whole as one uint8 tensor on the training device, batched by index."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +71,3 @@ def load_mnist(root: str | Path, download: bool, device: torch.device) -> tuple[
     root = Path(root).expanduser()
     return tuple(_to_split(_read(root, train, download), device) for train in (True, False))
 
-
-def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Indices of one shuffled epoch over n examples; the last batch may be short."""
-    perm = torch.randperm(n, generator=generator, device=generator.device)
-    yield from perm.split(batch_size)

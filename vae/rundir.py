@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -27,7 +28,8 @@ RUN_ENTRIES = ("checkpoints", "images", "eval", "tensorboard", "metrics.csv", "c
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "metrics.csv").exists()
+    """A run worth keeping: one that saved a checkpoint (one killed before that can start again)."""
+    return (run_dir / "checkpoints" / "last.pt").exists()
 
 
 def check_fresh(run_dir: Path, overwrite: bool) -> None:
@@ -37,6 +39,19 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
     if holds_run(run_dir) and not overwrite:
         raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                         f"choose another output.dir=DIR, or pass --overwrite to replace it")
+
+
+def check_space(run_dir: Path, needed_bytes: int) -> None:
+    """Fail before training when the run directory cannot be made or its disk is too full."""
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot make output.dir {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write output.dir {run_dir}: {existing} is not writable")
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise UserError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; this run needs about "
+                        f"{needed_bytes / 2**20:.0f} MiB for its checkpoints and images")
 
 
 def create(run_dir: Path, clear: bool) -> None:
@@ -51,6 +66,8 @@ def create(run_dir: Path, clear: bool) -> None:
                     entry.unlink()
         for sub in ("checkpoints", "images"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for stale in [p for sub in ("", "checkpoints", "images", "eval") for p in (run_dir / sub).glob(".*.tmp")]:
+            stale.unlink()  # left by a process killed while writing (see files.atomic_write)
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
 

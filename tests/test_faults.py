@@ -1,0 +1,103 @@
+"""Kill the training process for real, at random moments, and check that nothing is lost."""
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vae import rundir
+from vae.checkpoint import load_checkpoint
+from vae.config import load_config
+from vae.training import train
+
+from conftest import REPO
+
+KILLS = 6
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mnist_root):
+    """A config that checkpoints every 2 steps, and its uninterrupted in-process run (with wall time)."""
+    base = tmp_path_factory.mktemp("faults")
+    config = base / "faults.yaml"
+    config.write_text(f"data: {{root: {mnist_root}, download: false}}\n"
+                      "model: {hidden_dims: [64], latent_dim: 4}\n"
+                      "train: {epochs: 4, batch_size: 32, device: cpu, checkpoint_every_steps: 2}\n")
+    t0 = time.perf_counter()
+    result = train(load_config(config, [f"output.dir={base / 'reference'}"]))
+    return config, result, time.perf_counter() - t0
+
+
+def start(*args):
+    proc = subprocess.Popen([sys.executable, "-u", str(REPO / "train.py"), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "training ..." once imports, data and the run directory are ready
+    return proc
+
+
+def assert_same_run(run, reference):
+    final, _ = load_checkpoint(run / "checkpoints" / "last.pt")
+    for k, v in reference.model.state_dict().items():
+        assert torch.equal(final["model"][k], v), k
+    rows = rundir.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # each epoch exactly once
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in reference.rows]
+    assert list(run.rglob(".*.tmp")) == []
+
+
+def test_kill_9_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_path):
+    config, expected, seconds = reference
+    run, rng, kills = tmp_path / "run", random.Random(20261126), 0
+    while True:
+        resumable = (run / "checkpoints" / "last.pt").exists()
+        proc = start(*(["--resume", run] if resumable else ["--config", config, f"output.dir={run}"]))
+        if kills == KILLS:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            break
+        time.sleep(rng.uniform(0, seconds))
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            kills += 1
+        proc.communicate()
+        if (run / "checkpoints" / "last.pt").exists():
+            load_checkpoint(run / "checkpoints" / "last.pt")  # always loadable
+    assert kills == KILLS
+    assert_same_run(run, expected)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_says_how_to_resume_and_exits_128_plus_signal(reference, tmp_path, sig, code):
+    config, expected, seconds = reference
+    run = tmp_path / "run"
+    proc = start("--config", config, f"output.dir={run}")
+    time.sleep(seconds / 3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == code and f"python train.py --resume {run}" in err
+    assert "Traceback" not in err
+    state, _ = load_checkpoint(run / "checkpoints" / "last.pt")
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, expected)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_damage(reference, tmp_path):
+    config, _, seconds = reference
+    run = tmp_path / "run"
+    proc = start("--config", config, f"output.dir={run}")
+    time.sleep(seconds / 3)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert list(run.rglob(".*.tmp")) == []
+    if (run / "checkpoints" / "last.pt").exists():
+        load_checkpoint(run / "checkpoints" / "last.pt")

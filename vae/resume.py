@@ -1,0 +1,121 @@
+"""What exact resume needs: the random streams, where an epoch stands, and the run's best.pt."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from vae.checkpoint import load_checkpoint
+from vae.errors import UserError
+from vae.files import atomic_write
+
+TERMS = ("reconstruction", "KL", "logvar")
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"device_type": gen.device.type, "generator": gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict, gen: torch.Generator) -> None:
+    """Put every random stream back where the checkpoint left it (same device type only)."""
+    torch.set_rng_state(state["torch"])
+    if state["device_type"] != gen.device.type:
+        print(f"warning: the checkpoint's random streams were on {state['device_type']}, this run is on "
+              f"{gen.device.type}: training continues, but not bit-for-bit as it would have",
+              file=sys.stderr)
+        return
+    gen.set_state(state["generator"])
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochProgress:
+    """Where an epoch stands: enough to continue it bit for bit after a stop in the middle."""
+
+    def __init__(self, order: torch.Tensor, step: int = 0, seen: int = 0, sums: torch.Tensor | None = None,
+                 seconds: float = 0.0):
+        device = order.device
+        self.order = order  # (N,) this epoch's shuffled example indices
+        self.step = step  # batches done
+        self.seen = seen  # examples done
+        # nats summed so far: negative ELBO, reconstruction, KL
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device) if sums is None else sums
+        self.seconds = seconds  # training time spent in this epoch so far
+        # which of reconstruction, KL, logvar the first non-finite step had wrong
+        self.bad = torch.zeros(3, dtype=torch.bool, device=device)
+        self.first_bad_step = torch.tensor(-1, device=device)
+
+    @classmethod
+    def begin(cls, n: int, gen: torch.Generator) -> EpochProgress:
+        return cls(torch.randperm(n, generator=gen, device=gen.device))
+
+    def remaining(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """Index batches still to do; the last one may be short."""
+        return self.order[self.step * batch_size:].split(batch_size)
+
+    def record(self, examples: int, nats: torch.Tensor, logvar_sum: torch.Tensor) -> None:
+        """Add one step's summed nats (negative ELBO, reconstruction, KL), without waiting for the device."""
+        self.step += 1
+        self.seen += examples
+        self.sums += nats.detach().double()
+        bad = ~torch.isfinite(torch.stack([nats[1], nats[2], logvar_sum]).detach())
+        first = (self.first_bad_step < 0) & bad.any()  # after one bad step everything goes bad
+        self.first_bad_step = torch.where(first, self.step, self.first_bad_step)
+        self.bad = torch.where(first, bad, self.bad)
+
+    def check_finite(self, epoch: int) -> None:
+        """Stop (UserError) when a step produced NaN or Inf: nothing of it may reach a checkpoint."""
+        if self.bad.any():
+            terms = ", ".join(t for t, b in zip(TERMS, self.bad.tolist()) if b)
+            raise UserError(f"training diverged at epoch {epoch}, step {int(self.first_bad_step)}: {terms} "
+                            f"not finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
+
+    def means(self) -> dict[str, float]:
+        """Mean nats per example of the batches done so far (the epoch's means once it is done)."""
+        loss, recon, kl = (self.sums / max(self.seen, 1)).tolist()
+        return {"loss": loss, "recon": recon, "kl": kl}
+
+    def state(self) -> dict:
+        return {"order": self.order, "step": self.step, "seen": self.seen, "sums": self.sums,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> EpochProgress:
+        return cls(state["order"].to(device), state["step"], state["seen"], state["sums"].to(device),
+                   state["seconds"])
+
+
+def position(state: dict) -> tuple[int, int]:
+    """(completed epochs, steps into the next one) of a checkpoint."""
+    progress = state.get("progress")
+    return state["epoch"], progress["step"] if progress else 0
+
+
+def last_position(run_dir: Path) -> tuple[int, int]:
+    """Where a run directory's last.pt stands ((0, 0) when it has none that loads)."""
+    try:
+        return position(load_checkpoint(run_dir / "checkpoints" / "last.pt")[0])
+    except UserError:
+        return 0, 0
+
+
+def carry_best(source: Path | None, run_dir: Path, epoch: int) -> float:
+    """Best test loss so far, keeping its best.pt in run_dir (copied there when forking).
+
+    A best.pt from after `epoch` belongs to discarded work: it is removed, and the next epoch
+    writes a new one.
+    """
+    src, dest = (source or run_dir) / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt"
+    try:
+        best = load_checkpoint(src)[0] if src.is_file() else None
+    except UserError:
+        best = None
+    if best is None or best["epoch"] > epoch:
+        dest.unlink(missing_ok=True)
+        return math.inf
+    if src.resolve() != dest.resolve():
+        atomic_write(dest, lambda f: f.write(src.read_bytes()))
+    return best["best_test_loss"]
