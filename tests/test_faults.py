@@ -1,4 +1,5 @@
 """Kill the training process for real, at random moments, and check that nothing is lost."""
+import os
 import random
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from vae.training import train
 
 from conftest import REPO
 
-KILLS = 6
+KILLS = int(os.environ.get("VAE_FAULT_KILLS", 6))  # more for a soak: VAE_FAULT_KILLS=30
 
 
 @pytest.fixture(scope="module")
