@@ -87,6 +87,14 @@ def test_iwae_converges_to_the_true_log_likelihood():
     assert torch.all(m.log_px() - elbo > 0.1)  # the ELBO of a poor q is visibly looser
 
 
+def test_with_the_exact_posterior_every_bound_is_log_px_whatever_the_chunks():
+    m = LinearGaussian(latent=1)
+    mu, logvar, _ = m.posterior()
+    log_px, elbo = importance_weighted_bound(m.log_lik, m.x, mu, logvar, 7, 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(log_px, m.log_px(), atol=1e-9, rtol=0)  # chunks of 3, 3 and 1
+    torch.testing.assert_close(elbo, m.log_px(), atol=1e-9, rtol=0)
+
+
 def test_log_normal_matches_torch_distributions():
     z, mu, logvar = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
     expected = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
@@ -101,6 +109,18 @@ def test_rate_split_terms_add_up_to_the_average_kl():
     assert split["mutual_information"] + split["marginal_kl"] == pytest.approx(average_kl, abs=0.15)
     assert 0 < split["mutual_information"] <= split["mutual_information_bound"] == pytest.approx(math.log(2000))
     assert split["marginal_kl"] > 0
+
+
+def test_aggregate_posterior_density_matches_a_brute_force_mixture():
+    g = torch.Generator().manual_seed(4)
+    mu, logvar = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g)  # unequal variances
+    split = rate_split(mu, logvar, chunk=64, generator=torch.Generator().manual_seed(5))
+    z = mu.double() + torch.exp(0.5 * logvar.double()) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(5),
+                                                                     dtype=torch.float64)
+    log_components = log_normal(z[:, None, :], mu.double()[None], logvar.double()[None])  # (300, 300)
+    log_qz = torch.logsumexp(log_components, dim=1) - math.log(300)
+    expected = (log_qz - torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)).mean().item()
+    assert split["marginal_kl"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_rate_split_is_zero_when_every_posterior_is_the_prior():

@@ -242,11 +242,25 @@ def test_a_signal_mid_epoch_saves_and_the_resume_is_bitwise_exact(tiny_cfg, tmp_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_checkpoints_every_n_steps_resume_mid_epoch(tiny_cfg, tmp_path):
-    every = with_(tiny_cfg, train={"checkpoint_every_steps": 4, "epochs": 1})
-    train(every)
+def test_a_crash_resumes_from_the_last_step_checkpoint_exactly(tiny_cfg, tmp_path, monkeypatch):
+    import vae.training
+    cfg = with_(tiny_cfg, train={"checkpoint_every_steps": 4})
+    straight = train(with_(cfg, output={"dir": str(tmp_path / "straight")}))
+    real, steps = vae.training.train_step, iter(range(1000))
+
+    def crash_at_step_17(*args):  # epochs have 10 steps: epoch 2, after its step-4 checkpoint
+        if next(steps) == 16:
+            raise RuntimeError("power cut")
+        real(*args)
+    monkeypatch.setattr(vae.training, "train_step", crash_at_step_17)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg)
+    monkeypatch.undo()
     state, _ = load_checkpoint(tmp_path / "run")
-    assert state["epoch"] == 1 and state["progress"] is None  # the epoch end replaced the step checkpoints
+    assert state["epoch"] == 1 and state["progress"]["step"] == 4
+    resumed = train(cfg, resume=tmp_path / "run")
+    assert_same_parameters(straight.model.state_dict(), resumed.model.state_dict())
+    assert without_timing(resumed.rows) == without_timing(straight.rows)
 
 
 def test_deterministic_mode_trains_identically(tiny_cfg, tmp_path):

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vae import rundir
 from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
 from vae.config import Config, check_same_run, load_config, to_dict
 from vae.data import PIXELS, Split, load_mnist
 from vae.device import resolve_device
-from vae.diagnostics import ACTIVE_THRESHOLD, active_units, importance_weighted_bound, rate_split
+from vae.diagnostics import ACTIVE_THRESHOLD, importance_weighted_bound, rate_split
 from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
 from vae.files import atomic_write_text
 from vae.loss import bernoulli_log_likelihood, kl_per_dim
@@ -74,31 +75,33 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
 
     distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
     dim_kl = kl_per_dim(post.mu, post.logvar).double().mean(0).tolist()
-    variance = post.mu.double().var(0).tolist()
+    variance = post.mu.double().var(0)  # Cov_x(E_q[z_d]): what makes a unit active
+    active = (variance > ACTIVE_THRESHOLD).tolist()
     nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
     metrics = {
         "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
         "unit": "nats per example unless named otherwise",
-        "protocol": {"targets": "pixel intensities in [0, 1] as Bernoulli targets", "iwae_samples": k,
+        "protocol": {"targets": "pixel intensities in [0, 1] as Bernoulli targets (not binarized, so "
+                                "bits/dim is a cross-entropy, not a code length)", "iwae_samples": k,
                      "seed": seed, "elbo": "one z sample per example for distortion; analytic KL"},
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
         "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
         "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
         "negative_elbo_k_samples": neg_elbo_k_mean,
         "inference_gap": neg_elbo_k_mean - nll_mean,
-        "active_units": active_units(post.mu),
-        "kl_per_dim": dim_kl, "posterior_mean_variance_per_dim": variance,
+        "active_units": sum(active),
+        "kl_per_dim": dim_kl, "posterior_mean_variance_per_dim": variance.tolist(),
         "rate_split": {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
                        "average_kl": rate},
-        "seconds": seconds,
     }
     with timed(seconds, "pictures"):
-        draw(model, split, post, cfg, dim_kl, {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
-    return metrics
+        draw(model, split, post, cfg, dim_kl, active,
+             {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
+    return {**metrics, "seconds": seconds}
 
 
 @torch.no_grad()
-def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float],
+def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float], active: list[bool],
          per_example: dict[str, torch.Tensor], out: Path) -> None:
     device = post.mu.device
     decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
@@ -131,7 +134,7 @@ def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[f
     save_labeled_rows(torch.stack(lines), [f"z{d} {dim_kl[d]:.1f} nats" for d in top], out / "traversal.png",
                       f"z_d from -3 to 3 around a {cfg.viz.digit}, most informative dims first")
 
-    plot_kl_per_dim(dim_kl, (post.mu.double().var(0) > ACTIVE_THRESHOLD).tolist(), out / "kl_per_dim.png")
+    plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
     if cfg.model.latent_dim == 2:
         points, names = post.mu, ("z0", "z1")
         # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
@@ -165,14 +168,16 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     model.eval()
 
     run_dir = run_dir_of(path) or path.resolve().parent
+    rows = rundir.read_metrics(run_dir)  # for the report; read now so a bad file fails before the work
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     split = test_split if cfg.eval.split == "test" else train_split
-    metrics = {"checkpoint": str(path), "epoch": state["epoch"], "device": str(device),
-               **analyze(model, split, cfg, out)}
-    metrics["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    metrics = {"checkpoint": str(path), "epoch": state["epoch"],
+               "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
+               "device": str(device), **analyze(model, split, cfg, out)}
+    metrics["seconds"] = {**metrics["seconds"], "total": round(time.perf_counter() - t0, 3)}
     metrics["report"] = str(run_dir / "report.html")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_report(run_dir, cfg, metrics)
+    write_report(run_dir, cfg, metrics, rows)
     return metrics

@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM during training: finish the step, save, then stop; a second signal stops at once."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -22,8 +23,9 @@ class StopRequest:
             raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once; the last "
                                       f"checkpoint written is intact")
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr)
+        message = (f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                   f"(send it again to stop at once)\n")
+        os.write(sys.stderr.fileno(), message.encode())  # print() here could re-enter a write in progress
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

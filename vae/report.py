@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from vae import rundir
 from vae.config import Config, to_dict
 from vae.files import atomic_write_text
 
@@ -31,15 +30,17 @@ PICTURES = (
 def metric_rows(m: dict) -> list[tuple[str, str]]:
     rs = m["rate_split"]
     return [
-        ("checkpoint", f"{m['checkpoint']} (epoch {m['epoch']}, {m['device']})"),
+        ("checkpoint", f"{m['checkpoint']} (epoch {m['epoch']}"
+                       + (f" + {m['steps_into_next_epoch']} steps" if m["steps_into_next_epoch"] else "")
+                       + f", {m['device']})"),
         ("evaluated on", f"{m['examples']} {m['split']} images; IWAE k={m['protocol']['iwae_samples']}, "
-                         f"seed {m['protocol']['seed']}"),
+                         f"seed {m['protocol']['seed']}; {m['protocol']['targets']}"),
         ("negative ELBO", f"{m['negative_elbo']:.3f} nats ({m['negative_elbo_bits_per_dim']:.4f} bits/dim)"),
         ("distortion (reconstruction)", f"{m['distortion']:.3f} nats"),
         ("rate KL(q(z|x) || p(z))", f"{m['rate']:.3f} nats"),
         (f"NLL, IWAE-{m['protocol']['iwae_samples']}", f"{m['nll_iwae']:.3f} nats "
                                                         f"({m['nll_iwae_bits_per_dim']:.4f} bits/dim)"),
-        ("inference gap, E KL(q(z|x) || p(z|x))", f"{m['inference_gap']:.3f} nats"),
+        ("inference gap (IWAE's lower bound on E KL(q(z|x) || p(z|x)))", f"{m['inference_gap']:.3f} nats"),
         ("active units", f"{m['active_units']} of {m['latent_dim']}"),
         ("rate = I(x; z) + KL(q(z) || p(z))", f"{rs['mutual_information']:.3f} + {rs['marginal_kl']:.3f} = "
                                                f"{rs['sum']:.3f} nats (I(x; z) <= log N = "
@@ -57,8 +58,8 @@ def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"{size}>'
 
 
-def write_report(run_dir: Path, cfg: Config, metrics: dict) -> None:
-    rows = rundir.read_metrics(run_dir)
+def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) -> None:
+    """`rows` are the run's metrics.csv rows (empty for a checkpoint outside a run directory)."""
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in metric_rows(metrics))
     training = ""
     if rows:

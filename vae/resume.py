@@ -1,7 +1,6 @@
 """What exact resume needs: the random streams, where an epoch stands, and the run's best.pt."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from vae.checkpoint import load_checkpoint
 from vae.errors import UserError
 from vae.files import atomic_write
 
-TERMS = ("reconstruction", "KL", "logvar")
+NONFINITE_TERMS = ("reconstruction", "KL", "logvar")
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -69,7 +68,7 @@ class EpochProgress:
     def check_finite(self, epoch: int) -> None:
         """Stop (UserError) when a step produced NaN or Inf: nothing of it may reach a checkpoint."""
         if self.bad.any():
-            terms = ", ".join(t for t, b in zip(TERMS, self.bad.tolist()) if b)
+            terms = ", ".join(t for t, b in zip(NONFINITE_TERMS, self.bad.tolist()) if b)
             raise UserError(f"training diverged at epoch {epoch}, step {int(self.first_bad_step)}: {terms} "
                             f"not finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
 
@@ -102,11 +101,11 @@ def last_position(run_dir: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def carry_best(source: Path | None, run_dir: Path, epoch: int) -> float:
-    """Best test loss so far, keeping its best.pt in run_dir (copied there when forking).
+def carry_best(source: Path | None, run_dir: Path, epoch: int) -> None:
+    """Keep the run's best.pt in run_dir (copied there when forking).
 
     A best.pt from after `epoch` belongs to discarded work: it is removed, and the next epoch
-    writes a new one.
+    better than the checkpoint's best test loss writes a new one.
     """
     src, dest = (source or run_dir) / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt"
     try:
@@ -115,7 +114,5 @@ def carry_best(source: Path | None, run_dir: Path, epoch: int) -> float:
         best = None
     if best is None or best["epoch"] > epoch:
         dest.unlink(missing_ok=True)
-        return math.inf
-    if src.resolve() != dest.resolve():
+    elif src.resolve() != dest.resolve():
         atomic_write(dest, lambda f: f.write(src.read_bytes()))
-    return best["best_test_loss"]

@@ -20,8 +20,9 @@ def summary_writer_class():
 
 
 class TensorBoardLog:
-    def __init__(self, log_dir: Path):
-        self.writer = summary_writer_class()(log_dir=str(log_dir))
+    def __init__(self, log_dir: Path, first_epoch: int):
+        # purge_step drops events at or after the epoch a resumed run redoes, so none appear twice
+        self.writer = summary_writer_class()(log_dir=str(log_dir), purge_step=first_epoch)
 
     def epoch(self, row: dict, pictures: list[Path]) -> None:
         """Scalars of one metrics.csv row (train_loss -> train/loss) and the PNGs drawn this epoch."""

@@ -107,10 +107,13 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
         return TrainResult(run_dir, rows, state["best_test_loss"], model)
 
     rundir.create(run_dir, clear=overwrite and not in_place)
-    best = carry_best(source, run_dir, state["epoch"]) if state is not None else math.inf
+    best = math.inf
+    if state is not None:
+        best = state["best_test_loss"]
+        carry_best(source, run_dir, state["epoch"])
     rundir.write_run_info(run_dir, cfg, argv or sys.argv, device)
     rundir.write_metrics(run_dir, rows)
-    tensorboard = TensorBoardLog(run_dir / "tensorboard") if cfg.logging.tensorboard else None
+    tensorboard = TensorBoardLog(run_dir / "tensorboard", start) if cfg.logging.tensorboard else None
     fixed_z = fixed_latents(cfg.model.latent_dim, cfg.train.seed, device)
     last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     every = cfg.train.checkpoint_every_steps
@@ -121,9 +124,9 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
                 "best_test_loss": best, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng_state(gen), "progress": inside.state() if inside else None}
 
-    within = f" (epoch {start} from step {progress.step})" if progress else ""
+    resuming_at = f" (epoch {start} from step {progress.step})" if progress else ""
     print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-          f"epochs {start}..{cfg.train.epochs}{within}, writing to {run_dir}")
+          f"epochs {start}..{cfg.train.epochs}{resuming_at}, writing to {run_dir}")
     with StopRequest() as stop:
         for epoch in range(start, cfg.train.epochs + 1):
             progress = progress or EpochProgress.begin(len(train_split), gen)
@@ -147,20 +150,19 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
                                                            f"{progress.step}; continue with: "
                                                            f"python train.py --resume {run_dir}")
             progress.check_finite(epoch)
-            tr = progress.means()
-            te = evaluate(model, test_split, cfg.train.seed)
+            train_nats = progress.means()
+            test_nats = evaluate(model, test_split, cfg.train.seed)
+            if not math.isfinite(test_nats["loss"]):  # the last step's update broke the weights
+                raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
+                                f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
             seconds = progress.seconds + time.perf_counter() - t0
             progress = None
 
-            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()},
-                         **{f"test_{k}": v for k, v in te.items()}, "seconds": seconds})
-            rundir.write_metrics(run_dir, rows)  # before the checkpoint: a resume drops rows past it
-            is_best = te["loss"] < best
-            best = min(best, te["loss"])
-            # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
-            # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
-            save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
-
+            # Everything of this epoch is written before its checkpoint: a resume from the previous
+            # one redoes the epoch and rewrites the same files, and drops the metrics rows past it.
+            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
+                         **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
+            rundir.write_metrics(run_dir, rows)
             pictures = []
             if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
                 pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
@@ -168,9 +170,15 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
             plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")
             if tensorboard:
                 tensorboard.epoch(rows[-1], pictures)
-            print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {tr['loss']:8.3f}  test {te['loss']:8.3f} "
-                  f"(recon {te['recon']:7.3f} + KL {te['kl']:6.3f}) nats/example  "
-                  f"{te['active_units']:3d} active units  {seconds:5.1f}s" + ("  *best" if is_best else ""),
+            is_best = test_nats["loss"] < best
+            best = min(best, test_nats["loss"])
+            # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
+            # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
+            save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
+            print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
+                  f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}) "
+                  f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
+                  + ("  *best" if is_best else ""),
                   flush=True)  # one line per epoch, also when piped to a log
             warning = collapse_warning(rows)
             if warning:
