@@ -111,7 +111,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def summary(name: str, rows: list[dict]) -> dict:
+def summary(name: str, rows: list[dict], n_train: int) -> dict:
     train_s = sum(r["train_s"] for r in rows) / len(rows)
     total_s = sum(r["total_s"] for r in rows) / len(rows)
     elapsed, reached = 0.0, None
@@ -120,7 +120,7 @@ def summary(name: str, rows: list[dict]) -> dict:
         if reached is None and r["test_loss"] <= TARGET_NATS:
             reached = elapsed
     print(f"{name:<10} {train_s:8.2f} s/epoch train  {total_s:8.2f} s/epoch train+test  "
-          f"{60000 / train_s:9.0f} samples/s  final test {rows[-1]['test_loss']:8.3f} nats  "
+          f"{n_train / train_s:9.0f} samples/s  final test {rows[-1]['test_loss']:8.3f} nats  "
           f"time to {TARGET_NATS:.0f} nats: " + (f"{reached:.1f} s" if reached else "not reached"))
     return {"train_s": train_s, "total_s": total_s, "final": rows[-1]["test_loss"], "to_target": reached}
 
@@ -137,8 +137,9 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    ref = summary("reference", run_reference(args.data, args.epochs, device))
-    ours = summary("ours", run_ours(args.data, args.epochs, device))
+    n_train = len(datasets.MNIST(args.data, train=True))
+    ref = summary("reference", run_reference(args.data, args.epochs, device), n_train)
+    ours = summary("ours", run_ours(args.data, args.epochs, device), n_train)
     same = abs(ref["final"] - ours["final"]) <= 0.5
     print(f"ratio (reference / ours): {ref['train_s'] / ours['train_s']:.2f}x train, "
           f"{ref['total_s'] / ours['total_s']:.2f}x train+test; final test losses "
