@@ -10,15 +10,14 @@ import torch
 from matplotlib.image import imread
 
 from vae.analysis import evaluate_checkpoint
+from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from vae.training import train
 
-from test_training import with_
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, mnist_root):
     """(run dir, metrics) for 2-D and 4-D latent models trained 3 epochs, evaluated with k=64."""
-    from conftest import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
     results = {}
     for latent in (2, 4):
         cfg = Config(data=DataConfig(root=str(mnist_root), download=False),
