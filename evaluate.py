@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
                         help="a checkpoint file, or a run directory (uses checkpoints/last.pt)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="e.g. data.root=DIR eval.iwae_samples=500 eval.split=train viz.digit=7")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
     metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
     width = max(len(k) for k, _ in metric_rows(metrics))
     for key, value in metric_rows(metrics):

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
                         help="replace the run already in output.dir instead of refusing")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, values parsed as YAML (train.lr=3e-4)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
     if args.config is None and args.resume is None:
         parser.error("give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one")
 

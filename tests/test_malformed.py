@@ -202,3 +202,14 @@ def test_malformed_data(world, tmp_path, monkeypatch, capsys, damage):
     code, err = cli("train", ["--config", config, f"output.dir={tmp_path / 'new'}"], monkeypatch, capsys)
     assert_one_clear_line(code, err, DATA_DAMAGE[damage])
     assert snapshot(base) == before and not (tmp_path / "new").exists()
+
+
+def test_flags_may_stand_between_overrides(world, tmp_path, monkeypatch, capsys):
+    """What `make train ARGS=--overwrite` produces: overrides, then a flag, then more overrides."""
+    _, mnist_root = world
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"data: {{root: {mnist_root}, download: false}}\nmodel: {{hidden_dims: [8], latent_dim: 2}}\n")
+    main = importlib.import_module("train").main
+    for flag in ([], ["--overwrite"]):  # the second run replaces the first
+        main(["--config", str(config), f"output.dir={tmp_path / 'run'}", *flag, "train.epochs=1", "train.device=cpu"])
+    assert capsys.readouterr().out.count("epochs 1..1") == 2
