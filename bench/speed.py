@@ -1,10 +1,16 @@
 """Side-by-side speed benchmark: the classic PyTorch VAE example loop vs this project's training path.
 
     python bench/speed.py --data ../shared/data [--epochs 10] [--device cpu|cuda] [--threads N]
+                          [--variants compile,bf16] [--fast 256:3e-3,512:4e-3] [--scaling]
 
-Both run in this one process on the same machine, data, model (784-400-20 MLP), optimizer
-(Adam 1e-3), batch size (128) and objective (Bernoulli cross-entropy + analytic KL); each epoch
-is timed for training alone and for training + test evaluation, and the test loss is recorded.
+Everything runs in this one process on the same machine and data, with the 784-400-20 MLP and the
+Bernoulli cross-entropy + analytic KL objective. It prints, in order:
+  1. the floor: the step's matrix products timed alone, as seconds per epoch (fp32 and bf16);
+  2. the reference loop and ours at the classic settings (batch 128, Adam 1e-3): s/epoch (train,
+     train + test), samples/s, peak memory, final test loss, time to 106 nats, fraction of the floor;
+     `--variants` adds ours with torch.compile and/or bf16 autocast;
+  3. time to 106 nats for each batch:lr in `--fast` (stopping once it is reached);
+  4. with `--scaling`, s/epoch for batch sizes 64..4096 and hidden widths 200..1600.
 A speed ratio only counts when both reach the same final test loss within 0.5 nats.
 """
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,8 +29,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config import ModelConfig  # noqa: E402
-from vae.data import load_mnist  # noqa: E402
+from vae.config import ModelConfig, TrainConfig  # noqa: E402
+from vae.data import PIXELS, load_mnist  # noqa: E402
 from vae.evaluation import evaluate  # noqa: E402
 from vae.model import VAE  # noqa: E402
 from vae.resume import EpochProgress  # noqa: E402
@@ -85,24 +92,30 @@ def run_reference(root: str, epochs: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def run_ours(root: str, epochs: int, device: torch.device, batch_size: int = 128, lr: float = 1e-3) -> list[dict]:
-    train_split, test_split = load_mnist(root, download=False, device=device)
+def run_ours(splits, epochs: int, device: torch.device, cfg: TrainConfig, hidden: int = 400,
+             stop_at: float | None = None) -> list[dict]:
+    """This project's path (train_step + evaluate); the first epoch includes any compile time."""
+    train_split, test_split = splits
     torch.manual_seed(1)
-    model = VAE(ModelConfig()).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = VAE(ModelConfig(hidden_dims=(hidden,))).to(device)
+    net = torch.compile(model) if cfg.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
     rows = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
         progress = EpochProgress.begin(len(train_split), gen)
-        for idx in progress.remaining(batch_size):
-            train_step(model, opt, train_split.pixels(idx), gen, 0.0, progress)
+        for idx in progress.remaining(cfg.batch_size):
+            train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device), progress, cfg)
+        progress.merge()
         progress.check_finite(epoch)
         sync(device)
         train_s = time.perf_counter() - t0
-        test_loss = evaluate(model, test_split, seed=1)["loss"]
+        test_loss = evaluate(model, test_split, seed=1)["loss"] if test_split is not None else float("nan")
         rows.append({"epoch": epoch, "train_s": train_s, "total_s": time.perf_counter() - t0, "test_loss": test_loss})
+        if stop_at is not None and test_loss <= stop_at:
+            break
     return rows
 
 
@@ -111,7 +124,68 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def summary(name: str, rows: list[dict], n_train: int) -> dict:
+class PeakMemory:
+    """Peak memory above the starting point while the block runs: CUDA allocator or process RSS."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start, self.running = rss(), True
+            self.thread = threading.Thread(target=self._watch, daemon=True)
+            self.thread.start()
+        return self
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, rss() - self.start)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self.running = False
+            self.thread.join()
+
+
+def rss() -> int:
+    """Resident bytes of this process (Linux; 0 elsewhere)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    except OSError:
+        return 0
+
+
+def floor_seconds(batch: int, dtype: torch.dtype, device: torch.device, hidden: int = 400, latent: int = 20,
+                  reps: int = 30) -> float:
+    """Seconds per 60,000-example epoch of the training step's matrix products alone.
+
+    Per linear layer (in -> out): the forward product, the weight gradient and, except for the
+    first layer (the data needs no gradient), the input gradient.
+    """
+    layers = [(PIXELS, hidden), (hidden, 2 * latent), (latent, hidden), (hidden, PIXELS)]
+    shapes = []
+    for i, (a, b) in enumerate(layers):
+        shapes += [((batch, a), (a, b)), ((a, batch), (batch, b))] + ([((batch, b), (b, a))] if i else [])
+    mats = [(torch.randn(*p, dtype=dtype, device=device), torch.randn(*q, dtype=dtype, device=device))
+            for p, q in shapes]
+    for p, q in mats:
+        p @ q
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for p, q in mats:
+            p @ q
+    sync(device)
+    return (time.perf_counter() - t0) / reps * 60_000 / batch
+
+
+def summary(name: str, rows: list[dict], n_train: int, peak: int, floor: float) -> dict:
     train_s = sum(r["train_s"] for r in rows) / len(rows)
     total_s = sum(r["total_s"] for r in rows) / len(rows)
     elapsed, reached = 0.0, None
@@ -119,9 +193,10 @@ def summary(name: str, rows: list[dict], n_train: int) -> dict:
         elapsed += r["total_s"]
         if reached is None and r["test_loss"] <= TARGET_NATS:
             reached = elapsed
-    print(f"{name:<10} {train_s:8.2f} s/epoch train  {total_s:8.2f} s/epoch train+test  "
-          f"{n_train / train_s:9.0f} samples/s  final test {rows[-1]['test_loss']:8.3f} nats  "
-          f"time to {TARGET_NATS:.0f} nats: " + (f"{reached:.1f} s" if reached else "not reached"))
+    print(f"{name:<16} {train_s:7.2f} s/epoch train  {total_s:7.2f} train+test  {n_train / train_s:8.0f} samples/s  "
+          f"peak {peak / 2**20:6.0f} MiB  final test {rows[-1]['test_loss']:8.3f} nats  "
+          f"to {TARGET_NATS:.0f} nats: " + (f"{reached:6.1f} s" if reached else "   never") +
+          f"  floor/train {floor / train_s:4.0%}", flush=True)
     return {"train_s": train_s, "total_s": total_s, "final": rows[-1]["test_loss"], "to_target": reached}
 
 
@@ -131,19 +206,64 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--variants", default="", help="comma list of compile, bf16: also run ours so")
+    parser.add_argument("--fast", default="", help="comma list of batch:lr to time to 106 nats, e.g. 256:3e-3")
+    parser.add_argument("--scaling", action="store_true", help="also print s/epoch by batch size and width")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    n_train = len(datasets.MNIST(args.data, train=True))
-    ref = summary("reference", run_reference(args.data, args.epochs, device), n_train)
-    ours = summary("ours", run_ours(args.data, args.epochs, device), n_train)
+    splits = load_mnist(args.data, download=False, device=device)
+    n_train = len(splits[0])
+    floor = {dtype: floor_seconds(128, dtype, device) for dtype in (torch.float32, torch.bfloat16)}
+    print(f"floor at batch 128 (matrix products only): fp32 {floor[torch.float32]:.2f} s/epoch, "
+          f"bf16 {floor[torch.bfloat16]:.2f} s/epoch")
+
+    with PeakMemory(device) as mem:
+        rows = run_reference(args.data, args.epochs, device)
+    ref = summary("reference", rows, n_train, mem.peak, floor[torch.float32])
+    results = {}
+    for variant in ["ours", *filter(None, args.variants.split(","))]:
+        cfg = TrainConfig(compile=variant == "compile", precision="bf16" if variant == "bf16" else "fp32")
+        with PeakMemory(device) as mem:
+            rows = run_ours(splits, args.epochs, device, cfg)
+        name = variant if variant == "ours" else f"ours+{variant}"
+        results[name] = summary(name, rows, n_train, mem.peak,
+                                floor[torch.bfloat16 if variant == "bf16" else torch.float32])
+    ours = results["ours"]
     same = abs(ref["final"] - ours["final"]) <= 0.5
     print(f"ratio (reference / ours): {ref['train_s'] / ours['train_s']:.2f}x train, "
           f"{ref['total_s'] / ours['total_s']:.2f}x train+test; final test losses "
           + ("agree within 0.5 nats" if same else "DIFFER by more than 0.5 nats: the ratio does not count"))
+
+    for setting in filter(None, args.fast.split(",")):
+        batch, lr = setting.split(":")
+        cfg = TrainConfig(batch_size=int(batch), lr=float(lr))
+        with PeakMemory(device) as mem:
+            rows = run_ours(splits, args.epochs, device, cfg, stop_at=TARGET_NATS)
+        res = summary(f"ours {batch}:{lr}", rows, n_train, mem.peak, floor_seconds(int(batch), torch.float32, device))
+        if res["to_target"] and ref["to_target"]:
+            print(f"  time to {TARGET_NATS:.0f} nats: {ref['to_target'] / res['to_target']:.1f}x the reference's "
+                  f"({len(rows)} epochs)")
+
+    if args.scaling:
+        scaling_table(splits[0], device)
+
+
+def scaling_table(train_split, device: torch.device, widths=(200, 400, 800, 1600),
+                  batches=(64, 128, 256, 512, 1024, 2048, 4096)) -> None:
+    """s/epoch of one training epoch for each batch size and hidden width, and its fraction of the floor."""
+    print("s/epoch (fraction of the fp32 matrix-product floor) by batch size (rows) and hidden width (columns)")
+    print(f"{'batch':>6} " + " ".join(f"{w:>14}" for w in widths))
+    for batch in batches:
+        cells = []
+        for width in widths:
+            rows = run_ours((train_split, None), 1, device, TrainConfig(batch_size=batch), hidden=width)
+            floor = floor_seconds(batch, torch.float32, device, hidden=width, reps=5)
+            cells.append(f"{rows[0]['train_s']:7.2f} ({floor / rows[0]['train_s']:4.0%})")
+        print(f"{batch:>6} " + " ".join(f"{c:>14}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

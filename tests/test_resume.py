@@ -24,6 +24,7 @@ def test_progress_continues_after_a_round_trip_through_its_state():
     progress = begin(10, 0)
     for batch in progress.remaining(4)[:2]:
         progress.record(len(batch), torch.tensor([3.0, 2.0, 1.0]) * len(batch), torch.tensor(0.5))
+    progress.merge()
     again = EpochProgress.from_state(progress.state(), torch.device("cpu"))
     assert again.step == 2 and again.seen == 8
     assert [b.tolist() for b in again.remaining(4)] == [progress.order[8:].tolist()]

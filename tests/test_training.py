@@ -8,7 +8,7 @@ import yaml
 
 from vae import rundir
 from vae.checkpoint import load_checkpoint
-from vae.config import from_dict, to_dict
+from vae.config import TrainConfig, from_dict, to_dict
 from vae.data import load_mnist
 from vae.errors import UserError
 from vae.evaluation import evaluate
@@ -83,8 +83,9 @@ def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
     assert_same_parameters(before, model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     progress = EpochProgress.begin(len(train_split), torch.Generator().manual_seed(0))
-    train_step(model, opt, train_split.pixels(progress.remaining(64)[0]), torch.Generator(), 0.0, progress)
+    train_step(model, opt, train_split.pixels(progress.remaining(64)[0]), model.noise(64), progress, tiny_cfg.train)
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    progress.merge()
     assert progress.step == 1 and progress.seen == 64 and progress.means()["loss"] > 100
 
 
@@ -96,7 +97,8 @@ def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
         torch.manual_seed(0)
         model = VAE(tiny_cfg.model)
         opt = torch.optim.Adam(model.parameters())
-        train_step(model, opt, x, torch.Generator().manual_seed(0), clip, EpochProgress(torch.arange(64)))
+        train_step(model, opt, x, model.noise(64, torch.Generator().manual_seed(0)), EpochProgress(torch.arange(64)),
+                   TrainConfig(grad_clip=clip))
         return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
     assert grad_norm(0.0) > 10 and grad_norm(0.5) == pytest.approx(0.5, rel=1e-4)
 

@@ -54,6 +54,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the gradient norm to this; 0 = off
     checkpoint_every_steps: int = 0  # also save last.pt every N steps inside an epoch; 0 = epoch ends only
     deterministic: bool = False  # torch's deterministic algorithms (matters on GPU)
+    precision: str = "fp32"  # fp32 | bf16: bf16 autocast of the training forward pass
+    compile: bool = False  # torch.compile the model for training
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 1_000_000, "train.epochs", self.epochs, "must be in 1..1000000")
@@ -66,6 +68,7 @@ class TrainConfig:
                  self.device, "must be auto, cpu, cuda or cuda:N")
         _require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip", self.grad_clip,
                  "must be a finite number >= 0 (0 = off)")
+        _require(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "must be fp32 or bf16")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0 = at epoch ends only)")
 
@@ -276,7 +279,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 # Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
-                        "train.checkpoint_every_steps", "train.deterministic", "output.dir",
+                        "train.checkpoint_every_steps", "train.deterministic", "train.precision",
+                        "train.compile", "output.dir",
                         "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
                         "logging.tensorboard")
 

@@ -45,7 +45,7 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
     parts = []
     for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
         x = split.pixels(idx)
-        logits, mu, logvar = model(x, gen)
+        logits, mu, logvar = model(x, model.noise(len(x), gen, device))
         terms = vae_loss(logits, x, mu, logvar)
         parts.append((mu, logvar, terms.reconstruction, terms.kl))
     return Posteriors(*(torch.cat(p) for p in zip(*parts)))

@@ -35,18 +35,21 @@ class VAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps, with eps ~ N(0, I) drawn by the caller: a sample of q(z|x) that
+        gradients flow through. The noise is an argument so that one seeded stream can serve a batch
+        split over several processes, and so that compiled code draws no random numbers."""
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent) -> Bernoulli logits of p(x|z), (B, 784)."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None):
+        """eps ~ N(0, I), (n, latent): the noise of one sample of z per example."""
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
         """One-sample pass: (logits (B, 784), mu (B, latent), logvar (B, latent))."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
-        return self.decode(z), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from vae.checkpoint import load_checkpoint
+from vae.distributed import all_reduce, dist_size
 from vae.errors import UserError
 from vae.files import atomic_write
 
@@ -32,7 +33,12 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
 
 
 class EpochProgress:
-    """Where an epoch stands: enough to continue it bit for bit after a stop in the middle."""
+    """Where an epoch stands: enough to continue it bit for bit after a stop in the middle.
+
+    Each process adds its own share of every batch's nats to `local`; `merge` folds the shares of
+    all processes into `sums`. The double-precision sums of float32 nats are exact, so the order in
+    which steps and shares are added does not change them.
+    """
 
     def __init__(self, order: torch.Tensor, step: int = 0, seen: int = 0, sums: torch.Tensor | None = None,
                  seconds: float = 0.0):
@@ -42,6 +48,7 @@ class EpochProgress:
         self.seen = seen  # examples done
         # nats summed so far: negative ELBO, reconstruction, KL
         self.sums = torch.zeros(3, dtype=torch.float64, device=device) if sums is None else sums
+        self.local = torch.zeros(3, dtype=torch.float64, device=device)  # this process's share since `merge`
         self.seconds = seconds  # training time spent in this epoch so far
         # which of reconstruction, KL, logvar the first non-finite step had wrong
         self.bad = torch.zeros(3, dtype=torch.bool, device=device)
@@ -56,14 +63,26 @@ class EpochProgress:
         return self.order[self.step * batch_size:].split(batch_size)
 
     def record(self, examples: int, nats: torch.Tensor, logvar_sum: torch.Tensor) -> None:
-        """Add one step's summed nats (negative ELBO, reconstruction, KL), without waiting for the device."""
+        """Count a step of `examples` (the whole batch, over all processes) and add this process's
+        summed nats (negative ELBO, reconstruction, KL), without waiting for the device."""
         self.step += 1
         self.seen += examples
-        self.sums += nats.detach().double()
+        self.local += nats.detach().double()
         bad = ~torch.isfinite(torch.stack([nats[1], nats[2], logvar_sum]).detach())
         first = (self.first_bad_step < 0) & bad.any()  # after one bad step everything goes bad
         self.first_bad_step = torch.where(first, self.step, self.first_bad_step)
         self.bad = torch.where(first, bad, self.bad)
+
+    def merge(self) -> None:
+        """Add every process's share into `sums` (a collective under torchrun: all ranks call it at the
+        same step), and agree on the first non-finite step."""
+        self.sums += all_reduce(self.local)
+        self.local.zero_()
+        if dist_size() > 1:
+            never = torch.iinfo(self.first_bad_step.dtype).max
+            first = all_reduce(torch.where(self.first_bad_step < 0, never, self.first_bad_step), "min")
+            self.bad = all_reduce((self.bad & (self.first_bad_step == first)).int(), "max").bool()
+            self.first_bad_step = torch.where(first == never, -1, first)
 
     def check_finite(self, epoch: int) -> None:
         """Stop (UserError) when a step produced NaN or Inf: nothing of it may reach a checkpoint."""

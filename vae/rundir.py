@@ -80,7 +80,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device) -> None:
+def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int = 1) -> None:
     """config.yaml (the resolved config) and run.json (how, where and with what this ran).
 
     A resumed run keeps the earlier invocations' records under "previous".
@@ -90,6 +90,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "argv": argv,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
+        "processes": processes,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vae import rundir
 from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
                             save_checkpoint)
-from vae.config import Config, check_same_run, to_dict
-from vae.data import load_mnist
+from vae.config import Config, TrainConfig, check_same_run, to_dict
+from vae.data import Split, load_mnist
 from vae.device import resolve_device
+from vae.distributed import World, process_group, world_from_environment
 from vae.diagnostics import collapse_warning
 from vae.errors import Interrupted, UserError
 from vae.evaluation import evaluate, fixed_latents, save_pictures
@@ -38,18 +42,25 @@ class TrainResult:
     model: VAE
 
 
-def train_step(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, gen: torch.Generator,
-               grad_clip: float, progress: EpochProgress) -> None:
-    """One Adam step on the mean negative ELBO of batch x (B, 784); its nats go into `progress`."""
-    logits, mu, logvar = model(x, gen)
-    terms = vae_loss(logits, x, mu, logvar)
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
+               progress: EpochProgress, cfg: TrainConfig, batch: int | None = None, world_size: int = 1) -> None:
+    """One Adam step on the mean negative ELBO of a batch of `batch` examples (default len(x)).
+
+    This process holds the rows x (b, 784) of it and their noise eps (b, latent); its nats go
+    into `progress`. Under DDP the gradients are averaged over the `world_size` processes, so each
+    one's share is weighted to make that average the batch mean.
+    """
+    batch = batch or len(x)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+        logits, mu, logvar = net(x, eps)
+    terms = vae_loss(logits.float(), x, mu.float(), logvar.float())
     opt.zero_grad(set_to_none=True)
-    terms.total.mean().backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    (terms.total.sum() * (world_size / batch)).backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     opt.step()
-    progress.record(len(x), torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]),
-                    logvar.sum())
+    progress.record(batch, torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]),
+                    logvar.float().sum())
 
 
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
@@ -59,9 +70,17 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     A checkpoint continues in place when output.dir is the run directory it belongs to; anywhere
     else the run is forked into output.dir, which must not hold a run. Everything the user
     supplied is checked before anything in a run directory is written. On SIGINT/SIGTERM the
-    current step finishes, last.pt is saved, and Interrupted is raised.
+    current step finishes, last.pt is saved, and Interrupted is raised. Started by torchrun, it
+    trains data-parallel over all its processes.
     """
-    device = resolve_device(cfg.train.device)
+    world = world_from_environment()
+    device = world.device(resolve_device(cfg.train.device))
+    with process_group(world, device):
+        return _train(cfg, resume, overwrite, argv, world, device)
+
+
+def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str] | None, world: World,
+           device: torch.device) -> TrainResult:
     if cfg.logging.tensorboard:
         summary_writer_class()  # fail now, not after the data has loaded
     run_dir = Path(cfg.output.dir).expanduser()
@@ -82,14 +101,21 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
         n_params = sum(p.numel() for p in VAE(cfg.model).parameters())
     # last.pt, best.pt and a temp file (weights + Adam's two moments), plus ~0.3 MiB of images an epoch
     rundir.check_space(run_dir, 3 * 3 * 4 * n_params + cfg.train.epochs * 300_000 + 10 * 2**20)
+    if cfg.train.precision == "bf16" and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        log(world, "warning: this CPU has no AVX512-BF16, so bf16 matrix products are emulated and much "
+                   "slower than fp32; train.precision=fp32 is the faster choice here", file=sys.stderr)
+    if not world.main:
+        world.barrier()  # rank 0 loads (or downloads) the data first
     train_split, test_split = load_mnist(cfg.data.root, cfg.data.download, device)
+    if world.main:
+        world.barrier()
 
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
     model = VAE(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     start, rows, progress = 1, [], None
     if state is not None:
@@ -102,18 +128,21 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
         # Rows after the checkpoint's epoch belong to work that is about to be redone.
         rows = [r for r in rundir.read_metrics(source) if r["epoch"] < start] if source else []
     if start > cfg.train.epochs:
-        print(f"{resume} is already at epoch {start - 1} of train.epochs={cfg.train.epochs}: "
-              f"nothing to do (raise train.epochs to train on)")
+        log(world, f"{resume} is already at epoch {start - 1} of train.epochs={cfg.train.epochs}: "
+                   f"nothing to do (raise train.epochs to train on)")
         return TrainResult(run_dir, rows, state["best_test_loss"], model)
+    # What takes the training steps: the model, wrapped for gradient averaging and/or compiled.
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world.size > 1 else model
+    net = torch.compile(net) if cfg.train.compile else net
 
-    rundir.create(run_dir, clear=overwrite and not in_place)
-    best = math.inf
-    if state is not None:
-        best = state["best_test_loss"]
-        carry_best(source, run_dir, state["epoch"])
-    rundir.write_run_info(run_dir, cfg, argv or sys.argv, device)
-    rundir.write_metrics(run_dir, rows)
-    tensorboard = TensorBoardLog(run_dir / "tensorboard", start) if cfg.logging.tensorboard else None
+    best = math.inf if state is None else state["best_test_loss"]
+    if world.main:
+        rundir.create(run_dir, clear=overwrite and not in_place)
+        if state is not None:
+            carry_best(source, run_dir, state["epoch"])
+        rundir.write_run_info(run_dir, cfg, argv or sys.argv, device, world.size)
+        rundir.write_metrics(run_dir, rows)
+    tensorboard = TensorBoardLog(run_dir / "tensorboard", start) if cfg.logging.tensorboard and world.main else None
     fixed_z = fixed_latents(cfg.model.latent_dim, cfg.train.seed, device)
     last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     every = cfg.train.checkpoint_every_steps
@@ -125,67 +154,94 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
                 "rng": rng_state(gen), "progress": inside.state() if inside else None}
 
     resuming_at = f" (epoch {start} from step {progress.step})" if progress else ""
-    print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-          f"epochs {start}..{cfg.train.epochs}{resuming_at}, writing to {run_dir}")
+    processes = f" x {world.size} processes" if world.size > 1 else ""
+    log(world, f"training {n_params:,} parameters on {device}{processes}, epochs {start}..{cfg.train.epochs}"
+               f"{resuming_at}, writing to {run_dir}")
     with StopRequest() as stop:
         for epoch in range(start, cfg.train.epochs + 1):
             progress = progress or EpochProgress.begin(len(train_split), gen)
             model.train()
             t0 = time.perf_counter()
             with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{cfg.train.epochs}",
-                      leave=False, disable=None, unit="batch") as bar:
+                      leave=False, disable=None if world.main else True, unit="batch") as bar:
                 for idx in progress.remaining(cfg.train.batch_size):
-                    train_step(model, opt, train_split.pixels(idx), gen, cfg.train.grad_clip, progress)
+                    eps = model.noise(len(idx), gen, device)  # the whole batch's noise: one stream on every rank
+                    train_step(net, opt, train_split.pixels(world.shard(idx)), world.shard(eps), progress,
+                               cfg.train, len(idx), world.size)
                     bar.update()
+                    # Under torchrun the ranks agree on a stop at the sync steps only.
+                    stopping = stop.signum if world.size == 1 else False
                     if progress.step % SYNC_EVERY == 0:
+                        progress.merge()
                         progress.check_finite(epoch)
                         bar.set_postfix(loss=f"{progress.means()['loss']:.2f}")
-                    if progress.step < n_batches and (stop.signum or every and progress.step % every == 0):
+                        stopping = world.any(bool(stop.signum), device)
+                    if progress.step < n_batches and (stopping or every and progress.step % every == 0):
+                        progress.merge()
                         progress.check_finite(epoch)
                         progress.seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        save_checkpoint(checkpoint(epoch - 1, progress), last)
-                        if stop.signum:
-                            raise Interrupted(stop.signum, f"stopped in epoch {epoch} after step "
-                                                           f"{progress.step}; continue with: "
-                                                           f"python train.py --resume {run_dir}")
+                        if world.main:
+                            save_checkpoint(checkpoint(epoch - 1, progress), last)
+                        if stopping:
+                            raise Interrupted(stop.signum or signal.SIGTERM,
+                                              f"stopped in epoch {epoch} after step {progress.step}; "
+                                              f"continue with: {resume_command(run_dir, world)}")
+            progress.merge()
             progress.check_finite(epoch)
             train_nats = progress.means()
-            test_nats = evaluate(model, test_split, cfg.train.seed)
+            test_nats = evaluate(model, test_split, cfg.train.seed)  # on every rank: all take the same branch
             if not math.isfinite(test_nats["loss"]):  # the last step's update broke the weights
                 raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
                                 f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
             seconds = progress.seconds + time.perf_counter() - t0
             progress = None
-
-            # Everything of this epoch is written before its checkpoint: a resume from the previous
-            # one redoes the epoch and rewrites the same files, and drops the metrics rows past it.
-            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
-                         **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
-            rundir.write_metrics(run_dir, rows)
-            pictures = []
-            if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
-                pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
-                                         suffix=f"_epoch{epoch:03d}")
-            plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")
-            if tensorboard:
-                tensorboard.epoch(rows[-1], pictures)
             is_best = test_nats["loss"] < best
             best = min(best, test_nats["loss"])
-            # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
-            # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
-            save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
-            print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
-                  f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}) "
-                  f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
-                  + ("  *best" if is_best else ""),
-                  flush=True)  # one line per epoch, also when piped to a log
-            warning = collapse_warning(rows)
-            if warning:
-                print(warning, file=sys.stderr)
-            if stop.signum and epoch < cfg.train.epochs:
-                raise Interrupted(stop.signum, f"stopped after epoch {epoch}; continue with: "
-                                               f"python train.py --resume {run_dir}")
+            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
+                         **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
+            if world.main:
+                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard)
+                # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
+                # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
+                save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
+                print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
+                      f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}) "
+                      f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
+                      + ("  *best" if is_best else ""),
+                      flush=True)  # one line per epoch, also when piped to a log
+                warning = collapse_warning(rows)
+                if warning:
+                    print(warning, file=sys.stderr)
+            if world.any(bool(stop.signum), device) and epoch < cfg.train.epochs:
+                raise Interrupted(stop.signum or signal.SIGTERM, f"stopped after epoch {epoch}; continue with: "
+                                                                 f"{resume_command(run_dir, world)}")
     if tensorboard:
         tensorboard.close()
     return TrainResult(run_dir, rows, best, model)
+
+
+def write_epoch(cfg: Config, model: VAE, test_split: Split, fixed_z: torch.Tensor, run_dir: Path,
+                rows: list[dict], tensorboard: TensorBoardLog | None) -> None:
+    """Everything of an epoch but its checkpoint, which comes last: a resume from the previous one
+    redoes the epoch and rewrites the same files, and drops the metrics rows past it."""
+    epoch = rows[-1]["epoch"]
+    rundir.write_metrics(run_dir, rows)
+    pictures = []
+    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
+        pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
+                                 suffix=f"_epoch{epoch:03d}")
+    plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")
+    if tensorboard:
+        tensorboard.epoch(rows[-1], pictures)
+
+
+def resume_command(run_dir: Path, world: World) -> str:
+    launcher = f"torchrun --nproc_per_node {world.size} train.py" if world.size > 1 else "python train.py"
+    return f"{launcher} --resume {run_dir}"
+
+
+def log(world: World, message: str, file=None) -> None:
+    """Print on rank 0 only."""
+    if world.main:
+        print(message, file=file or sys.stdout, flush=True)
