@@ -11,7 +11,7 @@ def test_speed_benchmark_runs_both_loops_and_prints_the_ratio(mnist_root):
                              "--epochs", "2", "--device", "cpu", "--fast", "64:2e-3"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"floor at batch 128 .*: fp32 [\d.]+ s/epoch, bf16 [\d.]+ s/epoch", result.stdout)
+    assert re.search(r"floor at batch 128 .*examples\): fp32 [\d.]+ s/epoch, bf16 [\d.]+ s/epoch", result.stdout)
     rows = {line[:16].strip(): line for line in result.stdout.splitlines() if line.startswith(("reference", "ours"))}
     assert set(rows) == {"reference", "ours", "ours 64:2e-3"}
     for line in rows.values():

@@ -331,3 +331,15 @@ def test_config_yaml_records_overrides_for_a_later_resume(tiny_cfg):
     run = train(with_(tiny_cfg, model={"hidden_dims": (16, 8)})).run_dir
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden_dims"] == [16, 8]
     assert to_dict(load_checkpoint(run)[1])["model"]["hidden_dims"] == [16, 8]
+
+
+@pytest.mark.parametrize("option", [{"precision": "bf16"}, {"compile": True}])
+def test_bf16_and_compiled_training_follow_the_fp32_eager_run(tiny_cfg, tmp_path, option):
+    plain = train(with_(tiny_cfg, output={"dir": str(tmp_path / "plain")}))
+    other = train(with_(tiny_cfg, train=option, output={"dir": str(tmp_path / "other")}))
+    for a, b in zip(plain.rows, other.rows):
+        # compiled kernels reorder float sums; bf16 rounds the products to 8 mantissa bits
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4 if "compile" in option else 2e-2)
+    state, _ = load_checkpoint(other.run_dir / "checkpoints" / "last.pt")
+    assert state["model"].keys() == plain.model.state_dict().keys()  # the plain model's weights, never a wrapper's
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
