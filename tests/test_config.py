@@ -86,6 +86,13 @@ def test_wrong_types_are_refused(override, message):
     ("train.device=tpu", "train.device"),
     ("viz.digit=10", "viz.digit"),
     ("viz.every=0", "viz.every"),
+    ("train.precision=fp16", "train.precision"),
+    ("data.binarize=yes", "data.binarize"),
+    ("data.seed=-1", "data.seed"),
+    ("model.activation=sigmoid", "model.activation"),
+    ("train.lr_schedule=step", "train.lr_schedule"),
+    ("train.lr_decay_to=0", "train.lr_decay_to"),
+    ("train.lr_decay_to=2", "train.lr_decay_to"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must"):

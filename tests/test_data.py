@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from vae.data import load_mnist
+from vae.config import DataConfig
+from vae.data import Split, load_data, load_mnist
 from vae.errors import UserError
 
 from conftest import make_mnist, synthetic_digits, write_idx
@@ -56,3 +57,27 @@ def test_corrupt_files_are_reported_not_raised(tmp_path, damage):
         write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(29, dtype=torch.uint8))
     with pytest.raises(UserError, match="MNIST"):
         load_mnist(tmp_path, download=False, device=CPU)
+
+
+def test_binarized_pixels_are_bernoulli_draws_of_the_intensities():
+    images = torch.full((2000, 28, 28), 64, dtype=torch.uint8)
+    images[:, :14] = 255
+    split = Split(images, torch.zeros(2000, dtype=torch.long))
+    a, b = split.binarized(seed=1), split.binarized(seed=1)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, split.binarized(seed=2).images)
+    x = a.pixels(torch.arange(2000))
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert x[:, :14 * 28].min() == 1  # intensity 1 is always on
+    assert x[:, 14 * 28:].mean().item() == pytest.approx(64 / 255, abs=0.003)
+
+
+def test_dynamic_binarization_fixes_the_test_set_and_static_the_training_set_too(mnist_root):
+    plain_train, plain_test = load_mnist(mnist_root, download=False, device=CPU)
+    dyn_train, dyn_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic"), CPU)
+    st_train, st_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="static"), CPU)
+    assert torch.equal(dyn_train.images, plain_train.images)  # drawn anew at each use, in the training loop
+    assert torch.equal(dyn_test.images, st_test.images)  # one binarized test set for both protocols
+    assert set(st_train.images.unique().tolist()) == set(st_test.images.unique().tolist()) == {0, 255}
+    _, other_seed = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic", seed=1), CPU)
+    assert not torch.equal(other_seed.images, dyn_test.images)
+    assert torch.equal(load_data(DataConfig(root=str(mnist_root), download=False), CPU)[1].images, plain_test.images)

@@ -40,3 +40,11 @@ def test_a_seeded_generator_makes_noise_repeatable():
     a = model.noise(4, torch.Generator().manual_seed(5))
     b = model.noise(4, torch.Generator().manual_seed(5))
     assert a.shape == (4, 3) and torch.equal(a, b) and not torch.equal(a, model.noise(4))
+
+
+@pytest.mark.parametrize("name, module", [("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh), ("elu", torch.nn.ELU)])
+def test_activation_sits_between_hidden_layers_only(name, module):
+    model = VAE(ModelConfig(hidden_dims=(200, 200), latent_dim=50, activation=name))
+    kinds = [type(m) for m in model.encoder]
+    assert kinds == [torch.nn.Linear, module, torch.nn.Linear, module, torch.nn.Linear]
+    assert [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)] == [200, 200, 100]

@@ -9,13 +9,13 @@ import yaml
 from vae import rundir
 from vae.checkpoint import load_checkpoint
 from vae.config import TrainConfig, from_dict, to_dict
-from vae.data import load_mnist
+from vae.data import load_data, load_mnist
 from vae.errors import UserError
 from vae.evaluation import evaluate
 from vae.loss import vae_loss
 from vae.model import VAE
 from vae.resume import EpochProgress
-from vae.training import train, train_step
+from vae.training import learning_rate, train, train_step
 
 TIMING = "seconds"
 
@@ -343,3 +343,32 @@ def test_bf16_and_compiled_training_follow_the_fp32_eager_run(tiny_cfg, tmp_path
     state, _ = load_checkpoint(other.run_dir / "checkpoints" / "last.pt")
     assert state["model"].keys() == plain.model.state_dict().keys()  # the plain model's weights, never a wrapper's
     assert all(v.dtype == torch.float32 for v in state["model"].values())
+
+
+def test_learning_rate_schedules():
+    lrs = lambda schedule, epochs: [learning_rate(TrainConfig(lr=1e-2, epochs=epochs, lr_schedule=schedule,  # noqa: E731
+                                                              lr_decay_to=0.01), e) for e in range(1, epochs + 1)]
+    assert lrs("constant", 3) == [1e-2] * 3
+    assert lrs("exponential", 3) == pytest.approx([1e-2, 1e-3, 1e-4])
+    assert lrs("cosine", 3) == pytest.approx([1e-2, 1e-2 * (0.01 + 0.99 * 0.5), 1e-4])
+    burda = lrs("burda", 3300)
+    assert burda[0] == 1e-2 and burda[1] == burda[3] == pytest.approx(1e-2 * 10 ** (-1 / 7)) != burda[4]
+    assert burda[3279] == burda[3299] == pytest.approx(1e-3)  # the last stage (i = 7) is epochs 1094..3280
+    assert burda[1092] != burda[1093] == pytest.approx(1e-3)
+
+
+def test_dynamic_binarization_trains_on_fresh_draws_and_measures_one_fixed_test_set(tiny_cfg, tmp_path):
+    cfg = with_(tiny_cfg, data={"binarize": "dynamic"})
+    a = train(cfg)
+    b = train(with_(cfg, output={"dir": str(tmp_path / "again")}))
+    assert without_timing(a.rows) == without_timing(b.rows)  # the draws are seeded
+    plain = train(with_(tiny_cfg, output={"dir": str(tmp_path / "plain")}))
+    assert a.rows[0]["train_loss"] != plain.rows[0]["train_loss"]
+    _, test = load_data(cfg.data, torch.device("cpu"))
+    assert evaluate(a.model, test, cfg.train.seed)["loss"] == pytest.approx(a.rows[-1]["test_loss"])
+
+
+def test_the_schedule_sets_each_epochs_learning_rate(tiny_cfg):
+    result = train(with_(tiny_cfg, train={"epochs": 3, "lr_schedule": "exponential", "lr_decay_to": 0.25}))
+    state, _ = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(tiny_cfg.train.lr * 0.25)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from vae import rundir
 from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
 from vae.config import Config, check_same_run, load_config, to_dict
-from vae.data import PIXELS, Split, load_mnist
+from vae.data import PIXELS, Split, load_data
 from vae.device import resolve_device
 from vae.diagnostics import ACTIVE_THRESHOLD, importance_weighted_bound, rate_split
 from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
@@ -33,6 +33,14 @@ BITS_PER_NAT = 1 / math.log(2)
 
 def bits_per_dim(nats: float) -> float:
     return nats * BITS_PER_NAT / PIXELS
+
+
+TARGETS = {
+    "none": "pixel intensities in [0, 1] as Bernoulli targets (not binarized, so bits/dim is a "
+            "cross-entropy, not a code length)",
+    "dynamic": "binary pixels: the split binarized once, seeded by data.seed (training resampled them)",
+    "static": "binary pixels: the split binarized once, seeded by data.seed",
+}
 
 
 @torch.no_grad()
@@ -81,9 +89,9 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
     metrics = {
         "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
         "unit": "nats per example unless named otherwise",
-        "protocol": {"targets": "pixel intensities in [0, 1] as Bernoulli targets (not binarized, so "
-                                "bits/dim is a cross-entropy, not a code length)", "iwae_samples": k,
-                     "seed": seed, "elbo": "one z sample per example for distortion; analytic KL"},
+        "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
+                     "data_seed": cfg.data.seed, "iwae_samples": k, "seed": seed,
+                     "elbo": "one z sample per example for distortion; analytic KL"},
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
         "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
         "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
@@ -162,7 +170,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     cfg = load_config(None, overrides, base=to_dict(stored))
     check_same_run(stored, cfg)
     device = resolve_device(cfg.train.device)
-    train_split, test_split = load_mnist(cfg.data.root, cfg.data.download, device)
+    train_split, test_split = load_data(cfg.data, device)
     model = VAE(cfg.model).to(device)
     load_state(model, state["model"], path)
     model.eval()
@@ -173,6 +181,8 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     split = test_split if cfg.eval.split == "test" else train_split
+    if split is train_split and cfg.data.binarize == "dynamic":
+        split = train_split.binarized(cfg.data.seed + 1)  # one fixed draw, as the test set has
     metrics = {"checkpoint": str(path), "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
                "device": str(device), **analyze(model, split, cfg, out)}

@@ -20,6 +20,8 @@ import yaml
 from vae.errors import UserError
 
 MAX_CONFIG_BYTES = 1 << 20
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -31,17 +33,27 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 class DataConfig:
     root: str = "data"  # folder that holds MNIST/raw/ (torchvision layout)
     download: bool = True  # try torchvision's download when the files are missing
+    binarize: str = "none"  # none | dynamic | static: Bernoulli-sampled pixels (see README)
+    seed: int = 0  # seeds the binarizations of data.binarize
+
+    def __post_init__(self):
+        _require(self.binarize in ("none", "dynamic", "static"), "data.binarize", self.binarize,
+                 "must be none, dynamic or static")
+        _require(0 <= self.seed < 2**62, "data.seed", self.seed, "must be in 0..2**62-1")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     hidden_dims: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
     latent_dim: int = 20
+    activation: str = "relu"  # relu | tanh | elu | gelu, between hidden layers
 
     def __post_init__(self):
         _require(1 <= self.latent_dim <= 4096, "model.latent_dim", self.latent_dim, "must be in 1..4096")
         _require(all(1 <= h <= 65536 for h in self.hidden_dims), "model.hidden_dims",
                  list(self.hidden_dims), "must hold sizes in 1..65536")
+        _require(self.activation in ACTIVATIONS, "model.activation", self.activation,
+                 f"must be one of {', '.join(ACTIVATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine | exponential | burda (per epoch; see README)
+    lr_decay_to: float = 0.1  # cosine/exponential: the last epoch's lr as a fraction of train.lr
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     grad_clip: float = 0.0  # clip the gradient norm to this; 0 = off
@@ -63,6 +77,10 @@ class TrainConfig:
                  "must be in 1..1000000")
         _require(math.isfinite(self.lr) and 0 < self.lr <= 10, "train.lr", self.lr,
                  "must be a finite number in (0, 10]")
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
+                 f"must be one of {', '.join(LR_SCHEDULES)}")
+        _require(math.isfinite(self.lr_decay_to) and 0 < self.lr_decay_to <= 1, "train.lr_decay_to",
+                 self.lr_decay_to, "must be a number in (0, 1]")
         _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in 0..2**63-1")
         _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device",
                  self.device, "must be auto, cpu, cuda or cuda:N")

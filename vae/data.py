@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import MNIST
 
+from vae.config import DataConfig
 from vae.errors import UserError
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -26,6 +27,19 @@ class Split:
     def pixels(self, index: torch.Tensor) -> torch.Tensor:
         """Intensities in [0, 1] of the images at `index`, flattened: (B, 784) float32."""
         return self.images[index].reshape(-1, PIXELS).float().div_(255)
+
+    def binarized(self, seed: int) -> Split:
+        """Each pixel drawn once as Bernoulli(intensity), with its own seeded generator (on the CPU,
+        so every device gets the same images): values 0 or 255."""
+        probs = self.images.cpu().float().div_(255)
+        drawn = binarize(probs, torch.Generator().manual_seed(seed))
+        return Split(drawn.mul_(255).to(torch.uint8).to(self.images.device), self.labels)
+
+
+def binarize(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """x ~ Bernoulli(probs) elementwise, as 1[u < p] with u ~ U[0, 1): the same distribution that
+    torch.bernoulli draws, three times faster on the CPU."""
+    return (torch.rand(probs.shape, generator=gen, device=probs.device) < probs).float()
 
 
 def _read(root: Path, train: bool, download: bool) -> MNIST:
@@ -70,4 +84,18 @@ def load_mnist(root: str | Path, download: bool, device: torch.device) -> tuple[
     """(train, test) splits of MNIST found under `root`/MNIST/raw, moved to `device`."""
     root = Path(root).expanduser()
     return tuple(_to_split(_read(root, train, download), device) for train in (True, False))
+
+
+def load_data(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
+    """(train, test) as the config asks for them.
+
+    binarize=static draws both splits once; dynamic draws the test split once, and the training
+    images anew each time they are used (in the training loop), so test numbers compare between
+    runs. The draws are seeded by data.seed.
+    """
+    train, test = load_mnist(cfg.root, cfg.download, device)
+    if cfg.binarize == "none":
+        return train, test
+    test = test.binarized(cfg.seed)
+    return (train.binarized(cfg.seed + 1) if cfg.binarize == "static" else train), test
 

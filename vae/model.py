@@ -8,26 +8,29 @@ from vae.config import ModelConfig
 from vae.data import PIXELS
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers between consecutive sizes, ReLU between them (none after the last)."""
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers between consecutive sizes, the activation between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         if i:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATION_MODULES[activation]())
         layers.append(nn.Linear(a, b))
     return nn.Sequential(*layers)
 
 
 class VAE(nn.Module):
-    """Kingma & Welling (2014): the MLP encoder/decoder of the classic MNIST example, 784-400-20."""
+    """Kingma & Welling (2014): MLP encoder and decoder; by default the classic example's 784-400-20."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = list(cfg.hidden_dims)
         self.latent_dim = cfg.latent_dim
         # The encoder's last layer emits mu and logvar side by side: (B, 2 * latent).
-        self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim])
-        self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS])
+        self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim], cfg.activation)
+        self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent)."""

@@ -18,7 +18,7 @@ from vae import rundir
 from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
                             save_checkpoint)
 from vae.config import Config, TrainConfig, check_same_run, to_dict
-from vae.data import Split, load_mnist
+from vae.data import Split, binarize, load_data
 from vae.device import resolve_device
 from vae.distributed import World, process_group, world_from_environment
 from vae.diagnostics import collapse_warning
@@ -61,6 +61,22 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps:
     opt.step()
     progress.record(batch, torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]),
                     logvar.float().sum())
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of `epoch` (counted from 1) under train.lr_schedule."""
+    t = (epoch - 1) / max(cfg.epochs - 1, 1)  # 0 in the first epoch, 1 in the last
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (cfg.lr_decay_to + (1 - cfg.lr_decay_to) * 0.5 * (1 + math.cos(math.pi * t)))
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr * cfg.lr_decay_to ** t
+    if cfg.lr_schedule == "burda":
+        # Burda et al. (2015): stage i = 0..7 is 3^i epochs at lr * 10^(-i/7), 3280 epochs in all
+        stage = 0
+        while stage < 7 and epoch > (3 ** (stage + 1) - 1) // 2:
+            stage += 1
+        return cfg.lr * 10 ** (-stage / 7)
+    return cfg.lr
 
 
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
@@ -106,7 +122,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                    "slower than fp32; train.precision=fp32 is the faster choice here", file=sys.stderr)
     if not world.main:
         world.barrier()  # rank 0 loads (or downloads) the data first
-    train_split, test_split = load_mnist(cfg.data.root, cfg.data.download, device)
+    train_split, test_split = load_data(cfg.data, device)
     if world.main:
         world.barrier()
 
@@ -160,14 +176,19 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     with StopRequest() as stop:
         for epoch in range(start, cfg.train.epochs + 1):
             progress = progress or EpochProgress.begin(len(train_split), gen)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg.train, epoch)
             model.train()
             t0 = time.perf_counter()
             with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{cfg.train.epochs}",
                       leave=False, disable=None if world.main else True, unit="batch") as bar:
                 for idx in progress.remaining(cfg.train.batch_size):
-                    eps = model.noise(len(idx), gen, device)  # the whole batch's noise: one stream on every rank
-                    train_step(net, opt, train_split.pixels(world.shard(idx)), world.shard(eps), progress,
-                               cfg.train, len(idx), world.size)
+                    # The whole batch's draws, so that every rank follows one random stream.
+                    x = train_split.pixels(idx)
+                    if cfg.data.binarize == "dynamic":
+                        x = binarize(x, gen)
+                    eps = model.noise(len(idx), gen, device)
+                    train_step(net, opt, world.shard(x), world.shard(eps), progress, cfg.train, len(idx), world.size)
                     bar.update()
                     # Under torchrun the ranks agree on a stop at the sync steps only.
                     stopping = stop.signum if world.size == 1 else False
