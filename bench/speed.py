@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config import ModelConfig, TrainConfig  # noqa: E402
+from vae.config import Config, ModelConfig, TrainConfig  # noqa: E402
 from vae.data import PIXELS, load_mnist  # noqa: E402
 from vae.evaluation import evaluate  # noqa: E402
 from vae.model import VAE  # noqa: E402
@@ -109,7 +109,8 @@ def run_ours(splits, epochs: int, device: torch.device, cfg: TrainConfig, hidden
         model.train()
         progress = EpochProgress.begin(len(train_split), gen)
         for idx in progress.remaining(cfg.batch_size):
-            train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device), progress, cfg)
+            train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device)[None], progress,
+                       Config(train=cfg))
         progress.merge()
         progress.check_finite(epoch)
         sync(device)

@@ -93,6 +93,10 @@ def test_wrong_types_are_refused(override, message):
     ("train.lr_schedule=step", "train.lr_schedule"),
     ("train.lr_decay_to=0", "train.lr_decay_to"),
     ("train.lr_decay_to=2", "train.lr_decay_to"),
+    ("loss.beta=-1", "loss.beta"),
+    ("loss.free_bits=.inf", "loss.free_bits"),
+    ("loss.kl_warmup_epochs=-2", "loss.kl_warmup_epochs"),
+    ("loss.iwae_k=0", "loss.iwae_k"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must"):
@@ -156,3 +160,10 @@ def test_same_run_allows_epochs_output_and_viz_but_not_architecture():
         check_same_run(stored, from_dict({"model": {"latent_dim": 8}}))
     with pytest.raises(UserError, match="train.lr"):
         check_same_run(stored, from_dict({"train": {"lr": 0.5}}))
+
+
+def test_the_iwae_objective_refuses_beta_warmup_and_free_bits():
+    assert load_config(None, ["loss.iwae_k=50"]).loss.iwae_k == 50
+    for other in ("loss.beta=0.5", "loss.kl_warmup_epochs=10", "loss.free_bits=0.5"):
+        with pytest.raises(UserError, match="loss.iwae_k > 1 is the IWAE bound"):
+            load_config(None, ["loss.iwae_k=50", other])

@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae.loss import bernoulli_log_likelihood, kl_nats, reconstruction_nats, vae_loss
+from vae.config import LossConfig
+from vae.diagnostics import importance_weighted_bound, log_normal, log_standard_normal
+from vae.loss import (bernoulli_log_likelihood, iwae_nats, kl_nats, kl_per_dim, kl_weight, objective_nats, reconstruction_nats,
+                      vae_loss)
 
 
 def random_posterior(batch=16, latent=5, seed=0):
@@ -64,3 +67,62 @@ def test_bernoulli_log_likelihood_broadcasts_over_samples_and_equals_minus_recon
     log_lik = bernoulli_log_likelihood(logits, x)
     assert log_lik.shape == (7, 5)
     torch.testing.assert_close(log_lik[4], -reconstruction_nats(logits[4], x), rtol=1e-5, atol=1e-3)
+
+
+def linear_decoder(latent=5, pixels=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(latent, pixels, generator=g)
+    return lambda z: z @ w
+
+
+def test_iwae_with_one_sample_is_the_sampled_negative_elbo():
+    mu, logvar = random_posterior()
+    decode, x = linear_decoder(), torch.rand(16, 12, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(1, 16, 5, generator=torch.Generator().manual_seed(2))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    expected = reconstruction_nats(decode(z), x)[0] + log_normal(z, mu, logvar)[0] - log_standard_normal(z)[0]
+    torch.testing.assert_close(iwae_nats(decode(z), x, eps, mu, logvar), expected)
+
+
+def test_iwae_objective_equals_the_evaluation_bound_on_the_same_samples():
+    mu, logvar = random_posterior()
+    decode, x = linear_decoder(), torch.rand(16, 12, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(50, 16, 5, generator=torch.Generator().manual_seed(3))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    bound, _ = importance_weighted_bound(lambda z, x: bernoulli_log_likelihood(decode(z), x), x, mu, logvar,
+                                         k=50, chunk=50, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(iwae_nats(decode(z), x, eps, mu, logvar), -bound.float(), rtol=1e-5, atol=1e-4)
+    elbo = vae_loss(decode(z), x, mu, logvar).total
+    assert torch.all(iwae_nats(decode(z), x, eps, mu, logvar) <= elbo + 1e-4)  # in expectation; here per example
+
+
+def test_objective_is_the_negative_elbo_by_default_and_beta_weights_the_rate():
+    mu, logvar = random_posterior()
+    logits, x = torch.randn(1, 16, 12), torch.rand(16, 12)
+    eps = torch.zeros(1, 16, 5)
+    objective, terms = objective_nats(logits, x, eps, mu, logvar, LossConfig(), 1.0)
+    torch.testing.assert_close(objective, terms.total.sum())
+    objective, _ = objective_nats(logits, x, eps, mu, logvar, LossConfig(beta=0.25), 0.25)
+    torch.testing.assert_close(objective, terms.reconstruction.sum() + 0.25 * terms.kl.sum())
+
+
+def test_free_bits_stop_penalizing_dimensions_under_the_floor():
+    mu = torch.zeros(16, 5, requires_grad=True)
+    logvar = torch.full((16, 5), -0.5)
+    with torch.no_grad():
+        mu[:, :2] = 3.0  # dims 0-1 carry 4.5 nats each (+ a little from the variance); dims 2-4 about 0.03
+    logits, x = torch.zeros(1, 16, 12), torch.rand(16, 12)
+    objective, terms = objective_nats(logits, x, torch.zeros(1, 16, 5), mu, logvar, LossConfig(free_bits=1.0), 1.0)
+    per_dim = kl_per_dim(mu, logvar).mean(0)[:2].detach()
+    assert torch.all(per_dim > 4.5) and torch.all(kl_per_dim(mu, logvar).mean(0)[2:] < 1.0)
+    torch.testing.assert_close(objective, terms.reconstruction.sum() + 16 * (per_dim.sum() + 3 * 1.0))
+    objective.backward()
+    assert torch.all(mu.grad[:, 2:] == 0) and torch.all(mu.grad[:, :2] != 0)
+
+
+def test_kl_warmup_rises_linearly_step_by_step_then_holds_beta():
+    cfg = LossConfig(beta=0.5, kl_warmup_epochs=2)
+    assert kl_weight(cfg, epoch=1, step=0, steps_per_epoch=10) == pytest.approx(0.5 * 0.05)
+    assert kl_weight(cfg, epoch=1, step=9, steps_per_epoch=10) == pytest.approx(0.25)
+    assert kl_weight(cfg, epoch=2, step=9, steps_per_epoch=10) == kl_weight(cfg, epoch=7, step=3, steps_per_epoch=10) == 0.5
+    assert kl_weight(LossConfig(beta=2.0), epoch=1, step=0, steps_per_epoch=10) == 2.0

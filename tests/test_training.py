@@ -83,7 +83,7 @@ def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
     assert_same_parameters(before, model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     progress = EpochProgress.begin(len(train_split), torch.Generator().manual_seed(0))
-    train_step(model, opt, train_split.pixels(progress.remaining(64)[0]), model.noise(64), progress, tiny_cfg.train)
+    train_step(model, opt, train_split.pixels(progress.remaining(64)[0]), model.noise(64)[None], progress, tiny_cfg)
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     progress.merge()
     assert progress.step == 1 and progress.seen == 64 and progress.means()["loss"] > 100
@@ -97,8 +97,8 @@ def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
         torch.manual_seed(0)
         model = VAE(tiny_cfg.model)
         opt = torch.optim.Adam(model.parameters())
-        train_step(model, opt, x, model.noise(64, torch.Generator().manual_seed(0)), EpochProgress(torch.arange(64)),
-                   TrainConfig(grad_clip=clip))
+        train_step(model, opt, x, model.noise(64, torch.Generator().manual_seed(0))[None], EpochProgress(torch.arange(64)),
+                   with_(tiny_cfg, train={"grad_clip": clip}))
         return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
     assert grad_norm(0.0) > 10 and grad_norm(0.5) == pytest.approx(0.5, rel=1e-4)
 
@@ -202,7 +202,7 @@ def test_a_best_checkpoint_newer_than_last_is_redone(tiny_cfg, tmp_path):
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
-    import vae.training
+    import vae.loss
     run = train(tiny_cfg).run_dir
     good = (run / "checkpoints" / "last.pt").read_bytes()
     calls = iter(range(1000))
@@ -210,7 +210,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tin
     def poisoned(*args):  # the 4th step of the resumed epoch 3 gets a NaN KL
         terms = vae_loss(*args)
         return terms._replace(kl=terms.kl * float("nan")) if next(calls) == 3 else terms
-    monkeypatch.setattr(vae.training, "vae_loss", poisoned)
+    monkeypatch.setattr(vae.loss, "vae_loss", poisoned)  # the training objective's, not evaluation's
     with pytest.raises(UserError, match="diverged at epoch 3, step 4: KL not finite"):
         train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
@@ -372,3 +372,13 @@ def test_the_schedule_sets_each_epochs_learning_rate(tiny_cfg):
     result = train(with_(tiny_cfg, train={"epochs": 3, "lr_schedule": "exponential", "lr_decay_to": 0.25}))
     state, _ = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(tiny_cfg.train.lr * 0.25)
+
+
+@pytest.mark.parametrize("loss", [{"iwae_k": 5}, {"beta": 0.5, "kl_warmup_epochs": 1, "free_bits": 0.2}])
+def test_objective_options_train_and_report_the_negative_elbo(tiny_cfg, tmp_path, loss):
+    plain = train(with_(tiny_cfg, output={"dir": str(tmp_path / "plain")}))
+    other = train(with_(tiny_cfg, loss=loss, output={"dir": str(tmp_path / "other")}))
+    for a, b in zip(plain.rows, other.rows):
+        assert b["test_loss"] == pytest.approx(b["test_recon"] + b["test_kl"])  # always the plain ELBO's terms
+        assert b["train_loss"] != a["train_loss"]
+    assert other.rows[-1]["test_loss"] < other.rows[0]["test_loss"]

@@ -57,6 +57,26 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    beta: float = 1.0  # weight of the KL term in the training objective (1 = the ELBO)
+    kl_warmup_epochs: int = 0  # the KL weight rises linearly from 0 to beta over this many epochs
+    free_bits: float = 0.0  # nats per latent dim (batch mean) below which KL is not penalized; 0 = off
+    iwae_k: int = 1  # importance samples of the IWAE objective; 1 = the VAE objective
+
+    def __post_init__(self):
+        _require(math.isfinite(self.beta) and 0 <= self.beta <= 1000, "loss.beta", self.beta,
+                 "must be a number in [0, 1000]")
+        _require(0 <= self.kl_warmup_epochs <= 1_000_000, "loss.kl_warmup_epochs", self.kl_warmup_epochs,
+                 "must be in 0..1000000")
+        _require(math.isfinite(self.free_bits) and 0 <= self.free_bits <= 100, "loss.free_bits",
+                 self.free_bits, "must be a number in [0, 100]")
+        _require(1 <= self.iwae_k <= 100_000, "loss.iwae_k", self.iwae_k, "must be in 1..100000")
+        _require(self.iwae_k == 1 or (self.beta == 1 and not self.kl_warmup_epochs and not self.free_bits),
+                 "loss.iwae_k", self.iwae_k, "> 1 is the IWAE bound, which takes no beta, warm-up or free "
+                 "bits (set loss.iwae_k=1 for those)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
@@ -128,6 +148,7 @@ class OutputConfig:
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     viz: VizConfig = VizConfig()
     eval: EvalConfig = EvalConfig()

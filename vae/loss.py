@@ -1,10 +1,13 @@
 """The negative ELBO in nats, per example: reconstruction cross-entropy + analytic Gaussian KL."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from vae.config import LossConfig
 
 
 class LossTerms(NamedTuple):
@@ -20,11 +23,11 @@ class LossTerms(NamedTuple):
 
 
 def reconstruction_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log Bernoulli(x | sigmoid(logits)) summed over pixels: (B, D) -> (B,).
+    """-log Bernoulli(x | sigmoid(logits)) summed over pixels: logits (..., B, D), x (B, D) -> (..., B).
 
     Computed from logits, which is stable where sigmoid saturates; x may be soft (in [0, 1]).
     """
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
+    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(dim=-1)
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,4 +52,45 @@ def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> LossTerms:
-    return LossTerms(reconstruction_nats(logits, x), kl_nats(mu, logvar))
+    """The negative ELBO's terms; with k samples of z per example (logits (k, B, D)) the distortion
+    is their average."""
+    recon = reconstruction_nats(logits, x)
+    return LossTerms(recon if recon.dim() == 1 else recon.mean(0), kl_nats(mu, logvar))
+
+
+def iwae_nats(logits: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
+              logvar: torch.Tensor) -> torch.Tensor:
+    """-IWAE_k, Burda et al. (2015), per example: -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
+
+    logits (k, B, D) decoded from z_i = mu + sigma * eps_i, eps (k, B, L) -> (B,). With z written
+    through eps, log q(z|x) = log N(eps; 0, I) - sum(logvar) / 2; the 2 pi terms cancel.
+    """
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_w = (bernoulli_log_likelihood(logits, x) - 0.5 * z.pow(2).sum(-1)
+             + 0.5 * (eps.pow(2) + logvar).sum(-1))  # (k, B)
+    return math.log(len(eps)) - torch.logsumexp(log_w, dim=0)
+
+
+def objective_nats(logits: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
+                   logvar: torch.Tensor, cfg: LossConfig, kl_weight: float) -> tuple[torch.Tensor, LossTerms]:
+    """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report.
+
+    iwae_k = 1: distortion + kl_weight * rate, where with free bits each dimension's rate, as a
+    batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k.
+    """
+    terms = vae_loss(logits, x, mu, logvar)
+    if cfg.iwae_k > 1:
+        return iwae_nats(logits, x, eps, mu, logvar).sum(), terms
+    if cfg.free_bits:
+        rate = len(x) * kl_per_dim(mu, logvar).mean(0).clamp(min=cfg.free_bits).sum()
+    else:
+        rate = terms.kl.sum()
+    return terms.reconstruction.sum() + kl_weight * rate, terms
+
+
+def kl_weight(cfg: LossConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """loss.beta, ramped linearly from 0 over the first loss.kl_warmup_epochs epochs, step by step."""
+    if not cfg.kl_warmup_epochs:
+        return cfg.beta
+    done = epoch - 1 + (step + 1) / steps_per_epoch  # epochs done once this step is
+    return cfg.beta * min(1.0, done / cfg.kl_warmup_epochs)

@@ -53,6 +53,7 @@ class VAE(nn.Module):
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor):
-        """One-sample pass: (logits (B, 784), mu (B, latent), logvar (B, latent))."""
+        """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example:
+        (logits (B, 784) or (k, B, 784), mu (B, latent), logvar (B, latent))."""
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar

@@ -25,7 +25,7 @@ from vae.diagnostics import collapse_warning
 from vae.errors import Interrupted, UserError
 from vae.evaluation import evaluate, fixed_latents, save_pictures
 from vae.interrupt import StopRequest
-from vae.loss import vae_loss
+from vae.loss import kl_weight, objective_nats
 from vae.model import VAE
 from vae.resume import EpochProgress, carry_best, last_position, position, restore_rng, rng_state
 from vae.tblog import TensorBoardLog, summary_writer_class
@@ -43,21 +43,22 @@ class TrainResult:
 
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
-               progress: EpochProgress, cfg: TrainConfig, batch: int | None = None, world_size: int = 1) -> None:
-    """One Adam step on the mean negative ELBO of a batch of `batch` examples (default len(x)).
+               progress: EpochProgress, cfg: Config, kl_weight: float = 1.0, batch: int | None = None,
+               world_size: int = 1) -> None:
+    """One Adam step on the objective of a batch of `batch` examples (default len(x)), averaged.
 
-    This process holds the rows x (b, 784) of it and their noise eps (b, latent); its nats go
-    into `progress`. Under DDP the gradients are averaged over the `world_size` processes, so each
-    one's share is weighted to make that average the batch mean.
+    This process holds the rows x (b, 784) of it and their noise eps (k, b, latent), k = loss.iwae_k;
+    the negative ELBO's nats go into `progress`. Under DDP the gradients are averaged over the
+    `world_size` processes, so each one's share is weighted to make that average the batch mean.
     """
     batch = batch or len(x)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-        logits, mu, logvar = net(x, eps)
-    terms = vae_loss(logits.float(), x, mu.float(), logvar.float())
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+        logits, mu, logvar = net(x, eps)  # logits (k, b, 784)
+    objective, terms = objective_nats(logits.float(), x, eps, mu.float(), logvar.float(), cfg.loss, kl_weight)
     opt.zero_grad(set_to_none=True)
-    (terms.total.sum() * (world_size / batch)).backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    (objective * (world_size / batch)).backward()
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
     opt.step()
     progress.record(batch, torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]),
                     logvar.float().sum())
@@ -187,8 +188,10 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                     x = train_split.pixels(idx)
                     if cfg.data.binarize == "dynamic":
                         x = binarize(x, gen)
-                    eps = model.noise(len(idx), gen, device)
-                    train_step(net, opt, world.shard(x), world.shard(eps), progress, cfg.train, len(idx), world.size)
+                    eps = model.noise(len(idx) * cfg.loss.iwae_k, gen, device).view(len(idx), cfg.loss.iwae_k, -1)
+                    weight = kl_weight(cfg.loss, epoch, progress.step, n_batches)
+                    train_step(net, opt, world.shard(x), world.shard(eps).transpose(0, 1), progress, cfg, weight,
+                               len(idx), world.size)
                     bar.update()
                     # Under torchrun the ranks agree on a stop at the sync steps only.
                     stopping = stop.signum if world.size == 1 else False
