@@ -6,8 +6,8 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from vae.config import LossConfig
 from vae.diagnostics import importance_weighted_bound, log_normal, log_standard_normal
-from vae.loss import (bernoulli_log_likelihood, iwae_nats, kl_nats, kl_per_dim, kl_weight, objective_nats, reconstruction_nats,
-                      vae_loss)
+from vae.loss import (bernoulli_log_likelihood, iwae_nats, kl_nats, kl_per_dim, kl_weight, objective_nats,
+                      reconstruction_nats, vae_loss)
 
 
 def random_posterior(batch=16, latent=5, seed=0):
@@ -124,5 +124,6 @@ def test_kl_warmup_rises_linearly_step_by_step_then_holds_beta():
     cfg = LossConfig(beta=0.5, kl_warmup_epochs=2)
     assert kl_weight(cfg, epoch=1, step=0, steps_per_epoch=10) == pytest.approx(0.5 * 0.05)
     assert kl_weight(cfg, epoch=1, step=9, steps_per_epoch=10) == pytest.approx(0.25)
-    assert kl_weight(cfg, epoch=2, step=9, steps_per_epoch=10) == kl_weight(cfg, epoch=7, step=3, steps_per_epoch=10) == 0.5
+    assert kl_weight(cfg, epoch=2, step=9, steps_per_epoch=10) == 0.5
+    assert kl_weight(cfg, epoch=7, step=3, steps_per_epoch=10) == 0.5
     assert kl_weight(LossConfig(beta=2.0), epoch=1, step=0, steps_per_epoch=10) == 2.0

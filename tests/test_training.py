@@ -97,8 +97,8 @@ def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
         torch.manual_seed(0)
         model = VAE(tiny_cfg.model)
         opt = torch.optim.Adam(model.parameters())
-        train_step(model, opt, x, model.noise(64, torch.Generator().manual_seed(0))[None], EpochProgress(torch.arange(64)),
-                   with_(tiny_cfg, train={"grad_clip": clip}))
+        eps = model.noise(64, torch.Generator().manual_seed(0))[None]
+        train_step(model, opt, x, eps, EpochProgress(torch.arange(64)), with_(tiny_cfg, train={"grad_clip": clip}))
         return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
     assert grad_norm(0.0) > 10 and grad_norm(0.5) == pytest.approx(0.5, rel=1e-4)
 
@@ -346,8 +346,9 @@ def test_bf16_and_compiled_training_follow_the_fp32_eager_run(tiny_cfg, tmp_path
 
 
 def test_learning_rate_schedules():
-    lrs = lambda schedule, epochs: [learning_rate(TrainConfig(lr=1e-2, epochs=epochs, lr_schedule=schedule,  # noqa: E731
-                                                              lr_decay_to=0.01), e) for e in range(1, epochs + 1)]
+    def lrs(schedule, epochs):
+        cfg = TrainConfig(lr=1e-2, epochs=epochs, lr_schedule=schedule, lr_decay_to=0.01)
+        return [learning_rate(cfg, e) for e in range(1, epochs + 1)]
     assert lrs("constant", 3) == [1e-2] * 3
     assert lrs("exponential", 3) == pytest.approx([1e-2, 1e-3, 1e-4])
     assert lrs("cosine", 3) == pytest.approx([1e-2, 1e-2 * (0.01 + 0.99 * 0.5), 1e-4])

@@ -149,7 +149,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                    f"nothing to do (raise train.epochs to train on)")
         return TrainResult(run_dir, rows, state["best_test_loss"], model)
     # What takes the training steps: the model, wrapped for gradient averaging and/or compiled.
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world.size > 1 else model
+    net = model
+    if world.size > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
 
     best = math.inf if state is None else state["best_test_loss"]
