@@ -66,6 +66,7 @@ def test_viz_every_skips_epochs_but_always_draws_the_last(tiny_cfg):
     run = train(with_(tiny_cfg, train={"epochs": 3}, viz={"every": 2, "digit": 5})).run_dir
     assert sorted(p.name for p in (run / "images").glob("digit*")) == ["digit5_epoch002.png",
                                                                          "digit5_epoch003.png"]
+    assert (run / "images" / "loss_curves.png").is_file()
 
 
 def test_training_lowers_the_loss_on_learnable_data(tiny_cfg):

@@ -113,7 +113,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VizConfig:
-    every: int = 1  # write image grids every N epochs (and always after the last one)
+    every: int = 1  # write image grids and loss curves every N epochs (and always after the last one)
     digit: int = 2  # the class shown in the single-digit reconstruction grid
 
     def __post_init__(self):
