@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 
@@ -41,6 +42,14 @@ def make_mnist(root: Path, n_train: int = 640, n_test: int = 200) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+def write_config(path: Path, mnist_root: Path, hidden: int = 32, **train) -> Path:
+    """A YAML config for a small CPU run on the synthetic data; `train` keys go into its train section."""
+    path.write_text(yaml.safe_dump({"data": {"root": str(mnist_root), "download": False},
+                                    "model": {"hidden_dims": [hidden], "latent_dim": 4},
+                                    "train": {"epochs": 2, "batch_size": 64, "device": "cpu", **train}}))
+    return path
 
 
 @pytest.fixture(scope="session")

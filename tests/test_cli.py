@@ -8,7 +8,7 @@ import pytest
 
 from vae import rundir
 
-from conftest import REPO
+from conftest import REPO, write_config
 
 
 def cli(script, *args, cwd=REPO):
@@ -26,10 +26,7 @@ def snapshot(folder):
 def trained(tmp_path_factory, mnist_root):
     """A finished 2-epoch CLI run on synthetic data, shared (read-only) by the tests below."""
     base = tmp_path_factory.mktemp("cli")
-    config = base / "tiny.yaml"
-    config.write_text(f"data:\n  root: {mnist_root}\n  download: false\n"
-                      "model:\n  hidden_dims: [32]\n  latent_dim: 4\n"
-                      "train:\n  epochs: 2\n  batch_size: 64\n  device: cpu\n")
+    config = write_config(base / "tiny.yaml", mnist_root)
     result = cli("train.py", "--config", config, f"output.dir={base / 'run'}")
     assert result.returncode == 0, result.stderr
     return base, config, result

@@ -11,7 +11,7 @@ from vae.checkpoint import load_checkpoint
 from vae.distributed import World
 from vae.training import train
 
-from conftest import REPO
+from conftest import REPO, write_config
 from test_training import with_
 
 
@@ -42,12 +42,9 @@ def assert_close_runs(a, b):
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory, mnist_root):
-    path = tmp_path_factory.mktemp("ddp") / "tiny.yaml"
     # 640 examples in batches of 60: the last batch of each epoch is short (40), and odd shares are uneven
-    path.write_text(f"data: {{root: {mnist_root}, download: false}}\n"
-                    "model: {hidden_dims: [32], latent_dim: 4}\n"
-                    "train: {epochs: 2, batch_size: 60, lr: 3.0e-3, seed: 3, device: cpu, checkpoint_every_steps: 4}\n")
-    return path
+    return write_config(tmp_path_factory.mktemp("ddp") / "tiny.yaml", mnist_root, batch_size=60, lr=3.0e-3,
+                        seed=3, checkpoint_every_steps=4)
 
 
 def test_two_gloo_processes_match_one_process_and_resume_the_same(config_file, tiny_cfg, tmp_path):

@@ -17,7 +17,7 @@ from vae.interrupt import StopRequest
 from vae.resume import last_position
 from vae.training import train
 
-from conftest import REPO
+from conftest import REPO, write_config
 
 KILLS = int(os.environ.get("VAE_FAULT_KILLS", 6))  # more for a soak: VAE_FAULT_KILLS=30
 
@@ -26,10 +26,8 @@ KILLS = int(os.environ.get("VAE_FAULT_KILLS", 6))  # more for a soak: VAE_FAULT_
 def reference(tmp_path_factory, mnist_root):
     """A config that checkpoints every 2 steps, and its uninterrupted in-process run (with wall time)."""
     base = tmp_path_factory.mktemp("faults")
-    config = base / "faults.yaml"
-    config.write_text(f"data: {{root: {mnist_root}, download: false}}\n"
-                      "model: {hidden_dims: [64], latent_dim: 4}\n"
-                      "train: {epochs: 4, batch_size: 32, device: cpu, checkpoint_every_steps: 2}\n")
+    config = write_config(base / "faults.yaml", mnist_root, hidden=64, epochs=4, batch_size=32,
+                          checkpoint_every_steps=2)
     t0 = time.perf_counter()
     result = train(load_config(config, [f"output.dir={base / 'reference'}"]))
     return config, result, time.perf_counter() - t0

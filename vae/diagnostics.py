@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from vae.loss import log_weights
+
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
 COLLAPSE_RATE_NATS = 1.0  # a test rate below this for COLLAPSE_EPOCHS epochs in a row is collapse
@@ -51,9 +53,7 @@ def importance_weighted_bound(log_lik: LogLikelihood, x: torch.Tensor, mu: torch
         s = min(chunk, k - start)
         eps = torch.randn((s, B, L), generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps  # (s, B, L)
-        # log q(z|x) simplifies with z = mu + std * eps: the squared term is eps^2.
-        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
-        log_w = (log_lik(z, x) + log_standard_normal(z) - log_q).double()  # (s, B)
+        log_w = log_weights(log_lik(z, x), z, eps, logvar).double()  # (s, B)
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
         total += log_w.sum(0)
     return lse - math.log(k), total / k

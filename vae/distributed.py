@@ -37,11 +37,7 @@ class World:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when it is true on any (a collective: all ranks must call it)."""
-        if self.size == 1:
-            return flag
-        t = torch.tensor(int(flag), device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t)
+        return flag if self.size == 1 else bool(all_reduce(torch.tensor(int(flag), device=device), "max"))
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -58,16 +58,23 @@ def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: to
     return LossTerms(recon if recon.dim() == 1 else recon.mean(0), kl_nats(mu, logvar))
 
 
+def log_weights(log_lik: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Importance weights log p(x|z) + log p(z) - log q(z|x) of samples z = mu + sigma * eps: (k, B).
+
+    Written through eps, log q(z|x) = log N(eps; 0, I) - sum(logvar) / 2, and the 2 pi terms of
+    the prior and the posterior cancel.
+    """
+    return log_lik - 0.5 * z.pow(2).sum(-1) + 0.5 * (eps.pow(2) + logvar).sum(-1)
+
+
 def iwae_nats(logits: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
               logvar: torch.Tensor) -> torch.Tensor:
     """-IWAE_k, Burda et al. (2015), per example: -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
 
-    logits (k, B, D) decoded from z_i = mu + sigma * eps_i, eps (k, B, L) -> (B,). With z written
-    through eps, log q(z|x) = log N(eps; 0, I) - sum(logvar) / 2; the 2 pi terms cancel.
+    logits (k, B, D) decoded from z_i = mu + sigma * eps_i, eps (k, B, L) -> (B,).
     """
     z = mu + torch.exp(0.5 * logvar) * eps
-    log_w = (bernoulli_log_likelihood(logits, x) - 0.5 * z.pow(2).sum(-1)
-             + 0.5 * (eps.pow(2) + logvar).sum(-1))  # (k, B)
+    log_w = log_weights(bernoulli_log_likelihood(logits, x), z, eps, logvar)  # (k, B)
     return math.log(len(eps)) - torch.logsumexp(log_w, dim=0)
 
 
