@@ -1,7 +1,7 @@
 """Side-by-side speed benchmark: the classic PyTorch VAE example loop vs this project's training path.
 
     python bench/speed.py --data ../shared/data [--epochs 10] [--device cpu|cuda] [--threads N]
-                          [--variants compile,bf16] [--fast 256:3e-3,512:4e-3] [--scaling]
+                          [--variants compile,bf16,eager,...] [--fast 256:3e-3,512:4e-3] [--scaling]
 
 Everything runs in this one process on the same machine and data, with the 784-400-20 MLP and the
 Bernoulli cross-entropy + analytic KL objective. It prints, in order:
@@ -9,7 +9,8 @@ Bernoulli cross-entropy + analytic KL objective. It prints, in order:
   2. the reference loop and ours at the classic settings (batch 128, Adam 1e-3): s/epoch (train,
      train + test), samples/s, peak memory (one epoch, in a fresh process on the CPU), final test
      loss, time to 106 nats, the floor as a fraction of the epoch time;
-     `--variants` adds ours with torch.compile and/or bf16 autocast;
+     on CUDA ours replays each full batch's step as a CUDA graph (train.cuda_graph); `--variants`
+     adds ours with torch.compile, bf16 autocast, without the graph (eager), or a +-join of these;
   3. time to 106 nats for each batch:lr in `--fast` (stopping once it is reached);
   4. with `--scaling`, s/epoch for batch sizes 64..4096 and hidden widths 200..1600.
 A speed ratio only counts when both reach the same final test loss within 0.5 nats.
@@ -36,7 +37,7 @@ from vae.data import PIXELS, load_mnist  # noqa: E402
 from vae.evaluation import evaluate  # noqa: E402
 from vae.model import VAE  # noqa: E402
 from vae.resume import EpochProgress  # noqa: E402
-from vae.training import train_step  # noqa: E402
+from vae.step import GraphedStep, train_step  # noqa: E402
 
 TARGET_NATS = 106.0
 
@@ -63,9 +64,11 @@ def reference_loss(recon_x, x, mu, logvar):
 
 def run_reference(root: str, epochs: int, device: torch.device) -> list[dict]:
     torch.manual_seed(1)
+    loading = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as the example does
     train_loader = DataLoader(datasets.MNIST(root, train=True, transform=transforms.ToTensor()),
-                              batch_size=128, shuffle=True)
-    test_loader = DataLoader(datasets.MNIST(root, train=False, transform=transforms.ToTensor()), batch_size=128)
+                              batch_size=128, shuffle=True, **loading)
+    test_loader = DataLoader(datasets.MNIST(root, train=False, transform=transforms.ToTensor()), batch_size=128,
+                             **loading)
     model = ReferenceVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rows = []
@@ -103,14 +106,20 @@ def run_ours(splits, epochs: int, device: torch.device, cfg: TrainConfig, hidden
     net = torch.compile(model) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
+    config = Config(train=cfg)
+    graphed = GraphedStep(net, opt, train_split, config, model.latent_dim, device) \
+        if cfg.cuda_graph and device.type == "cuda" else None
     rows = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
         progress = EpochProgress.begin(len(train_split), gen)
         for idx in progress.remaining(cfg.batch_size):
-            train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device)[None], progress,
-                       Config(train=cfg))
+            if graphed and graphed.fits(idx):
+                graphed(idx, gen, 1.0, progress)
+            else:
+                train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device)[None], progress,
+                           config)
         progress.merge()
         progress.check_finite(epoch)
         sync(device)
@@ -197,7 +206,8 @@ def floor_seconds(batch: int, dtype: torch.dtype, device: torch.device, n: int, 
     """Seconds per n-example epoch of the training step's matrix products alone.
 
     Per linear layer (in -> out): the forward product, the weight gradient and, except for the
-    first layer (the data needs no gradient), the input gradient.
+    first layer (the data needs no gradient), the input gradient. On CUDA the products are replayed
+    as one CUDA graph, so that the floor is the GPU's time and not that of launching them.
     """
     layers = [(PIXELS, hidden), (hidden, 2 * latent), (latent, hidden), (hidden, PIXELS)]
     shapes = []
@@ -205,15 +215,45 @@ def floor_seconds(batch: int, dtype: torch.dtype, device: torch.device, n: int, 
         shapes += [((batch, a), (a, b)), ((a, batch), (batch, b))] + ([((batch, b), (b, a))] if i else [])
     mats = [(torch.randn(*p, dtype=dtype, device=device), torch.randn(*q, dtype=dtype, device=device))
             for p, q in shapes]
-    for p, q in mats:
-        p @ q
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
+
+    def products():
         for p, q in mats:
             p @ q
+    products()
+    sync(device)
+    if device.type == "cuda":
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            products()
+        products = graph.replay
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        products()
     sync(device)
     return (time.perf_counter() - t0) / reps * n / batch
+
+
+def graph_replay_seconds(train_split, device: torch.device, batch: int = 128, steps: int = 200) -> tuple[float, float]:
+    """(seconds per step of the training loop's graphed steps, of the graph's replays alone):
+    what the GPU needs for a step against what the loop around it adds."""
+    model = VAE(ModelConfig()).to(device)
+    opt = torch.optim.Adam(model.parameters(), fused=True)
+    gen = torch.Generator(device=device).manual_seed(1)
+    graphed = GraphedStep(model, opt, train_split, Config(train=TrainConfig(batch_size=batch)), model.latent_dim,
+                          device)
+    progress = EpochProgress.begin(len(train_split), gen)
+    batches = progress.remaining(batch)
+    for idx in batches[:10]:
+        graphed(idx, gen, 1.0, progress)
+    times = []
+    for run in (lambda idx: graphed(idx, gen, 1.0, progress), lambda idx: graphed.graph.replay()):
+        sync(device)
+        t0 = time.perf_counter()
+        for idx in batches[10:10 + steps]:
+            run(idx)
+        sync(device)
+        times.append((time.perf_counter() - t0) / steps)
+    return times[0], times[1]
 
 
 def summary(name: str, rows: list[dict], n_train: int, peak: int, floor: float) -> dict:
@@ -227,7 +267,8 @@ def summary(name: str, rows: list[dict], n_train: int, peak: int, floor: float) 
         elapsed += r["total_s"]
         if reached is None and r["test_loss"] <= TARGET_NATS:
             reached = elapsed
-    print(f"{name:<16} {train_s:6.2f} s/epoch train ({steady_s:5.2f} from epoch 2)  {total_s:6.2f} train+test  "
+    print(f"{name:<16} {train_s:6.3f} s/epoch train ({steady_s:6.3f} from epoch 2, {train_s * len(rows):6.2f} s in all)  "
+          f"{total_s:6.3f} train+test  "
           f"{n_train / train_s:6.0f} samples/s  peak {peak / 2**20:5.0f} MiB  final test {rows[-1]['test_loss']:8.3f} "
           f"nats  to {TARGET_NATS:.0f}: " + (f"{reached:6.1f} s" if reached else "   never") +
           f"  floor/train {floor / steady_s:4.0%}", flush=True)
@@ -240,7 +281,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--variants", default="", help="comma list of compile, bf16: also run ours so")
+    parser.add_argument("--variants", default="",
+                        help="comma list of compile, bf16, eager (no CUDA graph) or their +-joins: also run ours so")
     parser.add_argument("--fast", default="", help="comma list of batch:lr to time to 106 nats, e.g. 256:3e-3")
     parser.add_argument("--scaling", action="store_true", help="also print s/epoch by batch size and width")
     args = parser.parse_args()
@@ -259,11 +301,21 @@ def main() -> None:
     ref = summary("reference", rows, n_train, fresh_process_peak(args.data, device, None), floor[torch.float32])
     results = {}
     for variant in ["ours", *filter(None, args.variants.split(","))]:
-        cfg = TrainConfig(compile=variant == "compile", precision="bf16" if variant == "bf16" else "fp32")
-        rows = run_ours(splits, args.epochs, device, cfg)
+        options = set(variant.split("+"))
+        cfg = TrainConfig(compile="compile" in options, precision="bf16" if "bf16" in options else "fp32",
+                          cuda_graph="eager" not in options)
         name = variant if variant == "ours" else f"ours+{variant}"
+        try:
+            rows = run_ours(splits, args.epochs, device, cfg)
+        except Exception as e:  # noqa: BLE001 - one variant failing should not lose the others' numbers
+            print(f"{name}: failed: {type(e).__name__}: {e}", flush=True)
+            continue
         results[name] = summary(name, rows, n_train, fresh_process_peak(args.data, device, cfg),
-                                floor[torch.bfloat16 if variant == "bf16" else torch.float32])
+                                floor[torch.bfloat16 if "bf16" in options else torch.float32])
+    if device.type == "cuda":
+        loop, replay = graph_replay_seconds(splits[0], device)
+        print(f"graphed step at batch 128: {loop * 1e6:.0f} us in the training loop, {replay * 1e6:.0f} us for the "
+              f"graph's replays alone")
     ours = results["ours"]
     same = abs(ref["final"] - ours["final"]) <= 0.5
     print(f"ratio (reference / ours): {ref['train_s'] / ours['train_s']:.2f}x train, "

@@ -15,7 +15,8 @@ from vae.evaluation import evaluate
 from vae.loss import vae_loss
 from vae.model import VAE
 from vae.resume import EpochProgress
-from vae.training import learning_rate, train, train_step
+from vae.step import train_step
+from vae.training import learning_rate, train
 
 TIMING = "seconds"
 

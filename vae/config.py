@@ -90,6 +90,7 @@ class TrainConfig:
     deterministic: bool = False  # torch's deterministic algorithms (matters on GPU)
     precision: str = "fp32"  # fp32 | bf16: bf16 autocast of the training forward pass
     compile: bool = False  # torch.compile the model for training
+    cuda_graph: bool = True  # on CUDA, in one process: replay each full batch's step as one CUDA graph
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 1_000_000, "train.epochs", self.epochs, "must be in 1..1000000")
@@ -319,7 +320,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
                         "train.checkpoint_every_steps", "train.deterministic", "train.precision",
-                        "train.compile", "output.dir",
+                        "train.compile", "train.cuda_graph", "output.dir",
                         "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
                         "logging.tensorboard")
 

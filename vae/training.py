@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -25,9 +24,10 @@ from vae.diagnostics import collapse_warning
 from vae.errors import Interrupted, UserError
 from vae.evaluation import evaluate, fixed_latents, save_pictures
 from vae.interrupt import StopRequest
-from vae.loss import kl_weight, objective_nats
+from vae.loss import kl_weight
 from vae.model import VAE
 from vae.resume import EpochProgress, carry_best, last_position, position, restore_rng, rng_state
+from vae.step import GraphedStep, train_step
 from vae.tblog import TensorBoardLog, summary_writer_class
 from vae.viz import plot_loss_curves
 
@@ -40,28 +40,6 @@ class TrainResult:
     rows: list[dict]  # metrics.csv, one dict per epoch
     best_test_loss: float
     model: VAE
-
-
-def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
-               progress: EpochProgress, cfg: Config, kl_weight: float = 1.0, batch: int | None = None,
-               world_size: int = 1) -> None:
-    """One Adam step on the objective of a batch of `batch` examples (default len(x)), averaged.
-
-    This process holds the rows x (b, 784) of it and their noise eps (k, b, latent), k = loss.iwae_k;
-    the negative ELBO's nats go into `progress`. Under DDP the gradients are averaged over the
-    `world_size` processes, so each one's share is weighted to make that average the batch mean.
-    """
-    batch = batch or len(x)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-        logits, mu, logvar = net(x, eps)  # logits (k, b, 784)
-    objective, terms = objective_nats(logits.float(), x, eps, mu.float(), logvar.float(), cfg.loss, kl_weight)
-    opt.zero_grad(set_to_none=True)
-    (objective * (world_size / batch)).backward()
-    if cfg.train.grad_clip:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-    opt.step()
-    progress.record(batch, torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]),
-                    logvar.float().sum())
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -153,6 +131,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if world.size > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
+    graphed = None
+    if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
+        graphed = GraphedStep(net, opt, train_split, cfg, cfg.model.latent_dim, device)
 
     best = math.inf if state is None else state["best_test_loss"]
     if world.main:
@@ -173,7 +154,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                 "rng": rng_state(gen), "progress": inside.state() if inside else None}
 
     resuming_at = f" (epoch {start} from step {progress.step})" if progress else ""
-    processes = f" x {world.size} processes" if world.size > 1 else ""
+    processes = f" x {world.size} processes" if world.size > 1 else " (steps replayed as a CUDA graph)" if graphed else ""
     log(world, f"training {n_params:,} parameters on {device}{processes}, epochs {start}..{cfg.train.epochs}"
                f"{resuming_at}, writing to {run_dir}")
     with StopRequest() as stop:
@@ -186,14 +167,17 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{cfg.train.epochs}",
                       leave=False, disable=None if world.main else True, unit="batch") as bar:
                 for idx in progress.remaining(cfg.train.batch_size):
-                    # The whole batch's draws, so that every rank follows one random stream.
-                    x = train_split.pixels(idx)
-                    if cfg.data.binarize == "dynamic":
-                        x = binarize(x, gen)
-                    eps = model.noise(len(idx) * cfg.loss.iwae_k, gen, device).view(len(idx), cfg.loss.iwae_k, -1)
                     weight = kl_weight(cfg.loss, epoch, progress.step, n_batches)
-                    train_step(net, opt, world.shard(x), world.shard(eps).transpose(0, 1), progress, cfg, weight,
-                               len(idx), world.size)
+                    if graphed and graphed.fits(idx):
+                        graphed(idx, gen, weight, progress)
+                    else:
+                        # The whole batch's draws, so that every rank follows one random stream.
+                        x = train_split.pixels(idx)
+                        if cfg.data.binarize == "dynamic":
+                            x = binarize(x, gen)
+                        eps = model.noise(len(idx) * cfg.loss.iwae_k, gen, device).view(len(idx), cfg.loss.iwae_k, -1)
+                        train_step(net, opt, world.shard(x), world.shard(eps).transpose(0, 1), progress, cfg, weight,
+                                   len(idx), world.size)
                     bar.update()
                     # Under torchrun the ranks agree on a stop at the sync steps only.
                     stopping = stop.signum if world.size == 1 else False
