@@ -103,3 +103,17 @@ def test_report_is_self_contained_and_every_image_decodes(evaluated):
         assert imread(io.BytesIO(base64.b64decode(data)), format="png").shape[0] > 50
     assert f"{m['nll_iwae']:.3f}" in text and "latent_dim: 2" in text
     assert 'width="484"' in text  # 242-px pixel grids are shown twice as large
+
+
+def test_evaluate_measures_the_validation_split_on_request(tmp_path, mnist_root):
+    cfg = Config(data=DataConfig(root=str(mnist_root), download=False, val_size=100),
+                 model=ModelConfig(hidden_dims=(32,), latent_dim=2),
+                 train=TrainConfig(epochs=1, batch_size=64, seed=1, device="cpu"),
+                 output=OutputConfig(dir=str(tmp_path / "run")))
+    result = train(cfg)
+    val = evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=8", "eval.split=val"])
+    test = evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=8"])
+    assert (val["split"], val["examples"], val["protocol"]["val_size"]) == ("val", 100, 100)
+    assert test["examples"] == 200
+    # one z per image, so not the training loop's number to the last digit, but close to it
+    assert val["negative_elbo"] == pytest.approx(result.rows[-1]["val_loss"], rel=0.05)

@@ -16,7 +16,7 @@ def make_state(epoch=3, cfg=Config()):
     model = VAE(cfg.model)
     opt = torch.optim.Adam(model.parameters())
     return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epoch,
-            "best_test_loss": 101.5, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "best": {"loss": 101.5, "epoch": 2}, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": {"device_type": "cpu", "generator": torch.Generator().get_state(),
                     "torch": torch.get_rng_state(), "cuda": []},
             "progress": None}
@@ -26,7 +26,7 @@ def test_round_trip_is_exact(tmp_path):
     state = make_state()
     save_checkpoint(state, tmp_path / "last.pt")
     loaded, cfg = load_checkpoint(tmp_path / "last.pt")
-    assert cfg == Config() and loaded["epoch"] == 3 and loaded["best_test_loss"] == 101.5
+    assert cfg == Config() and loaded["epoch"] == 3 and loaded["best"] == {"loss": 101.5, "epoch": 2}
     for k, v in state["model"].items():
         assert torch.equal(loaded["model"][k], v)
     assert torch.equal(loaded["rng"]["generator"], state["rng"]["generator"])
@@ -36,7 +36,16 @@ def test_a_format_1_checkpoint_is_upgraded_on_load(tmp_path):
     old = {k: v for k, v in make_state().items() if k != "progress"}
     torch.save({**old, "format_version": 1}, tmp_path / "v1.pt")
     state, _ = load_checkpoint(tmp_path / "v1.pt")
-    assert state["format_version"] == FORMAT_VERSION == 2 and state["progress"] is None
+    assert state["format_version"] == FORMAT_VERSION and state["progress"] is None
+
+
+def test_a_format_2_checkpoint_is_upgraded_on_load(tmp_path):
+    old = {k: v for k, v in make_state().items() if k != "best"}
+    torch.save({**old, "format_version": 2, "best_test_loss": 99.5}, tmp_path / "v2.pt")
+    state, _ = load_checkpoint(tmp_path / "v2.pt")
+    # v2 chose best.pt on the test loss and did not record its epoch
+    assert state["format_version"] == FORMAT_VERSION == 3 and state["best"] == {"loss": 99.5, "epoch": None}
+    assert "best_test_loss" not in state
 
 
 def test_save_leaves_no_temporary_files(tmp_path):

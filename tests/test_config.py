@@ -97,6 +97,8 @@ def test_wrong_types_are_refused(override, message):
     ("loss.free_bits=.inf", "loss.free_bits"),
     ("loss.kl_warmup_epochs=-2", "loss.kl_warmup_epochs"),
     ("loss.iwae_k=0", "loss.iwae_k"),
+    ("data.val_size=-1", "data.val_size"),
+    ("train.patience=-1", "train.patience"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must"):
@@ -160,6 +162,14 @@ def test_same_run_allows_epochs_output_and_viz_but_not_architecture():
         check_same_run(stored, from_dict({"model": {"latent_dim": 8}}))
     with pytest.raises(UserError, match="train.lr"):
         check_same_run(stored, from_dict({"train": {"lr": 0.5}}))
+
+
+def test_early_stopping_and_validation_evaluation_need_a_validation_split():
+    assert load_config(None, ["data.val_size=100", "train.patience=3", "eval.split=val"]).train.patience == 3
+    with pytest.raises(UserError, match=r"^train.patience needs data.val_size > 0"):
+        load_config(None, ["train.patience=3"])
+    with pytest.raises(UserError, match=r"^eval.split needs data.val_size > 0"):
+        load_config(None, ["eval.split=val"])
 
 
 def test_the_iwae_objective_refuses_beta_warmup_and_free_bits():

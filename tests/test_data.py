@@ -1,3 +1,4 @@
+from collections import Counter
 from urllib.error import URLError
 
 import pytest
@@ -73,11 +74,33 @@ def test_binarized_pixels_are_bernoulli_draws_of_the_intensities():
 
 def test_dynamic_binarization_fixes_the_test_set_and_static_the_training_set_too(mnist_root):
     plain_train, plain_test = load_mnist(mnist_root, download=False, device=CPU)
-    dyn_train, dyn_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic"), CPU)
-    st_train, st_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="static"), CPU)
+    dyn_train, dyn_val, dyn_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic"), CPU)
+    st_train, _, st_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="static"), CPU)
+    assert dyn_val is None  # data.val_size=0
     assert torch.equal(dyn_train.images, plain_train.images)  # drawn anew at each use, in the training loop
     assert torch.equal(dyn_test.images, st_test.images)  # one binarized test set for both protocols
     assert set(st_train.images.unique().tolist()) == set(st_test.images.unique().tolist()) == {0, 255}
-    _, other_seed = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic", seed=1), CPU)
+    other_seed = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic", seed=1), CPU).test
     assert not torch.equal(other_seed.images, dyn_test.images)
-    assert torch.equal(load_data(DataConfig(root=str(mnist_root), download=False), CPU)[1].images, plain_test.images)
+    assert torch.equal(load_data(DataConfig(root=str(mnist_root), download=False), CPU).test.images, plain_test.images)
+
+
+def test_the_validation_split_is_held_out_of_the_training_images(mnist_root):
+    plain_train, _ = load_mnist(mnist_root, download=False, device=CPU)
+    train, val, _ = load_data(DataConfig(root=str(mnist_root), download=False, val_size=100), CPU)
+    assert (len(train), len(val)) == (540, 100)
+    def rows(split):
+        return Counter(bytes(img.flatten().tolist()) + bytes([lab]) for img, lab in zip(split.images, split.labels))
+    assert rows(train) + rows(val) == rows(plain_train)  # every image in exactly one of them
+    again = load_data(DataConfig(root=str(mnist_root), download=False, val_size=100), CPU).val
+    other = load_data(DataConfig(root=str(mnist_root), download=False, val_size=100, seed=1), CPU).val
+    assert torch.equal(again.images, val.images) and not torch.equal(other.images, val.images)
+    # binarized like the test set: drawn once, the same in every run
+    dyn = load_data(DataConfig(root=str(mnist_root), download=False, val_size=100, binarize="dynamic"), CPU)
+    assert set(dyn.val.images.unique().tolist()) == {0, 255} and torch.equal(dyn.val.labels, val.labels)
+    assert torch.equal(dyn.train.images, train.images)  # resampled in the training loop
+
+
+def test_a_validation_split_as_big_as_the_training_set_is_refused(mnist_root):
+    with pytest.raises(UserError, match=r"data.val_size=640 leaves no training images: the training split has 640"):
+        load_data(DataConfig(root=str(mnist_root), download=False, val_size=640), CPU)

@@ -47,7 +47,9 @@ def test_a_run_writes_its_whole_directory(tiny_cfg):
 
     rows = rundir.read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2] and rows == result.rows
-    assert list(rows[0]) == list(rundir.METRIC_COLUMNS)
+    assert list(rows[0]) == [c for c in rundir.METRIC_COLUMNS if c not in rundir.OPTIONAL_COLUMNS]  # no val split
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header == ",".join(rundir.METRIC_COLUMNS)  # the val columns are there, empty
     for r in rows:
         assert r["train_loss"] == pytest.approx(r["train_recon"] + r["train_kl"])
         assert r["test_loss"] == pytest.approx(r["test_recon"] + r["test_kl"])
@@ -60,7 +62,9 @@ def test_a_run_writes_its_whole_directory(tiny_cfg):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     state, cfg = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 2 and cfg == tiny_cfg
-    assert state["best_test_loss"] == min(r["test_loss"] for r in rows) == result.best_test_loss
+    best = min(rows, key=lambda r: r["test_loss"])  # no validation split: best.pt is chosen on the test set
+    assert state["best"] == {"loss": best["test_loss"], "epoch": best["epoch"]} == result.best
+    assert not any(k.startswith("val_") for r in rows for k in r)
 
 
 def test_viz_every_skips_epochs_but_always_draws_the_last(tiny_cfg):
@@ -143,7 +147,7 @@ def test_best_checkpoint_is_one_consistent_moment(tiny_cfg, tmp_path, monkeypatc
     result = train(with_(tiny_cfg, train={"epochs": 3}))
     monkeypatch.undo()
     best, _ = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
-    assert best["epoch"] == 2 and best["best_test_loss"] == 1.0
+    assert best["epoch"] == 2 and best["best"] == {"loss": 1.0, "epoch": 2}
     # The same weights, optimizer state and RNG as a run that stopped after epoch 2.
     two, _ = load_checkpoint(train(with_(tiny_cfg, output={"dir": str(tmp_path / "two")})).run_dir)
     assert_same_parameters(best["model"], two["model"])
@@ -367,7 +371,7 @@ def test_dynamic_binarization_trains_on_fresh_draws_and_measures_one_fixed_test_
     assert without_timing(a.rows) == without_timing(b.rows)  # the draws are seeded
     plain = train(with_(tiny_cfg, output={"dir": str(tmp_path / "plain")}))
     assert a.rows[0]["train_loss"] != plain.rows[0]["train_loss"]
-    _, test = load_data(cfg.data, torch.device("cpu"))
+    test = load_data(cfg.data, torch.device("cpu")).test
     assert evaluate(a.model, test, cfg.train.seed)["loss"] == pytest.approx(a.rows[-1]["test_loss"])
 
 
@@ -387,3 +391,40 @@ def test_objective_options_train_and_report_the_negative_elbo(tiny_cfg, tmp_path
         assert b["test_loss"] == pytest.approx(b["test_recon"] + b["test_kl"])
         assert b["train_loss"] != a["train_loss"]
     assert other.rows[-1]["test_loss"] < other.rows[0]["test_loss"]
+
+
+def test_a_validation_split_chooses_best_pt_and_stops_early(tiny_cfg, tmp_path, monkeypatch, capsys):
+    import vae.training
+    cfg = with_(tiny_cfg, data={"val_size": 100}, train={"epochs": 8, "patience": 2})
+    val_losses = iter([5.0, 1.0, 3.0, 2.0, 0.5, 0.4, 0.6, 0.7])  # best at epoch 2, then 2 epochs without a better one
+    test_losses = iter([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0])  # always improving: must not decide anything
+
+    def evaluate_scripted(model, split, seed):
+        return {**evaluate(model, split, seed), "loss": next(val_losses if len(split) == 100 else test_losses)}
+    monkeypatch.setattr(vae.training, "evaluate", evaluate_scripted)
+    result = train(cfg)
+    assert [r["epoch"] for r in result.rows] == [1, 2, 3, 4]
+    assert [r["val_loss"] for r in result.rows] == [5.0, 1.0, 3.0, 2.0]
+    assert result.best == {"loss": 1.0, "epoch": 2}
+    out = capsys.readouterr().out
+    assert "early stop after epoch 4: the validation loss has not improved for 2 epochs" in out
+    assert "val    1.000" in out.splitlines()[2]  # the epoch line shows the validation loss
+    run = result.run_dir
+    assert load_checkpoint(run / "checkpoints" / "best.pt")[0]["epoch"] == 2
+    assert load_checkpoint(run / "checkpoints" / "last.pt")[0]["epoch"] == 4
+    assert rundir.read_metrics(run) == result.rows  # the val columns round-trip through metrics.csv
+    assert (run / "images" / "recon_epoch004.png").is_file()  # the last epoch's pictures, as after train.epochs
+
+    again = train(cfg, resume=run)  # an early-stopped run stays stopped
+    assert "stopped early at epoch 4" in capsys.readouterr().out and len(again.rows) == 4
+    longer = train(with_(cfg, train={"patience": 3}), resume=run)  # more patience trains on, to train.epochs
+    assert [r["epoch"] for r in longer.rows] == list(range(1, 9)) and longer.best == {"loss": 0.4, "epoch": 6}
+
+
+def test_validation_metrics_are_the_held_out_images_measured_like_the_test_set(tiny_cfg):
+    result = train(with_(tiny_cfg, data={"val_size": 100, "binarize": "dynamic"}))
+    _, val, test = load_data(with_(tiny_cfg, data={"val_size": 100, "binarize": "dynamic"}).data, torch.device("cpu"))
+    for split, name in ((val, "val"), (test, "test")):
+        nats = evaluate(result.model, split, tiny_cfg.train.seed)
+        assert result.rows[-1][f"{name}_loss"] == pytest.approx(nats["loss"])
+        assert result.rows[-1][f"{name}_kl"] == pytest.approx(nats["kl"])

@@ -90,7 +90,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
         "unit": "nats per example unless named otherwise",
         "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
-                     "data_seed": cfg.data.seed, "iwae_samples": k, "seed": seed,
+                     "data_seed": cfg.data.seed, "val_size": cfg.data.val_size, "iwae_samples": k, "seed": seed,
                      "elbo": "one z sample per example for distortion; analytic KL"},
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
         "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
@@ -170,7 +170,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     cfg = load_config(None, overrides, base=to_dict(stored))
     check_same_run(stored, cfg)
     device = resolve_device(cfg.train.device)
-    train_split, test_split = load_data(cfg.data, device)
+    splits = load_data(cfg.data, device)
     model = VAE(cfg.model).to(device)
     load_state(model, state["model"], path)
     model.eval()
@@ -180,9 +180,9 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    split = test_split if cfg.eval.split == "test" else train_split
-    if split is train_split and cfg.data.binarize == "dynamic":
-        split = train_split.binarized(cfg.data.seed + 1)  # one fixed draw, as the test set has
+    split = getattr(splits, cfg.eval.split)
+    if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
+        split = split.binarized(cfg.data.seed + 1)  # one fixed draw, as the other splits have
     metrics = {"checkpoint": str(path), "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
                "device": str(device), **analyze(model, split, cfg, out)}

@@ -11,12 +11,21 @@ from vae.config import Config, from_dict
 from vae.errors import UserError
 from vae.files import atomic_write
 
-FORMAT_VERSION = 2
-REQUIRED_KEYS = ("format_version", "config", "epoch", "best_test_loss", "model", "optimizer", "rng", "progress")
+FORMAT_VERSION = 3
+REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress")
 # Each step upgrades a checkpoint of format N to N + 1.
 UPGRADES = {
     1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
+    2: lambda state: _best_of_v2(state),
 }
+
+
+def _best_of_v2(state: dict) -> dict:
+    """v2 chose best.pt on the test loss and did not record which epoch that was."""
+    state = {**state, "format_version": 3}
+    if "best_test_loss" in state:
+        state["best"] = {"loss": state.pop("best_test_loss"), "epoch": None}
+    return state
 
 
 def save_checkpoint(state: dict, *paths: Path) -> None:

@@ -34,12 +34,14 @@ class DataConfig:
     root: str = "data"  # folder that holds MNIST/raw/ (torchvision layout)
     download: bool = True  # try torchvision's download when the files are missing
     binarize: str = "none"  # none | dynamic | static: Bernoulli-sampled pixels (see README)
-    seed: int = 0  # seeds the binarizations of data.binarize
+    seed: int = 0  # seeds the binarizations of data.binarize and the choice of the validation images
+    val_size: int = 0  # training images held out as a validation split (best.pt, early stopping); 0 = none
 
     def __post_init__(self):
         _require(self.binarize in ("none", "dynamic", "static"), "data.binarize", self.binarize,
                  "must be none, dynamic or static")
         _require(0 <= self.seed < 2**62, "data.seed", self.seed, "must be in 0..2**62-1")
+        _require(0 <= self.val_size <= 1_000_000, "data.val_size", self.val_size, "must be in 0..1000000")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16: bf16 autocast of the training forward pass
     compile: bool = False  # torch.compile the model for training
     cuda_graph: bool = True  # on CUDA, in one process: replay each full batch's step as one CUDA graph
+    patience: int = 0  # stop once the validation loss has not improved for this many epochs; 0 = never
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 1_000_000, "train.epochs", self.epochs, "must be in 1..1000000")
@@ -108,6 +111,7 @@ class TrainConfig:
         _require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip", self.grad_clip,
                  "must be a finite number >= 0 (0 = off)")
         _require(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "must be fp32 or bf16")
+        _require(0 <= self.patience <= 1_000_000, "train.patience", self.patience, "must be in 0..1000000 (0 = off)")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0 = at epoch ends only)")
 
@@ -124,12 +128,12 @@ class VizConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    split: str = "test"  # test | train: the split evaluate.py measures
+    split: str = "test"  # test | val | train: the split evaluate.py measures (val needs data.val_size)
     iwae_samples: int = 5000  # k of the importance-weighted NLL bound (Burda et al. use 5000)
     seed: int = 0  # seeds every sample evaluate.py draws, so its numbers repeat
 
     def __post_init__(self):
-        _require(self.split in ("test", "train"), "eval.split", self.split, "must be test or train")
+        _require(self.split in ("test", "val", "train"), "eval.split", self.split, "must be test, val or train")
         _require(1 <= self.iwae_samples <= 1_000_000, "eval.iwae_samples", self.iwae_samples,
                  "must be in 1..1000000")
         _require(0 <= self.seed < 2**63, "eval.seed", self.seed, "must be in 0..2**63-1")
@@ -155,6 +159,13 @@ class Config:
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
     output: OutputConfig = OutputConfig()
+
+    def __post_init__(self):
+        # Early stopping on the test set would leak it into training: the test number would be chosen.
+        _require(not self.train.patience or self.data.val_size > 0, "train.patience", self.train.patience,
+                 "needs data.val_size > 0 (a validation split to watch)")
+        _require(self.eval.split != "val" or self.data.val_size > 0, "eval.split", self.eval.split,
+                 "needs data.val_size > 0 (the run has no validation split)")
 
 
 def _sections() -> dict[str, type]:
@@ -320,7 +331,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
                         "train.checkpoint_every_steps", "train.deterministic", "train.precision",
-                        "train.compile", "train.cuda_graph", "output.dir",
+                        "train.compile", "train.cuda_graph", "train.patience", "output.dir",
                         "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
                         "logging.tensorboard")
 

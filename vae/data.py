@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torchvision.datasets import MNIST
@@ -27,6 +28,11 @@ class Split:
     def pixels(self, index: torch.Tensor) -> torch.Tensor:
         """Intensities in [0, 1] of the images at `index`, flattened: (B, 784) float32."""
         return self.images[index].reshape(-1, PIXELS).float().div_(255)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        """The examples at `index`, in that order."""
+        index = index.to(self.images.device)
+        return Split(self.images[index], self.labels[index])
 
     def binarized(self, seed: int) -> Split:
         """Each pixel drawn once as Bernoulli(intensity), with its own seeded generator (on the CPU,
@@ -86,16 +92,29 @@ def load_mnist(root: str | Path, download: bool, device: torch.device) -> tuple[
     return tuple(_to_split(_read(root, train, download), device) for train in (True, False))
 
 
-def load_data(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
-    """(train, test) as the config asks for them.
+class Splits(NamedTuple):
+    train: Split
+    val: Split | None  # held out of the training images by data.val_size; None when it is 0
+    test: Split
 
-    binarize=static draws both splits once; dynamic draws the test split once, and the training
-    images anew each time they are used (in the training loop), so test numbers compare between
-    runs. The draws are seeded by data.seed.
+
+def load_data(cfg: DataConfig, device: torch.device) -> Splits:
+    """The splits as the config asks for them.
+
+    data.val_size training images, chosen by a permutation seeded by data.seed, become the
+    validation split. binarize=static draws every split once; dynamic draws the test and
+    validation splits once and the training images anew each time they are used (in the training
+    loop), so evaluation numbers compare between runs. The draws are seeded by data.seed.
     """
     train, test = load_mnist(cfg.root, cfg.download, device)
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise UserError(f"data.val_size={cfg.val_size} leaves no training images: the training split "
+                            f"has {len(train)}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        val, train = train.subset(order[:cfg.val_size].sort().values), train.subset(order[cfg.val_size:].sort().values)
     if cfg.binarize == "none":
-        return train, test
-    test = test.binarized(cfg.seed)
-    return (train.binarized(cfg.seed + 1) if cfg.binarize == "static" else train), test
-
+        return Splits(train, val, test)
+    return Splits(train.binarized(cfg.seed + 1) if cfg.binarize == "static" else train,
+                  val.binarized(cfg.seed + 2) if val is not None else None, test.binarized(cfg.seed))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 import yaml
@@ -63,9 +64,11 @@ def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) ->
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in metric_rows(metrics))
     training = ""
     if rows:
-        best = min(rows, key=lambda r: r["test_loss"])
-        training = (f"<p>Trained {rows[-1]['epoch']} epochs; best test negative ELBO "
-                    f"{best['test_loss']:.3f} nats at epoch {best['epoch']}.</p>")
+        split = "val" if "val_loss" in rows[-1] else "test"
+        best = min(rows, key=lambda r: r.get(f"{split}_loss", math.inf))
+        name = "validation" if split == "val" else "test"
+        training = (f"<p>Trained {rows[-1]['epoch']} epochs; best {name} negative ELBO "
+                    f"{best[f'{split}_loss']:.3f} nats at epoch {best['epoch']}.</p>")
     figures = []
     for name, caption in PICTURES:
         path = run_dir / name.format(digit=cfg.viz.digit)

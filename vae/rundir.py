@@ -19,8 +19,9 @@ from vae.config import Config, to_dict
 from vae.errors import UserError
 from vae.files import atomic_write_text
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl",
+METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl",
                   "test_loss", "test_recon", "test_kl", "test_active_units", "seconds")
+OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl")  # empty without a validation split (and in older runs)
 INTEGER_COLUMNS = ("epoch", "test_active_units")
 RUN_ENTRIES = ("checkpoints", "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
                "report.html")
@@ -106,12 +107,14 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv as one dict per epoch; a val_* key only where its cell holds a value."""
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []
     try:
         with path.open(newline="") as f:
-            return [{k: (int(row[k]) if k in INTEGER_COLUMNS else float(row[k])) for k in METRIC_COLUMNS}
+            return [{k: (int(row[k]) if k in INTEGER_COLUMNS else float(row[k])) for k in METRIC_COLUMNS
+                     if k not in OPTIONAL_COLUMNS or row.get(k)}
                     for row in csv.DictReader(f)]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path} is malformed: expected the columns {','.join(METRIC_COLUMNS)}") from None

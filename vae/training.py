@@ -38,7 +38,7 @@ SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar
 class TrainResult:
     run_dir: Path
     rows: list[dict]  # metrics.csv, one dict per epoch
-    best_test_loss: float
+    best: dict  # {"loss", "epoch"}: best.pt's, on the validation split when there is one, else the test split
     model: VAE
 
 
@@ -101,7 +101,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                    "slower than fp32; train.precision=fp32 is the faster choice here", file=sys.stderr)
     if not world.main:
         world.barrier()  # rank 0 loads (or downloads) the data first
-    train_split, test_split = load_data(cfg.data, device)
+    train_split, val_split, test_split = load_data(cfg.data, device)
     if world.main:
         world.barrier()
 
@@ -125,7 +125,12 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if start > cfg.train.epochs:
         log(world, f"{resume} is already at epoch {start - 1} of train.epochs={cfg.train.epochs}: "
                    f"nothing to do (raise train.epochs to train on)")
-        return TrainResult(run_dir, rows, state["best_test_loss"], model)
+        return TrainResult(run_dir, rows, state["best"], model)
+    stopped = stops_early(cfg, state["best"], start - 1) if state is not None and progress is None else ""
+    if stopped:
+        log(world, f"{resume} stopped early at epoch {start - 1}: {stopped}; nothing to do (raise "
+                   f"train.patience, or set it to 0, to train on)")
+        return TrainResult(run_dir, rows, state["best"], model)
     # What takes the training steps: the model, wrapped for gradient averaging and/or compiled.
     net = model
     if world.size > 1:
@@ -135,7 +140,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         graphed = GraphedStep(net, opt, train_split, cfg, cfg.model.latent_dim, device)
 
-    best = math.inf if state is None else state["best_test_loss"]
+    best = {"loss": math.inf, "epoch": None} if state is None else state["best"]
     if world.main:
         rundir.create(run_dir, clear=overwrite and not in_place)
         if state is not None:
@@ -150,7 +155,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
 
     def checkpoint(epochs_done: int, inside: EpochProgress | None = None) -> dict:
         return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epochs_done,
-                "best_test_loss": best, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "best": best, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng_state(gen), "progress": inside.state() if inside else None}
 
     resuming_at = f" (epoch {start} from step {progress.step})" if progress else ""
@@ -200,22 +205,29 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             progress.merge()
             progress.check_finite(epoch)
             train_nats = progress.means()
-            test_nats = evaluate(model, test_split, cfg.train.seed)  # on every rank: all take the same branch
+            # on every rank: all take the same branches
+            val_nats = evaluate(model, val_split, cfg.train.seed) if val_split else {}
+            test_nats = evaluate(model, test_split, cfg.train.seed)
             if not math.isfinite(test_nats["loss"]):  # the last step's update broke the weights
                 raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
                                 f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
             seconds = progress.seconds + time.perf_counter() - t0
             progress = None
-            is_best = test_nats["loss"] < best
-            best = min(best, test_nats["loss"])
+            chosen_on = val_nats or test_nats  # the test split only when there is no validation split
+            is_best = chosen_on["loss"] < best["loss"]
+            if is_best:
+                best = {"loss": chosen_on["loss"], "epoch": epoch}
+            early_stop = stops_early(cfg, best, epoch) if epoch < cfg.train.epochs else ""
             rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
+                         **{f"val_{k}": v for k, v in val_nats.items() if k != "active_units"},
                          **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
             if world.main:
-                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard)
+                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard, bool(early_stop))
                 # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
                 # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
                 save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
                 print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
+                      + (f"val {val_nats['loss']:8.3f}  " if val_nats else "") +
                       f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}) "
                       f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
                       + ("  *best" if is_best else ""),
@@ -223,6 +235,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                 warning = collapse_warning(rows)
                 if warning:
                     print(warning, file=sys.stderr)
+            if early_stop:
+                log(world, f"early stop after epoch {epoch}: {early_stop}; best.pt holds epoch {best['epoch']}")
+                break
             if world.any(bool(stop.signum), device) and epoch < cfg.train.epochs:
                 raise Interrupted(stop.signum or signal.SIGTERM, f"stopped after epoch {epoch}; continue with: "
                                                                  f"{resume_command(run_dir, world)}")
@@ -231,14 +246,23 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     return TrainResult(run_dir, rows, best, model)
 
 
+def stops_early(cfg: Config, best: dict, epoch: int) -> str:
+    """Why training stops after `epoch` under train.patience ('' while it goes on)."""
+    if not cfg.train.patience or best["epoch"] is None or epoch - best["epoch"] < cfg.train.patience:
+        return ""
+    return (f"the validation loss has not improved for {epoch - best['epoch']} epochs (train.patience="
+            f"{cfg.train.patience}; best {best['loss']:.3f} nats at epoch {best['epoch']})")
+
+
 def write_epoch(cfg: Config, model: VAE, test_split: Split, fixed_z: torch.Tensor, run_dir: Path,
-                rows: list[dict], tensorboard: TensorBoardLog | None) -> None:
+                rows: list[dict], tensorboard: TensorBoardLog | None, last: bool = False) -> None:
     """Everything of an epoch but its checkpoint, which comes last: a resume from the previous one
-    redoes the epoch and rewrites the same files, and drops the metrics rows past it."""
+    redoes the epoch and rewrites the same files, and drops the metrics rows past it. The pictures
+    are drawn every viz.every epochs and after the `last` one (or train.epochs)."""
     epoch = rows[-1]["epoch"]
     rundir.write_metrics(run_dir, rows)
     pictures = []
-    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs:
+    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or last:
         pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs

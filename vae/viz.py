@@ -1,6 +1,7 @@
 """Pictures: image grids (torchvision) and loss curves (matplotlib). Nothing here trains."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -32,13 +33,15 @@ def save_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: Pat
 
 
 def plot_loss_curves(rows: list[dict], path: Path) -> None:
-    """Train/test negative ELBO, distortion and rate (nats per example), and active units, by epoch."""
+    """Train/validation/test negative ELBO, distortion and rate (nats per example), and active units,
+    by epoch (validation where the rows have it)."""
     epochs = [r["epoch"] for r in rows]
+    splits = [("train", "-"), ("val", ":"), ("test", "--")] if "val_loss" in rows[-1] else [("train", "-"), ("test", "--")]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, (term, title) in zip(axes, [("loss", "negative ELBO"), ("recon", "distortion (reconstruction)"),
                                         ("kl", "rate KL(q(z|x) || p(z))")]):
-        for split, style in (("train", "-"), ("test", "--")):
-            ax.plot(epochs, [r[f"{split}_{term}"] for r in rows], style, marker=".", label=split)
+        for split, style in splits:
+            ax.plot(epochs, [r.get(f"{split}_{term}", math.nan) for r in rows], style, marker=".", label=split)
         ax.set(title=title, ylabel="nats per example")
         ax.legend()
     axes[3].plot(epochs, [r["test_active_units"] for r in rows], "--", marker=".", color="C1", label="test")
