@@ -98,6 +98,10 @@ def test_wrong_types_are_refused(override, message):
     ("loss.kl_warmup_epochs=-2", "loss.kl_warmup_epochs"),
     ("loss.iwae_k=0", "loss.iwae_k"),
     ("data.val_size=-1", "data.val_size"),
+    ("model.arch=resnet", "model.arch"),
+    ("model.channels=[8,8,8,8]", "model.channels"),
+    ("model.channels=[]", "model.channels"),
+    ("model.res_blocks=-1", "model.res_blocks"),
     ("train.patience=-1", "train.patience"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):

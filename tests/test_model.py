@@ -48,3 +48,31 @@ def test_activation_sits_between_hidden_layers_only(name, module):
     kinds = [type(m) for m in model.encoder]
     assert kinds == [torch.nn.Linear, module, torch.nn.Linear, module, torch.nn.Linear]
     assert [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)] == [200, 200, 100]
+
+
+@pytest.mark.parametrize("channels, sides", [((8,), [28]), ((8, 16), [28, 14]), ((8, 16, 16), [28, 14, 7])])
+def test_conv_stages_halve_the_side_and_the_decoder_mirrors_them(channels, sides):
+    model = VAE(ModelConfig(arch="conv", channels=channels, res_blocks=2, latent_dim=6))
+    seen = []
+    for block in [m for m in model.encoder.modules() if type(m).__name__ == "ResidualBlock"]:
+        block.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape[1:])))
+    x = torch.rand(5, 784)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 6)
+    assert seen == [(c, s, s) for c, s in zip(channels, sides) for _ in range(2)]  # two blocks a stage
+    logits, _, _ = model(x, model.noise(5))
+    assert logits.shape == (5, 784)
+    eps = torch.randn(3, 5, 6)  # k samples of z per example, as the IWAE objective decodes them
+    logits, _, _ = model(x, eps)
+    assert logits.shape == (3, 5, 784)
+    assert torch.allclose(logits[1], model.decode(model.reparameterize(mu, logvar, eps[1])), atol=1e-6)
+
+
+def test_a_residual_block_adds_its_branch_to_the_input():
+    from vae.conv import ResidualBlock
+    block = ResidualBlock(4, torch.nn.ReLU)
+    x = torch.randn(2, 4, 7, 7)
+    assert torch.allclose(block(x), x + block.f(x))
+    torch.nn.init.zeros_(block.f[-1].weight)
+    torch.nn.init.zeros_(block.f[-1].bias)
+    assert torch.equal(block(x), x)  # a zero branch is the identity

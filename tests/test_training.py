@@ -428,3 +428,15 @@ def test_validation_metrics_are_the_held_out_images_measured_like_the_test_set(t
         nats = evaluate(result.model, split, tiny_cfg.train.seed)
         assert result.rows[-1][f"{name}_loss"] == pytest.approx(nats["loss"])
         assert result.rows[-1][f"{name}_kl"] == pytest.approx(nats["kl"])
+
+
+def test_the_conv_model_trains_and_resumes(tiny_cfg, tmp_path):
+    cfg = with_(tiny_cfg, model={"arch": "conv", "channels": (8, 16), "res_blocks": 1}, train={"epochs": 3})
+    rows = train(cfg).rows
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"] - 20
+    split = with_(cfg, output={"dir": str(tmp_path / "split")})
+    first = train(with_(split, train={"epochs": 2}))
+    resumed = train(split, resume=first.run_dir)
+    assert without_timing(resumed.rows) == without_timing(rows)
+    with pytest.raises(UserError, match="model.channels"):
+        train(with_(split, model={"channels": (8, 8)}, train={"epochs": 4}), resume=first.run_dir)

@@ -49,6 +49,9 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
     latent_dim: int = 20
     activation: str = "relu"  # relu | tanh | elu | gelu, between hidden layers
+    arch: str = "mlp"  # mlp | conv: the encoder and decoder networks
+    channels: tuple[int, ...] = (32, 64)  # conv: channels of each stage, at 28, 14 and 7 pixels a side
+    res_blocks: int = 1  # conv: residual blocks per stage
 
     def __post_init__(self):
         _require(1 <= self.latent_dim <= 4096, "model.latent_dim", self.latent_dim, "must be in 1..4096")
@@ -56,6 +59,10 @@ class ModelConfig:
                  list(self.hidden_dims), "must hold sizes in 1..65536")
         _require(self.activation in ACTIVATIONS, "model.activation", self.activation,
                  f"must be one of {', '.join(ACTIVATIONS)}")
+        _require(self.arch in ("mlp", "conv"), "model.arch", self.arch, "must be mlp or conv")
+        _require(1 <= len(self.channels) <= 3 and all(1 <= c <= 4096 for c in self.channels), "model.channels",
+                 list(self.channels), "must hold 1 to 3 sizes in 1..4096 (one stage per halving of 28 pixels)")
+        _require(0 <= self.res_blocks <= 64, "model.res_blocks", self.res_blocks, "must be in 0..64")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from vae.config import ModelConfig
+from vae.conv import conv_decoder, conv_encoder
 from vae.data import PIXELS
 
 
@@ -22,15 +23,21 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
 
 
 class VAE(nn.Module):
-    """Kingma & Welling (2014): MLP encoder and decoder; by default the classic example's 784-400-20."""
+    """Kingma & Welling (2014): MLP encoder and decoder (by default the classic example's 784-400-20),
+    or convolutional ones with residual blocks (model.arch=conv)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        hidden = list(cfg.hidden_dims)
         self.latent_dim = cfg.latent_dim
         # The encoder's last layer emits mu and logvar side by side: (B, 2 * latent).
-        self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim], cfg.activation)
-        self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
+        if cfg.arch == "conv":
+            activation = ACTIVATION_MODULES[cfg.activation]
+            self.encoder = conv_encoder(cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim, activation)
+            self.decoder = conv_decoder(cfg.channels, cfg.res_blocks, cfg.latent_dim, activation)
+        else:
+            hidden = list(cfg.hidden_dims)
+            self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim], cfg.activation)
+            self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent)."""
@@ -45,8 +52,8 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, latent) -> Bernoulli logits of p(x|z), (B, 784)."""
-        return self.decoder(z)
+        """z (..., latent) -> Bernoulli logits of p(x|z), (..., 784)."""
+        return self.decoder(z.reshape(-1, self.latent_dim)).view(*z.shape[:-1], PIXELS)
 
     def noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None):
         """eps ~ N(0, I), (n, latent): the noise of one sample of z per example."""
