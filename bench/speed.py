@@ -107,7 +107,7 @@ def run_ours(splits, epochs: int, device: torch.device, cfg: TrainConfig, hidden
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
     config = Config(train=cfg)
-    graphed = GraphedStep(net, opt, train_split, config, model.latent_dim, device) \
+    graphed = GraphedStep(net, opt, train_split, config, model.noise_dim, device) \
         if cfg.cuda_graph and device.type == "cuda" else None
     rows = []
     for epoch in range(1, epochs + 1):
@@ -239,7 +239,7 @@ def graph_replay_seconds(train_split, device: torch.device, batch: int = 128, st
     model = VAE(ModelConfig()).to(device)
     opt = torch.optim.Adam(model.parameters(), fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
-    graphed = GraphedStep(model, opt, train_split, Config(train=TrainConfig(batch_size=batch)), model.latent_dim,
+    graphed = GraphedStep(model, opt, train_split, Config(train=TrainConfig(batch_size=batch)), model.noise_dim,
                           device)
     progress = EpochProgress.begin(len(train_split), gen)
     batches = progress.remaining(batch)

@@ -9,6 +9,8 @@ import torch
 import yaml
 
 from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.diagnostics import importance_weighted_bound
+from vae.loss import gaussian_rate
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -50,6 +52,14 @@ def write_config(path: Path, mnist_root: Path, hidden: int = 32, **train) -> Pat
                                     "model": {"hidden_dims": [hidden], "latent_dim": 4},
                                     "train": {"epochs": 2, "batch_size": 64, "device": "cpu", **train}}))
     return path
+
+
+def gaussian_bound(log_lik, x, mu, logvar, k, chunk, generator):
+    """importance_weighted_bound for q(z|x) = N(mu, diag(exp(logvar))), p(z) = N(0, I) and a
+    likelihood log_lik(z (S, B, L), x) -> (S, B): (IWAE_k, k-sample ELBO), each (B,)."""
+    def log_weight(eps):
+        return log_lik(mu + torch.exp(0.5 * logvar) * eps, x) + gaussian_rate(mu, logvar, eps).log_ratio
+    return importance_weighted_bound(log_weight, tuple(mu.shape), k, chunk, generator, mu.device, mu.dtype)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from vae.config import Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config, to_dict
+from vae.config import (Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config, to_dict,
+                        valid_keys)
 from vae.errors import UserError
 
 from conftest import REPO
@@ -181,3 +182,8 @@ def test_the_iwae_objective_refuses_beta_warmup_and_free_bits():
     for other in ("loss.beta=0.5", "loss.kl_warmup_epochs=10", "loss.free_bits=0.5"):
         with pytest.raises(UserError, match="loss.iwae_k > 1 is the IWAE bound"):
             load_config(None, ["loss.iwae_k=50", other])
+
+
+def test_every_config_key_has_a_row_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    assert [k for k in valid_keys() if f"| `{k}` |" not in readme] == []

@@ -5,9 +5,11 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vae.config import LossConfig
-from vae.diagnostics import importance_weighted_bound, log_normal, log_standard_normal
-from vae.loss import (bernoulli_log_likelihood, iwae_nats, kl_nats, kl_per_dim, kl_weight, objective_nats,
-                      reconstruction_nats, vae_loss)
+from vae.diagnostics import log_normal, log_standard_normal
+from vae.loss import (bernoulli_log_likelihood, gaussian_rate, iwae_nats, kl_nats, kl_per_dim, kl_weight,
+                      objective_nats, reconstruction_nats, vae_loss)
+
+from conftest import gaussian_bound
 
 
 def random_posterior(batch=16, latent=5, seed=0):
@@ -56,7 +58,7 @@ def test_reconstruction_stays_finite_where_sigmoid_saturates():
 def test_loss_terms_are_per_example_and_add_up():
     mu, logvar = random_posterior(batch=8)
     logits, x = torch.randn(8, 784), torch.rand(8, 784)
-    terms = vae_loss(logits, x, mu, logvar)
+    terms = vae_loss(logits, x, gaussian_rate(mu, logvar, torch.zeros_like(mu)))
     assert terms.reconstruction.shape == terms.kl.shape == (8,)
     torch.testing.assert_close(terms.total, terms.reconstruction + terms.kl)
 
@@ -81,7 +83,7 @@ def test_iwae_with_one_sample_is_the_sampled_negative_elbo():
     eps = torch.randn(1, 16, 5, generator=torch.Generator().manual_seed(2))
     z = mu + torch.exp(0.5 * logvar) * eps
     expected = reconstruction_nats(decode(z), x)[0] + log_normal(z, mu, logvar)[0] - log_standard_normal(z)[0]
-    torch.testing.assert_close(iwae_nats(decode(z), x, eps, mu, logvar), expected)
+    torch.testing.assert_close(iwae_nats(decode(z), x, gaussian_rate(mu, logvar, eps)), expected)
 
 
 def test_iwae_objective_equals_the_evaluation_bound_on_the_same_samples():
@@ -89,20 +91,22 @@ def test_iwae_objective_equals_the_evaluation_bound_on_the_same_samples():
     decode, x = linear_decoder(), torch.rand(16, 12, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(50, 16, 5, generator=torch.Generator().manual_seed(3))
     z = mu + torch.exp(0.5 * logvar) * eps
-    bound, _ = importance_weighted_bound(lambda z, x: bernoulli_log_likelihood(decode(z), x), x, mu, logvar,
-                                         k=50, chunk=50, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(iwae_nats(decode(z), x, eps, mu, logvar), -bound.float(), rtol=1e-5, atol=1e-4)
-    elbo = vae_loss(decode(z), x, mu, logvar).total
-    assert torch.all(iwae_nats(decode(z), x, eps, mu, logvar) <= elbo + 1e-4)  # in expectation; here per example
+    bound, _ = gaussian_bound(lambda z, x: bernoulli_log_likelihood(decode(z), x), x, mu, logvar,
+                              k=50, chunk=50, generator=torch.Generator().manual_seed(3))
+    rate = gaussian_rate(mu, logvar, eps)
+    torch.testing.assert_close(iwae_nats(decode(z), x, rate), -bound.float(), rtol=1e-5, atol=1e-4)
+    elbo = vae_loss(decode(z), x, rate).total
+    assert torch.all(iwae_nats(decode(z), x, rate) <= elbo + 1e-4)  # in expectation; here per example
 
 
 def test_objective_is_the_negative_elbo_by_default_and_beta_weights_the_rate():
     mu, logvar = random_posterior()
     logits, x = torch.randn(1, 16, 12), torch.rand(16, 12)
     eps = torch.zeros(1, 16, 5)
-    objective, terms = objective_nats(logits, x, eps, mu, logvar, LossConfig(), 1.0)
+    rate = gaussian_rate(mu, logvar, eps)
+    objective, terms = objective_nats(logits, x, rate, LossConfig(), 1.0)
     torch.testing.assert_close(objective, terms.total.sum())
-    objective, _ = objective_nats(logits, x, eps, mu, logvar, LossConfig(beta=0.25), 0.25)
+    objective, _ = objective_nats(logits, x, rate, LossConfig(beta=0.25), 0.25)
     torch.testing.assert_close(objective, terms.reconstruction.sum() + 0.25 * terms.kl.sum())
 
 
@@ -112,7 +116,8 @@ def test_free_bits_stop_penalizing_dimensions_under_the_floor():
     with torch.no_grad():
         mu[:, :2] = 3.0  # dims 0-1 carry 4.5 nats each (+ a little from the variance); dims 2-4 about 0.03
     logits, x = torch.zeros(1, 16, 12), torch.rand(16, 12)
-    objective, terms = objective_nats(logits, x, torch.zeros(1, 16, 5), mu, logvar, LossConfig(free_bits=1.0), 1.0)
+    objective, terms = objective_nats(logits, x, gaussian_rate(mu, logvar, torch.zeros(1, 16, 5)),
+                                      LossConfig(free_bits=1.0), 1.0)
     per_dim = kl_per_dim(mu, logvar).mean(0)[:2].detach()
     assert torch.all(per_dim > 4.5) and torch.all(kl_per_dim(mu, logvar).mean(0)[2:] < 1.0)
     torch.testing.assert_close(objective, terms.reconstruction.sum() + 16 * (per_dim.sum() + 3 * 1.0))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.model import VAE
+from vae.model import VAE, TwoLayerVAE, build_model
 
 
 @pytest.mark.parametrize("hidden", [(), (64,), (64, 32)])
@@ -14,7 +14,7 @@ def test_shapes_through_encode_reparameterize_decode(hidden):
     eps = model.noise(5)
     assert eps.shape == (5, 6)
     assert model.decode(model.reparameterize(mu, logvar, eps)).shape == (5, 784)
-    logits, mu2, _ = model(x, eps)
+    logits, mu2, _, _ = model(x, eps)
     assert logits.shape == (5, 784) and torch.equal(mu, mu2)
 
 
@@ -60,10 +60,10 @@ def test_conv_stages_halve_the_side_and_the_decoder_mirrors_them(channels, sides
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (5, 6)
     assert seen == [(c, s, s) for c, s in zip(channels, sides) for _ in range(2)]  # two blocks a stage
-    logits, _, _ = model(x, model.noise(5))
+    logits = model(x, model.noise(5)).logits
     assert logits.shape == (5, 784)
     eps = torch.randn(3, 5, 6)  # k samples of z per example, as the IWAE objective decodes them
-    logits, _, _ = model(x, eps)
+    logits = model(x, eps).logits
     assert logits.shape == (3, 5, 784)
     assert torch.allclose(logits[1], model.decode(model.reparameterize(mu, logvar, eps[1])), atol=1e-6)
 
@@ -76,3 +76,53 @@ def test_a_residual_block_adds_its_branch_to_the_input():
     torch.nn.init.zeros_(block.f[-1].weight)
     torch.nn.init.zeros_(block.f[-1].bias)
     assert torch.equal(block(x), x)  # a zero branch is the identity
+
+
+def two_layer(seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,)))
+
+
+def test_two_stochastic_layers_weigh_each_sample_by_its_log_densities():
+    from torch.distributions import Normal
+    model = two_layer()
+    assert isinstance(model, TwoLayerVAE) and model.noise_dim == 9
+    x, eps = torch.rand(5, 784), torch.randn(4, 5, 9)
+    out = model(x, eps)
+    assert out.logits.shape == (4, 5, 784) and out.mu.shape == (5, 6)
+    assert out.rate.kl_dims.shape == (5, 9) and out.rate.log_ratio.shape == (4, 5)
+    # the same quantities from torch.distributions, layer by layer
+    mu1, logvar1 = model.encode(x)
+    q1 = Normal(mu1, torch.exp(0.5 * logvar1))
+    z1 = mu1 + q1.scale * eps[..., :6]
+    mu2, logvar2 = model.encoder2(z1).chunk(2, -1)
+    q2 = Normal(mu2, torch.exp(0.5 * logvar2))
+    z2 = mu2 + q2.scale * eps[..., 6:]
+    mu_p, logvar_p = model.prior1(z2).chunk(2, -1)
+    p1 = Normal(mu_p, torch.exp(0.5 * logvar_p))
+    log_ratio = (Normal(0.0, 1.0).log_prob(z2) - q2.log_prob(z2)).sum(-1) + (p1.log_prob(z1) - q1.log_prob(z1)).sum(-1)
+    torch.testing.assert_close(out.rate.log_ratio, log_ratio, rtol=1e-5, atol=1e-4)
+    top_kl = torch.distributions.kl_divergence(q2, Normal(0.0, 1.0)).mean(0)  # analytic given each z1
+    torch.testing.assert_close(out.rate.kl_dims[:, 6:], top_kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.rate.kl_dims[:, :6], (q1.log_prob(z1) - p1.log_prob(z1)).mean(0),
+                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.logits, model.decode(z1))
+
+
+def test_two_layer_rate_estimates_agree_in_expectation():
+    model = two_layer(1)
+    x = torch.rand(3, 784)
+    out = model(x, torch.randn(20_000, 3, 9, generator=torch.Generator().manual_seed(0)))
+    # kl (analytic for z2) and -log_ratio (all sampled) estimate the same KL(q(z1, z2|x) || p(z1, z2))
+    sampled = -out.rate.log_ratio
+    stderr = sampled.std(0) / sampled.shape[0] ** 0.5
+    assert torch.all((sampled.mean(0) - out.rate.kl).abs() < 4 * stderr + 1e-3)
+
+
+def test_two_layer_samples_come_from_the_prior_ancestrally():
+    model = two_layer(2)
+    noise = torch.randn(7, 9)
+    mu_p, logvar_p = model.prior1(noise[:, 6:]).chunk(2, -1)
+    expected = model.decode(mu_p + torch.exp(0.5 * logvar_p) * noise[:, :6])
+    torch.testing.assert_close(model.generate(noise), expected)
+    assert model(torch.rand(5, 784), torch.randn(5, 9)).logits.shape == (5, 784)  # one sample, no k dim

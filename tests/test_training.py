@@ -440,3 +440,15 @@ def test_the_conv_model_trains_and_resumes(tiny_cfg, tmp_path):
     assert without_timing(resumed.rows) == without_timing(rows)
     with pytest.raises(UserError, match="model.channels"):
         train(with_(split, model={"channels": (8, 8)}, train={"epochs": 4}), resume=first.run_dir)
+
+
+@pytest.mark.parametrize("loss", [{}, {"iwae_k": 3}])
+def test_two_stochastic_layers_train_and_resume(tiny_cfg, tmp_path, loss):
+    cfg = with_(tiny_cfg, model={"latent2_dim": 3, "hidden2_dims": (16,)}, loss=loss, train={"epochs": 3})
+    rows = train(cfg).rows
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"] - 20
+    for r in rows:  # the reported nats are the negative ELBO of both layers, whatever the objective
+        assert r["test_loss"] == pytest.approx(r["test_recon"] + r["test_kl"]) and r["test_kl"] > 0
+    split = with_(cfg, output={"dir": str(tmp_path / "split")})
+    resumed = train(split, resume=train(with_(split, train={"epochs": 2})).run_dir)
+    assert without_timing(resumed.rows) == without_timing(rows)

@@ -18,8 +18,8 @@ from vae.device import resolve_device
 from vae.diagnostics import ACTIVE_THRESHOLD, importance_weighted_bound, rate_split
 from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
 from vae.files import atomic_write_text
-from vae.loss import bernoulli_log_likelihood, kl_per_dim
-from vae.model import VAE
+from vae.loss import bernoulli_log_likelihood
+from vae.model import VAE, build_model
 from vae.report import write_report
 from vae.viz import (plot_kl_per_dim, plot_latent_scatter, plot_nats_histogram, save_grid, save_labeled_rows,
                      save_pairs)
@@ -50,14 +50,15 @@ def iwae_nll(model: VAE, split: Split, post: Posteriors, k: int, seed: int) -> t
     gen = torch.Generator(device=device).manual_seed(seed)
     chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(device.type, 4096) // IWAE_EXAMPLES)
 
-    def log_lik(z, x):  # z (s, B, L), x (B, D) -> (s, B)
-        return bernoulli_log_likelihood(model.decode(z), x)
-
     nll, neg_elbo = [], []
     for idx in tqdm(torch.arange(len(split), device=device).split(IWAE_EXAMPLES), desc=f"IWAE k={k}",
                     leave=False, disable=None):
-        log_px, elbo = importance_weighted_bound(log_lik, split.pixels(idx), post.mu[idx], post.logvar[idx],
-                                                 k, chunk, gen)
+        x = split.pixels(idx)
+
+        def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
+            out = model(x, eps)
+            return bernoulli_log_likelihood(out.logits, x) + out.rate.log_ratio
+        log_px, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), k, chunk, gen, device)
         nll.append(-log_px)
         neg_elbo.append(-elbo)
     return torch.cat(nll), torch.cat(neg_elbo)
@@ -79,10 +80,12 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         nll, neg_elbo_k = iwae_nll(model, split, post, k, seed)
     with timed(seconds, "aggregate_posterior"):
         gen = torch.Generator(device=post.mu.device).manual_seed(seed)
-        rates = rate_split(post.mu, post.logvar, generator=gen, progress=True)
+        # against p(z) = N(0, I): one stochastic layer only (with two, z1's prior is p(z1|z2))
+        rates = None if cfg.model.latent2_dim else rate_split(post.mu, post.logvar, generator=gen, progress=True)
 
     distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
-    dim_kl = kl_per_dim(post.mu, post.logvar).double().mean(0).tolist()
+    layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
+    dim_kl = layer_nats[0].tolist()  # the layer next to x
     variance = post.mu.double().var(0)  # Cov_x(E_q[z_d]): what makes a unit active
     active = (variance > ACTIVE_THRESHOLD).tolist()
     nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
@@ -91,7 +94,8 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "unit": "nats per example unless named otherwise",
         "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
                      "data_seed": cfg.data.seed, "val_size": cfg.data.val_size, "iwae_samples": k, "seed": seed,
-                     "elbo": "one z sample per example for distortion; analytic KL"},
+                     "elbo": "one z sample per example for distortion; analytic KL"
+                             + ("" if not cfg.model.latent2_dim else " of z2, a one-sample estimate for z1")},
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
         "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
         "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
@@ -99,8 +103,9 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "inference_gap": neg_elbo_k_mean - nll_mean,
         "active_units": sum(active),
         "kl_per_dim": dim_kl, "posterior_mean_variance_per_dim": variance.tolist(),
-        "rate_split": {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
-                       "average_kl": rate},
+        "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
+                                 "average_kl": rate},
+        "rate_per_layer": [nats.sum().item() for nats in layer_nats if len(nats)],
     }
     with timed(seconds, "pictures"):
         draw(model, split, post, cfg, dim_kl, active,
@@ -113,7 +118,7 @@ def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[f
          per_example: dict[str, torch.Tensor], out: Path) -> None:
     device = post.mu.device
     decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
-    save_pictures(model, split, fixed_latents(cfg.model.latent_dim, cfg.train.seed, device), cfg.viz.digit,
+    save_pictures(model, split, fixed_latents(model.noise_dim, cfg.train.seed, device), cfg.viz.digit,
                   out, shown=64)
 
     first = {c: (split.labels == c).nonzero().flatten() for c in range(10)}
@@ -171,7 +176,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     check_same_run(stored, cfg)
     device = resolve_device(cfg.train.device)
     splits = load_data(cfg.data, device)
-    model = VAE(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     load_state(model, state["model"], path)
     model.eval()
 

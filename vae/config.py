@@ -52,6 +52,8 @@ class ModelConfig:
     arch: str = "mlp"  # mlp | conv: the encoder and decoder networks
     channels: tuple[int, ...] = (32, 64)  # conv: channels of each stage, at 28, 14 and 7 pixels a side
     res_blocks: int = 1  # conv: residual blocks per stage
+    latent2_dim: int = 0  # units of a second stochastic layer z2 above z1 (latent_dim); 0 = one layer
+    hidden2_dims: tuple[int, ...] = (50, 50)  # with latent2_dim: MLP widths between z1 and z2, each way
 
     def __post_init__(self):
         _require(1 <= self.latent_dim <= 4096, "model.latent_dim", self.latent_dim, "must be in 1..4096")
@@ -63,6 +65,11 @@ class ModelConfig:
         _require(1 <= len(self.channels) <= 3 and all(1 <= c <= 4096 for c in self.channels), "model.channels",
                  list(self.channels), "must hold 1 to 3 sizes in 1..4096 (one stage per halving of 28 pixels)")
         _require(0 <= self.res_blocks <= 64, "model.res_blocks", self.res_blocks, "must be in 0..64")
+        _require(0 <= self.latent2_dim <= 4096, "model.latent2_dim", self.latent2_dim, "must be in 0..4096")
+        _require(all(1 <= h <= 65536 for h in self.hidden2_dims), "model.hidden2_dims",
+                 list(self.hidden2_dims), "must hold sizes in 1..65536")
+        _require(not self.latent2_dim or self.arch == "mlp", "model.latent2_dim", self.latent2_dim,
+                 "> 0 (two stochastic layers) needs model.arch=mlp")
 
 
 @dataclass(frozen=True)

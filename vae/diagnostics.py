@@ -11,15 +11,14 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from vae.loss import log_weights
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
 COLLAPSE_RATE_NATS = 1.0  # a test rate below this for COLLAPSE_EPOCHS epochs in a row is collapse
 COLLAPSE_EPOCHS = 3
 
-# log p(x|z) for a batch: z (S, B, L), x (B, D) -> (S, B)
-LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# log w = log p(x, z) - log q(z|x) for a batch, at the samples z made from noise eps (S, B, D) -> (S, B)
+LogWeight = Callable[[torch.Tensor], torch.Tensor]
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -36,24 +35,23 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def importance_weighted_bound(log_lik: LogLikelihood, x: torch.Tensor, mu: torch.Tensor,
-                              logvar: torch.Tensor, k: int, chunk: int,
-                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def importance_weighted_bound(log_weight: LogWeight, shape: tuple[int, int], k: int, chunk: int,
+                              generator: torch.Generator | None = None, device: torch.device | None = None,
+                              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """IWAE bound (Burda et al. 2015) and the k-sample ELBO of log p(x), per example: each (B,).
 
-    log w_i = log p(x|z_i) + log p(z) - log q(z_i|x), z_i ~ q(z|x), i = 1..k;
-    IWAE_k = logmeanexp_i log w_i  (<= log p(x), tightening as k grows; k = 1 is the ELBO),
-    ELBO   = mean_i log w_i. Samples are drawn `chunk` at a time; the log-mean-exp is streamed.
+    log w_i = log p(x, z_i) - log q(z_i|x), z_i ~ q(z|x) made from noise eps_i ~ N(0, I) of
+    `shape` (B, D), i = 1..k; IWAE_k = logmeanexp_i log w_i (<= log p(x), tightening as k grows;
+    k = 1 is the ELBO), ELBO = mean_i log w_i. The noise is drawn `chunk` samples at a time; the
+    log-mean-exp is streamed.
     """
-    B, L = mu.shape
-    std = torch.exp(0.5 * logvar)
-    lse = torch.full((B,), -math.inf, dtype=torch.float64, device=mu.device)
-    total = torch.zeros(B, dtype=torch.float64, device=mu.device)
+    B, D = shape
+    lse = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
+    total = torch.zeros(B, dtype=torch.float64, device=device)
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
-        eps = torch.randn((s, B, L), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + std * eps  # (s, B, L)
-        log_w = log_weights(log_lik(z, x), z, eps, logvar).double()  # (s, B)
+        eps = torch.randn((s, B, D), generator=generator, device=device, dtype=dtype)
+        log_w = log_weight(eps).double()  # (s, B)
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
         total += log_w.sum(0)
     return lse - math.log(k), total / k

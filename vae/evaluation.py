@@ -24,12 +24,13 @@ class Posteriors:
     mu: torch.Tensor  # (N, L)
     logvar: torch.Tensor  # (N, L)
     recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
-    kl: torch.Tensor  # (N,) rate, analytic, nats
+    kl: torch.Tensor  # (N,) rate, nats (analytic for one stochastic layer)
+    kl_dims: torch.Tensor  # (N, D) the rate of each latent dimension (D = latent + latent2)
 
 
-def fixed_latents(latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
-    """The same SAMPLES draws from p(z) for a given seed, so sample grids compare across epochs."""
-    return torch.randn(SAMPLES, latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The same SAMPLES draws of the prior's noise for a given seed, so sample grids compare across epochs."""
+    return torch.randn(SAMPLES, noise_dim, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 @torch.no_grad()
@@ -45,9 +46,9 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
     parts = []
     for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
         x = split.pixels(idx)
-        logits, mu, logvar = model(x, model.noise(len(x), gen, device))
-        terms = vae_loss(logits, x, mu, logvar)
-        parts.append((mu, logvar, terms.reconstruction, terms.kl))
+        out = model(x, model.noise(len(x), gen, device))
+        terms = vae_loss(out.logits, x, out.rate)
+        parts.append((out.mu, out.logvar, terms.reconstruction, terms.kl, out.rate.kl_dims))
     return Posteriors(*(torch.cat(p) for p in zip(*parts)))
 
 
@@ -79,5 +80,5 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
         save_pairs(x, reconstruct(model, x), paths[1])
     else:
         paths.pop(1)
-    save_grid(torch.sigmoid(model.decode(fixed_z)), paths[-1])
+    save_grid(torch.sigmoid(model.generate(fixed_z)), paths[-1])
     return paths

@@ -51,48 +51,61 @@ def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl_per_dim(mu, logvar).sum(dim=-1)
 
 
-def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> LossTerms:
-    """The negative ELBO's terms; with k samples of z per example (logits (k, B, D)) the distortion
-    is their average."""
-    recon = reconstruction_nats(logits, x)
-    return LossTerms(recon if recon.dim() == 1 else recon.mean(0), kl_nats(mu, logvar))
+class Rate(NamedTuple):
+    """The latent side of the ELBO for k samples z of q(z|x) per example."""
+
+    kl_dims: torch.Tensor  # (B, D) nats of each latent dimension: analytic KL where one exists, else a
+    #                        single-sample estimate of log q - log p; averaged over the k samples
+    log_ratio: torch.Tensor  # (k, B) log p(z) - log q(z|x) at each sample: the latent part of log w
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per example, (B,)."""
+        return self.kl_dims.sum(-1)
 
 
-def log_weights(log_lik: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Importance weights log p(x|z) + log p(z) - log q(z|x) of samples z = mu + sigma * eps: (k, B).
+def gaussian_rate(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> Rate:
+    """The rate of q(z|x) = N(mu, diag(exp(logvar))) against p(z) = N(0, I), at samples
+    z = mu + sigma * eps: mu, logvar (B, L), eps (k, B, L).
 
     Written through eps, log q(z|x) = log N(eps; 0, I) - sum(logvar) / 2, and the 2 pi terms of
     the prior and the posterior cancel.
     """
-    return log_lik - 0.5 * z.pow(2).sum(-1) + 0.5 * (eps.pow(2) + logvar).sum(-1)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    return Rate(kl_per_dim(mu, logvar), -0.5 * z.pow(2).sum(-1) + 0.5 * (eps.pow(2) + logvar).sum(-1))
 
 
-def iwae_nats(logits: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
-              logvar: torch.Tensor) -> torch.Tensor:
+def vae_loss(logits: torch.Tensor, x: torch.Tensor, rate: Rate) -> LossTerms:
+    """The negative ELBO's terms; with k samples of z per example (logits (k, B, D)) the distortion
+    is their average."""
+    recon = reconstruction_nats(logits, x)
+    return LossTerms(recon if recon.dim() == 1 else recon.mean(0), rate.kl)
+
+
+def iwae_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate) -> torch.Tensor:
     """-IWAE_k, Burda et al. (2015), per example: -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
 
-    logits (k, B, D) decoded from z_i = mu + sigma * eps_i, eps (k, B, L) -> (B,).
+    logits (k, B, D) decoded from the k samples z_i whose log p(z_i) / q(z_i|x) is rate.log_ratio -> (B,).
     """
-    z = mu + torch.exp(0.5 * logvar) * eps
-    log_w = log_weights(bernoulli_log_likelihood(logits, x), z, eps, logvar)  # (k, B)
-    return math.log(len(eps)) - torch.logsumexp(log_w, dim=0)
+    log_w = bernoulli_log_likelihood(logits, x) + rate.log_ratio  # (k, B)
+    return math.log(len(log_w)) - torch.logsumexp(log_w, dim=0)
 
 
-def objective_nats(logits: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
-                   logvar: torch.Tensor, cfg: LossConfig, kl_weight: float) -> tuple[torch.Tensor, LossTerms]:
+def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossConfig,
+                   kl_weight: float | torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
     """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report.
 
     iwae_k = 1: distortion + kl_weight * rate, where with free bits each dimension's rate, as a
     batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k.
     """
-    terms = vae_loss(logits, x, mu, logvar)
+    terms = vae_loss(logits, x, rate)
     if cfg.iwae_k > 1:
-        return iwae_nats(logits, x, eps, mu, logvar).sum(), terms
+        return iwae_nats(logits, x, rate).sum(), terms
     if cfg.free_bits:
-        rate = len(x) * kl_per_dim(mu, logvar).mean(0).clamp(min=cfg.free_bits).sum()
+        total_rate = len(x) * rate.kl_dims.mean(0).clamp(min=cfg.free_bits).sum()
     else:
-        rate = terms.kl.sum()
-    return terms.reconstruction.sum() + kl_weight * rate, terms
+        total_rate = terms.kl.sum()
+    return terms.reconstruction.sum() + kl_weight * total_rate, terms
 
 
 def kl_weight(cfg: LossConfig, epoch: int, step: int, steps_per_epoch: int) -> float:

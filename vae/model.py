@@ -1,5 +1,8 @@
-"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)), reparameterization, Bernoulli decoder p(x|z)."""
+"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)), reparameterization, Bernoulli decoder p(x|z);
+and its two-stochastic-layer form."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -7,6 +10,7 @@ from torch import nn
 from vae.config import ModelConfig
 from vae.conv import conv_decoder, conv_encoder
 from vae.data import PIXELS
+from vae.loss import Rate, gaussian_rate
 
 
 ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -20,6 +24,13 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
             layers.append(ACTIVATION_MODULES[activation]())
         layers.append(nn.Linear(a, b))
     return nn.Sequential(*layers)
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor  # (..., B, 784) Bernoulli logits of p(x|z), one row per sample of z
+    mu: torch.Tensor  # (B, latent) q(z|x) = N(mu, diag(exp(logvar))) of the layer next to x
+    logvar: torch.Tensor
+    rate: Rate
 
 
 class VAE(nn.Module):
@@ -39,6 +50,11 @@ class VAE(nn.Module):
             self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim], cfg.activation)
             self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
 
+    @property
+    def noise_dim(self) -> int:
+        """Standard normal numbers that one sample of the latents takes."""
+        return self.latent_dim
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
@@ -55,12 +71,63 @@ class VAE(nn.Module):
         """z (..., latent) -> Bernoulli logits of p(x|z), (..., 784)."""
         return self.decoder(z.reshape(-1, self.latent_dim)).view(*z.shape[:-1], PIXELS)
 
-    def noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None):
-        """eps ~ N(0, I), (n, latent): the noise of one sample of z per example."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x|z) for z drawn from the prior with `noise` (n, noise_dim)."""
+        return self.decode(noise)
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor):
-        """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example:
-        (logits (B, 784) or (k, B, 784), mu (B, latent), logvar (B, latent))."""
+    def noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None):
+        """eps ~ N(0, I), (n, noise_dim): the noise of one sample of the latents per example."""
+        return torch.randn(n, self.noise_dim, generator=generator, device=device)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
+        """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
+        z = self.reparameterize(mu, logvar, eps)
+        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps))
+
+
+class TwoLayerVAE(VAE):
+    """Two stochastic layers (Burda et al. 2015): q(z1|x) q(z2|z1) and p(z2) p(z1|z2) p(x|z1).
+
+    The networks between x and z1 are the one-layer VAE's; MLPs of model.hidden2_dims join z1 and
+    z2, each way. The rate of z2 is analytic given z1; that of z1, against a prior that depends
+    on z2, has no closed form and is a single-sample estimate.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.latent2_dim = cfg.latent2_dim
+        hidden2 = list(cfg.hidden2_dims)
+        self.encoder2 = mlp([cfg.latent_dim, *hidden2, 2 * cfg.latent2_dim], cfg.activation)  # q(z2|z1)
+        self.prior1 = mlp([cfg.latent2_dim, *reversed(hidden2), 2 * cfg.latent_dim], cfg.activation)  # p(z1|z2)
+
+    @property
+    def noise_dim(self) -> int:
+        return self.latent_dim + self.latent2_dim
+
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        """Ancestral sampling: z2 ~ N(0, I), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
+        e1, z2 = noise.split([self.latent_dim, self.latent2_dim], dim=-1)
+        mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)
+        return self.decode(self.reparameterize(mu_p, logvar_p, e1))
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
+        """x (B, 784) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
+        e1, e2 = eps.split([self.latent_dim, self.latent2_dim], dim=-1)
+        mu1, logvar1 = self.encode(x)
+        z1 = self.reparameterize(mu1, logvar1, e1)  # (..., B, L1)
+        mu2, logvar2 = self.encoder2(z1).chunk(2, dim=-1)  # q(z2|z1)
+        z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
+        mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)  # p(z1|z2)
+        z1, logvar1, mu_p, logvar_p = z1.float(), logvar1.float(), mu_p.float(), logvar_p.float()
+        # z1: log q(z1|x) - log p(z1|z2) per dimension, at the sample (the 2 pi terms cancel)
+        bottom = 0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
+        top = gaussian_rate(mu2.float(), logvar2.float(), e2)  # z2 given z1: analytic
+        kl_dims = torch.cat([bottom, top.kl_dims], dim=-1)  # (..., B, L1 + L2)
+        rate = Rate(kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0), top.log_ratio - bottom.sum(-1))
+        return Output(self.decode(z1), mu1, logvar1, rate)
+
+
+def build_model(cfg: ModelConfig) -> VAE:
+    """The VAE that model.* describes: one stochastic layer, or two when model.latent2_dim > 0."""
+    return TwoLayerVAE(cfg) if cfg.latent2_dim else VAE(cfg)

@@ -43,9 +43,12 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
                                                         f"({m['nll_iwae_bits_per_dim']:.4f} bits/dim)"),
         ("inference gap (IWAE's lower bound on E KL(q(z|x) || p(z|x)))", f"{m['inference_gap']:.3f} nats"),
         ("active units", f"{m['active_units']} of {m['latent_dim']}"),
-        ("rate = I(x; z) + KL(q(z) || p(z))", f"{rs['mutual_information']:.3f} + {rs['marginal_kl']:.3f} = "
-                                               f"{rs['sum']:.3f} nats (I(x; z) <= log N = "
-                                               f"{rs['mutual_information_bound']:.3f})"),
+        ("rate = I(x; z) + KL(q(z) || p(z))",
+         f"{rs['mutual_information']:.3f} + {rs['marginal_kl']:.3f} = {rs['sum']:.3f} nats "
+         f"(I(x; z) <= log N = {rs['mutual_information_bound']:.3f})" if rs else
+         "not split: z1's prior p(z1|z2) is not N(0, I) (two stochastic layers)"),
+        *([("rate per layer (z1, z2)", " + ".join(f"{r:.3f}" for r in m["rate_per_layer"]) + " nats")]
+          if len(m["rate_per_layer"]) > 1 else []),
         ("evaluation time", f"{m['seconds']['total']:.1f} s"),
     ]
 

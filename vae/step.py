@@ -21,15 +21,15 @@ def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
     """
     # No autocast cache: a graph must not hold casts made outside it (each weight is used once anyway).
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16", cache_enabled=False):
-        logits, mu, logvar = net(x, eps)  # logits (k, b, 784)
-    objective, terms = objective_nats(logits.float(), x, eps, mu.float(), logvar.float(), cfg.loss, kl_weight)
+        out = net(x, eps)  # logits (k, b, 784)
+    objective, terms = objective_nats(out.logits.float(), x, out.rate, cfg.loss, kl_weight)
     opt.zero_grad(set_to_none=True)
     (objective * scale).backward()
     if cfg.train.grad_clip:
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
     opt.step()
     nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
-    return nats.detach(), logvar.detach().float().sum()
+    return nats.detach(), out.logvar.detach().float().sum()
 
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
@@ -59,13 +59,13 @@ class GraphedStep:
 
     WARMUP_STEPS = 3
 
-    def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, split: Split, cfg: Config, latent_dim: int,
+    def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, split: Split, cfg: Config, noise_dim: int,
                  device: torch.device):
         batch, k = cfg.train.batch_size, cfg.loss.iwae_k
         self.net, self.opt, self.split, self.cfg = net, opt, split, cfg
         self.index = torch.zeros(batch, dtype=torch.long, device=device)
         self.uniform = torch.zeros(batch, PIXELS, device=device) if cfg.data.binarize == "dynamic" else None
-        self.noise = torch.zeros(batch, k, latent_dim, device=device)
+        self.noise = torch.zeros(batch, k, noise_dim, device=device)
         self.kl_weight, self.kl_weight_value = torch.ones((), device=device), 1.0
         self.graph, self.outputs, self.lr, self.warm_steps = None, None, None, 0
 

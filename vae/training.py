@@ -25,7 +25,7 @@ from vae.errors import Interrupted, UserError
 from vae.evaluation import evaluate, fixed_latents, save_pictures
 from vae.interrupt import StopRequest
 from vae.loss import kl_weight
-from vae.model import VAE
+from vae.model import VAE, build_model
 from vae.resume import EpochProgress, carry_best, last_position, position, restore_rng, rng_state
 from vae.step import GraphedStep, train_step
 from vae.tblog import TensorBoardLog, summary_writer_class
@@ -93,7 +93,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                         f"{resume.name} (epoch {state['epoch']}) would discard the later work. Fork it "
                         f"with output.dir=DIR, or pass --overwrite to discard it")
     with torch.device("meta"):  # sizes only: no memory, no random numbers
-        n_params = sum(p.numel() for p in VAE(cfg.model).parameters())
+        n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
     # last.pt, best.pt and a temp file (weights + Adam's two moments), plus ~0.3 MiB of images an epoch
     rundir.check_space(run_dir, 3 * 3 * 4 * n_params + cfg.train.epochs * 300_000 + 10 * 2**20)
     if cfg.train.precision == "bf16" and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
@@ -109,7 +109,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
-    model = VAE(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     start, rows, progress = 1, [], None
@@ -138,7 +138,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     net = torch.compile(net) if cfg.train.compile else net
     graphed = None
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
-        graphed = GraphedStep(net, opt, train_split, cfg, cfg.model.latent_dim, device)
+        graphed = GraphedStep(net, opt, train_split, cfg, model.noise_dim, device)
 
     best = {"loss": math.inf, "epoch": None} if state is None else state["best"]
     if world.main:
@@ -148,7 +148,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
         rundir.write_run_info(run_dir, cfg, argv or sys.argv, device, world.size)
         rundir.write_metrics(run_dir, rows)
     tensorboard = TensorBoardLog(run_dir / "tensorboard", start) if cfg.logging.tensorboard and world.main else None
-    fixed_z = fixed_latents(cfg.model.latent_dim, cfg.train.seed, device)
+    fixed_z = fixed_latents(model.noise_dim, cfg.train.seed, device)
     last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     every = cfg.train.checkpoint_every_steps
     n_batches = math.ceil(len(train_split) / cfg.train.batch_size)
