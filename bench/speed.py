@@ -316,6 +316,8 @@ def main() -> None:
         loop, replay = graph_replay_seconds(splits[0], device)
         print(f"graphed step at batch 128: {loop * 1e6:.0f} us in the training loop, {replay * 1e6:.0f} us for the "
               f"graph's replays alone")
+    if "ours" not in results:
+        return
     ours = results["ours"]
     same = abs(ref["final"] - ours["final"]) <= 0.5
     print(f"ratio (reference / ours): {ref['train_s'] / ours['train_s']:.2f}x train, "

@@ -33,10 +33,11 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_a_format_1_checkpoint_is_upgraded_on_load(tmp_path):
-    old = {k: v for k, v in make_state().items() if k != "progress"}
-    torch.save({**old, "format_version": 1}, tmp_path / "v1.pt")
+    old = {k: v for k, v in make_state().items() if k not in ("progress", "best")}  # as v1 wrote them
+    torch.save({**old, "format_version": 1, "best_test_loss": 98.5}, tmp_path / "v1.pt")
     state, _ = load_checkpoint(tmp_path / "v1.pt")
     assert state["format_version"] == FORMAT_VERSION and state["progress"] is None
+    assert state["best"] == {"loss": 98.5, "epoch": None} and "best_test_loss" not in state
 
 
 def test_a_format_2_checkpoint_is_upgraded_on_load(tmp_path):

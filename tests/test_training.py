@@ -408,7 +408,7 @@ def test_a_validation_split_chooses_best_pt_and_stops_early(tiny_cfg, tmp_path, 
     assert result.best == {"loss": 1.0, "epoch": 2}
     out = capsys.readouterr().out
     assert "early stop after epoch 4: the validation loss has not improved for 2 epochs" in out
-    assert "val    1.000" in out.splitlines()[2]  # the epoch line shows the validation loss
+    assert any(line.startswith("epoch   2/8") and "val    1.000" in line for line in out.splitlines())
     run = result.run_dir
     assert load_checkpoint(run / "checkpoints" / "best.pt")[0]["epoch"] == 2
     assert load_checkpoint(run / "checkpoints" / "last.pt")[0]["epoch"] == 4
@@ -416,7 +416,7 @@ def test_a_validation_split_chooses_best_pt_and_stops_early(tiny_cfg, tmp_path, 
     assert (run / "images" / "recon_epoch004.png").is_file()  # the last epoch's pictures, as after train.epochs
 
     again = train(cfg, resume=run)  # an early-stopped run stays stopped
-    assert "stopped early at epoch 4" in capsys.readouterr().out and len(again.rows) == 4
+    assert "(epoch 4) has used up its patience" in capsys.readouterr().out and len(again.rows) == 4
     longer = train(with_(cfg, train={"patience": 3}), resume=run)  # more patience trains on, to train.epochs
     assert [r["epoch"] for r in longer.rows] == list(range(1, 9)) and longer.best == {"loss": 0.4, "epoch": 6}
 
@@ -452,3 +452,17 @@ def test_two_stochastic_layers_train_and_resume(tiny_cfg, tmp_path, loss):
     split = with_(cfg, output={"dir": str(tmp_path / "split")})
     resumed = train(split, resume=train(with_(split, train={"epochs": 2})).run_dir)
     assert without_timing(resumed.rows) == without_timing(rows)
+
+
+@pytest.mark.parametrize("data, loss", [({"binarize": "dynamic"}, {"iwae_k": 3}), ({}, {})])
+def test_the_graphed_step_draws_what_the_eager_step_draws(tiny_cfg, data, loss):
+    from vae.step import GraphedStep, draw_batch
+    cfg = with_(tiny_cfg, data=data, loss=loss)
+    split = load_data(cfg.data, torch.device("cpu")).train
+    model = VAE(cfg.model)
+    index = torch.tensor([5, 3, 9, 0] * 16)
+    x, eps = draw_batch(split, index, torch.Generator().manual_seed(7), cfg, model.noise_dim)
+    graphed = GraphedStep(model, None, split, cfg, model.noise_dim, torch.device("cpu"))  # buffers only
+    graphed.draw(index, torch.Generator().manual_seed(7))
+    gx, geps = graphed.batch()
+    assert eps.shape == (64, cfg.loss.iwae_k, 4) and torch.equal(gx, x) and torch.equal(geps, eps)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from vae import rundir
 from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
 from vae.config import Config, check_same_run, load_config, to_dict
-from vae.data import PIXELS, Split, load_data
+from vae.data import PIXELS, TRAIN_DRAW, Split, load_data
 from vae.device import resolve_device
 from vae.diagnostics import ACTIVE_THRESHOLD, importance_weighted_bound, rate_split
 from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
@@ -187,7 +187,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     t0 = time.perf_counter()
     split = getattr(splits, cfg.eval.split)
     if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
-        split = split.binarized(cfg.data.seed + 1)  # one fixed draw, as the other splits have
+        split = split.binarized(cfg.data.seed + TRAIN_DRAW)  # one fixed draw, as the other splits have
     metrics = {"checkpoint": str(path), "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
                "device": str(device), **analyze(model, split, cfg, out)}

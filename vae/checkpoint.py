@@ -13,19 +13,21 @@ from vae.files import atomic_write
 
 FORMAT_VERSION = 3
 REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress")
-# Each step upgrades a checkpoint of format N to N + 1.
-UPGRADES = {
-    1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
-    2: lambda state: _best_of_v2(state),
-}
 
 
 def _best_of_v2(state: dict) -> dict:
     """v2 chose best.pt on the test loss and did not record which epoch that was."""
     state = {**state, "format_version": 3}
-    if "best_test_loss" in state:
+    if "best_test_loss" in state:  # without it the check of REQUIRED_KEYS names "best" as missing
         state["best"] = {"loss": state.pop("best_test_loss"), "epoch": None}
     return state
+
+
+# Each step upgrades a checkpoint of format N to N + 1.
+UPGRADES = {
+    1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
+    2: _best_of_v2,
+}
 
 
 def save_checkpoint(state: dict, *paths: Path) -> None:

@@ -11,6 +11,9 @@ from torchvision.datasets import MNIST
 from vae.config import DataConfig
 from vae.errors import UserError
 
+# data.seed + these seed the fixed binarizations of the training and validation images (the test
+# images' is data.seed itself)
+TRAIN_DRAW, VAL_DRAW = 1, 2
 IMAGE_SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -116,5 +119,5 @@ def load_data(cfg: DataConfig, device: torch.device) -> Splits:
         val, train = train.subset(order[:cfg.val_size].sort().values), train.subset(order[cfg.val_size:].sort().values)
     if cfg.binarize == "none":
         return Splits(train, val, test)
-    return Splits(train.binarized(cfg.seed + 1) if cfg.binarize == "static" else train,
-                  val.binarized(cfg.seed + 2) if val is not None else None, test.binarized(cfg.seed))
+    return Splits(train.binarized(cfg.seed + TRAIN_DRAW) if cfg.binarize == "static" else train,
+                  val.binarized(cfg.seed + VAL_DRAW) if val is not None else None, test.binarized(cfg.seed))

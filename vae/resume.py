@@ -124,7 +124,7 @@ def carry_best(source: Path | None, run_dir: Path, epoch: int) -> None:
     """Keep the run's best.pt in run_dir (copied there when forking).
 
     A best.pt from after `epoch` belongs to discarded work: it is removed, and the next epoch
-    better than the checkpoint's best test loss writes a new one.
+    better than the checkpoint's best loss writes a new one.
     """
     src, dest = (source or run_dir) / "checkpoints" / "best.pt", run_dir / "checkpoints" / "best.pt"
     try:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from vae.config import Config
-from vae.data import PIXELS, Split
+from vae.data import PIXELS, Split, binarize
 from vae.loss import objective_nats
 from vae.resume import EpochProgress
 
@@ -30,6 +30,17 @@ def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
     opt.step()
     nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
     return nats.detach(), out.logvar.detach().float().sum()
+
+
+def draw_batch(split: Split, index: torch.Tensor, gen: torch.Generator, cfg: Config,
+               noise_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's examples and random draws: the rows at `index` (b, 784), binarized afresh under
+    data.binarize=dynamic, and their noise (b, k, noise_dim), k = loss.iwae_k, drawn from `gen` in
+    this order (GraphedStep.draw makes the same draws)."""
+    x = split.pixels(index)
+    if cfg.data.binarize == "dynamic":
+        x = binarize(x, gen)
+    return x, torch.randn(len(index), cfg.loss.iwae_k, noise_dim, generator=gen, device=x.device)
 
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
@@ -73,12 +84,23 @@ class GraphedStep:
         """Whether a batch can take the graph: only full ones (the last of an epoch may be short)."""
         return len(index) == len(self.index)
 
-    def __call__(self, index: torch.Tensor, gen: torch.Generator, kl_weight: float, progress: EpochProgress) -> None:
-        """Train on the examples at `index`, drawing their binarization and noise from `gen`."""
+    def draw(self, index: torch.Tensor, gen: torch.Generator) -> None:
+        """Fill the buffers with the examples at `index` and draw_batch's random draws, in its order."""
         self.index.copy_(index)
         if self.uniform is not None:
             torch.rand(self.uniform.shape, generator=gen, out=self.uniform)
         torch.randn(self.noise.shape, generator=gen, out=self.noise)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the buffers hold, as draw_batch returns it: x (b, 784) and the noise (b, k, noise_dim)."""
+        x = self.split.pixels(self.index)
+        if self.uniform is not None:
+            x = (self.uniform < x).float()  # data.binarize, with the uniforms drawn beforehand
+        return x, self.noise
+
+    def __call__(self, index: torch.Tensor, gen: torch.Generator, kl_weight: float, progress: EpochProgress) -> None:
+        """Train on the examples at `index`, drawing their binarization and noise from `gen`."""
+        self.draw(index, gen)
         if kl_weight != self.kl_weight_value:
             self.kl_weight.fill_(kl_weight)
             self.kl_weight_value = kl_weight
@@ -99,10 +121,8 @@ class GraphedStep:
         progress.record(len(self.index), *self.outputs)
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.split.pixels(self.index)
-        if self.uniform is not None:
-            x = (self.uniform < x).float()  # data.binarize, with the uniforms drawn beforehand
-        return optimizer_step(self.net, self.opt, x, self.noise.transpose(0, 1), self.cfg, self.kl_weight,
+        x, noise = self.batch()
+        return optimizer_step(self.net, self.opt, x, noise.transpose(0, 1), self.cfg, self.kl_weight,
                               1 / len(self.index))
 
     def _capture(self) -> None:

@@ -17,7 +17,7 @@ from vae import rundir
 from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
                             save_checkpoint)
 from vae.config import Config, TrainConfig, check_same_run, to_dict
-from vae.data import Split, binarize, load_data
+from vae.data import Split, load_data
 from vae.device import resolve_device
 from vae.distributed import World, process_group, world_from_environment
 from vae.diagnostics import collapse_warning
@@ -27,7 +27,7 @@ from vae.interrupt import StopRequest
 from vae.loss import kl_weight
 from vae.model import VAE, build_model
 from vae.resume import EpochProgress, carry_best, last_position, position, restore_rng, rng_state
-from vae.step import GraphedStep, train_step
+from vae.step import GraphedStep, draw_batch, train_step
 from vae.tblog import TensorBoardLog, summary_writer_class
 from vae.viz import plot_loss_curves
 
@@ -70,6 +70,8 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     """
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
     with process_group(world, device):
         return _train(cfg, resume, overwrite, argv, world, device)
 
@@ -128,8 +130,8 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
         return TrainResult(run_dir, rows, state["best"], model)
     stopped = stops_early(cfg, state["best"], start - 1) if state is not None and progress is None else ""
     if stopped:
-        log(world, f"{resume} stopped early at epoch {start - 1}: {stopped}; nothing to do (raise "
-                   f"train.patience, or set it to 0, to train on)")
+        log(world, f"{resume} (epoch {start - 1}) has used up its patience: {stopped}; nothing to do "
+                   f"(raise train.patience, or set it to 0, to train on)")
         return TrainResult(run_dir, rows, state["best"], model)
     # What takes the training steps: the model, wrapped for gradient averaging and/or compiled.
     net = model
@@ -177,10 +179,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                         graphed(idx, gen, weight, progress)
                     else:
                         # The whole batch's draws, so that every rank follows one random stream.
-                        x = train_split.pixels(idx)
-                        if cfg.data.binarize == "dynamic":
-                            x = binarize(x, gen)
-                        eps = model.noise(len(idx) * cfg.loss.iwae_k, gen, device).view(len(idx), cfg.loss.iwae_k, -1)
+                        x, eps = draw_batch(train_split, idx, gen, cfg, model.noise_dim)
                         train_step(net, opt, world.shard(x), world.shard(eps).transpose(0, 1), progress, cfg, weight,
                                    len(idx), world.size)
                     bar.update()
@@ -206,7 +205,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             progress.check_finite(epoch)
             train_nats = progress.means()
             # on every rank: all take the same branches
-            val_nats = evaluate(model, val_split, cfg.train.seed) if val_split else {}
+            val_nats = evaluate(model, val_split, cfg.train.seed) if val_split is not None else {}
             test_nats = evaluate(model, test_split, cfg.train.seed)
             if not math.isfinite(test_nats["loss"]):  # the last step's update broke the weights
                 raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
@@ -218,11 +217,13 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             if is_best:
                 best = {"loss": chosen_on["loss"], "epoch": epoch}
             early_stop = stops_early(cfg, best, epoch) if epoch < cfg.train.epochs else ""
+            if world.any(bool(early_stop), device):  # under torchrun, all processes stop together
+                early_stop = early_stop or "another process's validation loss stopped improving"
             rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
                          **{f"val_{k}": v for k, v in val_nats.items() if k != "active_units"},
                          **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
             if world.main:
-                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard, bool(early_stop))
+                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard, final=bool(early_stop))
                 # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
                 # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
                 save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
@@ -255,14 +256,14 @@ def stops_early(cfg: Config, best: dict, epoch: int) -> str:
 
 
 def write_epoch(cfg: Config, model: VAE, test_split: Split, fixed_z: torch.Tensor, run_dir: Path,
-                rows: list[dict], tensorboard: TensorBoardLog | None, last: bool = False) -> None:
+                rows: list[dict], tensorboard: TensorBoardLog | None, final: bool = False) -> None:
     """Everything of an epoch but its checkpoint, which comes last: a resume from the previous one
     redoes the epoch and rewrites the same files, and drops the metrics rows past it. The pictures
-    are drawn every viz.every epochs and after the `last` one (or train.epochs)."""
+    are drawn every viz.every epochs and after the `final` one (or train.epochs)."""
     epoch = rows[-1]["epoch"]
     rundir.write_metrics(run_dir, rows)
     pictures = []
-    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or last:
+    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or final:
         pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs
