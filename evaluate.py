@@ -1,15 +1,13 @@
 """Evaluate a checkpoint: python evaluate.py --checkpoint outputs/mnist/checkpoints/best.pt [section.key=value ...]"""
 from __future__ import annotations
 
-import argparse
-
 from vae.analysis import evaluate_checkpoint
-from vae.cli import run
+from vae.cli import ArgumentParser, run
 from vae.report import metric_rows
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="ELBO split, IWAE NLL, KL diagnostics, pictures and report of a checkpoint.")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT|RUN_DIR",
                         help="a checkpoint file, or a run directory (uses checkpoints/last.pt)")

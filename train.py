@@ -1,19 +1,18 @@
 """Train a VAE: python train.py --config configs/mnist.yaml [--resume RUN_DIR|CKPT] [section.key=value ...]"""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
 from vae.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
-from vae.cli import run
+from vae.cli import ArgumentParser, run
 from vae.config import OutputConfig, load_config, split_override, to_dict
 from vae.errors import UserError
 from vae.training import train
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="Train a VAE on MNIST from a YAML config.")
+    parser = ArgumentParser(description="Train a VAE on MNIST from a YAML config.")
     parser.add_argument("--config", help="YAML config file (default with --resume: the checkpoint's own)")
     parser.add_argument("--resume", metavar="RUN_DIR|CKPT",
                         help="continue a run: its directory (uses checkpoints/last.pt) or a checkpoint file")

@@ -135,7 +135,13 @@ def test_bad_evaluate_input_is_one_clear_line(trained, args, message):
     assert snapshot(base) == before
 
 
-def test_neither_config_nor_resume_is_a_usage_error():
-    result = cli("train.py")
-    assert result.returncode == 2 and "give --config FILE" in result.stderr
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", [], "give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one"),
+    ("train.py", ["--config"], "argument --config: expected one argument"),
+    ("train.py", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ("evaluate.py", [], "the following arguments are required: --checkpoint"),
+])
+def test_usage_errors_are_one_line(script, args, message):
+    result = cli(script, *args)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message} (see {script} --help)"
 

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -466,3 +467,11 @@ def test_the_graphed_step_draws_what_the_eager_step_draws(tiny_cfg, data, loss):
     graphed.draw(index, torch.Generator().manual_seed(7))
     gx, geps = graphed.batch()
     assert eps.shape == (64, cfg.loss.iwae_k, 4) and torch.equal(gx, x) and torch.equal(geps, eps)
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny_cfg, monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match=r"^train.compile=true needs a C\+\+ compiler"):
+        train(with_(tiny_cfg, train={"compile": True}))
+    assert not Path(tiny_cfg.output.dir).exists()  # refused before anything was written

@@ -1,10 +1,18 @@
 """What the two entry points share: running a main() so that user errors print as one line."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
 from vae.errors import Interrupted, UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors, so that `run` prints them as one line."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

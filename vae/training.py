@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -101,6 +102,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if cfg.train.precision == "bf16" and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
         log(world, "warning: this CPU has no AVX512-BF16, so bf16 matrix products are emulated and much "
                    "slower than fp32; train.precision=fp32 is the faster choice here", file=sys.stderr)
+    if cfg.train.compile and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c):
+        raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none "
+                        "was found ($CXX, g++, clang++, c++): install one, or set train.compile=false")
     if not world.main:
         world.barrier()  # rank 0 loads (or downloads) the data first
     train_split, val_split, test_split = load_data(cfg.data, device)
