@@ -44,9 +44,9 @@ TARGETS = {
 
 
 @torch.no_grad()
-def iwae_nll(model: VAE, split: Split, post: Posteriors, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def iwae_nll(model: VAE, split: Split, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example IWAE-k estimate of -log p(x) and the k-sample negative ELBO, each (N,)."""
-    device = post.mu.device
+    device = split.images.device
     gen = torch.Generator(device=device).manual_seed(seed)
     chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(device.type, 4096) // IWAE_EXAMPLES)
 
@@ -77,7 +77,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
     with timed(seconds, "encode"):
         post = encode_split(model, split, seed)
     with timed(seconds, "iwae"):
-        nll, neg_elbo_k = iwae_nll(model, split, post, k, seed)
+        nll, neg_elbo_k = iwae_nll(model, split, k, seed)
     with timed(seconds, "aggregate_posterior"):
         gen = torch.Generator(device=post.mu.device).manual_seed(seed)
         # against p(z) = N(0, I): one stochastic layer only (with two, z1's prior is p(z1|z2))
@@ -106,6 +106,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
                                  "average_kl": rate},
         "rate_per_layer": [nats.sum().item() for nats in layer_nats if len(nats)],
+        **({"kl_per_dim_z2": layer_nats[1].tolist()} if cfg.model.latent2_dim else {}),
     }
     with timed(seconds, "pictures"):
         draw(model, split, post, cfg, dim_kl, active,
@@ -151,9 +152,11 @@ def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[f
     if cfg.model.latent_dim == 2:
         points, names = post.mu, ("z0", "z1")
         # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
-        grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
-        z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
-        save_grid(decode(torch.stack([z0, z1], dim=-1).reshape(-1, 2)), out / "manifold.png", nrow=20)
+        # (With two stochastic layers z1's prior is not N(0, I): no manifold then.)
+        if not cfg.model.latent2_dim:
+            grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
+            z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
+            save_grid(decode(torch.stack([z0, z1], dim=-1).reshape(-1, 2)), out / "manifold.png", nrow=20)
     elif cfg.model.latent_dim == 1:
         points, names = torch.cat([post.mu, torch.zeros_like(post.mu)], 1), ("z0", "")
     else:

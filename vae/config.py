@@ -68,8 +68,6 @@ class ModelConfig:
         _require(0 <= self.latent2_dim <= 4096, "model.latent2_dim", self.latent2_dim, "must be in 0..4096")
         _require(all(1 <= h <= 65536 for h in self.hidden2_dims), "model.hidden2_dims",
                  list(self.hidden2_dims), "must hold sizes in 1..65536")
-        _require(not self.latent2_dim or self.arch == "mlp", "model.latent2_dim", self.latent2_dim,
-                 "> 0 (two stochastic layers) needs model.arch=mlp")
 
 
 @dataclass(frozen=True)

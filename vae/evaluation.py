@@ -24,8 +24,12 @@ class Posteriors:
     mu: torch.Tensor  # (N, L)
     logvar: torch.Tensor  # (N, L)
     recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
-    kl: torch.Tensor  # (N,) rate, nats (analytic for one stochastic layer)
-    kl_dims: torch.Tensor  # (N, D) the rate of each latent dimension (D = latent + latent2)
+    kl_dims: torch.Tensor  # (N, D) the rate of each latent dimension (D = latent + latent2), nats
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """(N,) the rate, nats (analytic for one stochastic layer)."""
+        return self.kl_dims.sum(-1)
 
 
 def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -48,7 +52,7 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
         x = split.pixels(idx)
         out = model(x, model.noise(len(x), gen, device))
         terms = vae_loss(out.logits, x, out.rate)
-        parts.append((out.mu, out.logvar, terms.reconstruction, terms.kl, out.rate.kl_dims))
+        parts.append((out.mu, out.logvar, terms.reconstruction, out.rate.kl_dims))
     return Posteriors(*(torch.cat(p) for p in zip(*parts)))
 
 

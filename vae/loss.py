@@ -46,11 +46,6 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
-def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over latent dims: (B, L) -> (B,)."""
-    return kl_per_dim(mu, logvar).sum(dim=-1)
-
-
 class Rate(NamedTuple):
     """The latent side of the ELBO for k samples z of q(z|x) per example."""
 

@@ -64,8 +64,9 @@ class VAE(nn.Module):
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z = mu + sigma * eps, with eps ~ N(0, I) drawn by the caller: a sample of q(z|x) that
         gradients flow through. The noise is an argument so that one seeded stream can serve a batch
-        split over several processes, and so that compiled code draws no random numbers."""
-        return mu + torch.exp(0.5 * logvar) * eps
+        split over several processes, and so that compiled code draws no random numbers. In fp32
+        also under bf16 autocast, so that z is the sample the rate is measured at."""
+        return mu.float() + torch.exp(0.5 * logvar.float()) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., latent) -> Bernoulli logits of p(x|z), (..., 784)."""
