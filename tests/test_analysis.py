@@ -128,6 +128,7 @@ def test_evaluate_a_two_layer_model(tmp_path, mnist_root):
     m = evaluate_checkpoint(run, ["eval.iwae_samples=64"])
     assert m["rate_split"] is None  # not defined against z1's prior p(z1|z2)
     assert len(m["rate_per_layer"]) == 2 and m["rate_per_layer"][1] > 0  # z2's: an analytic KL
+    assert 0 <= m["active_units_z2"] <= 2 and "(z2)" in (run / "report.html").read_text()
     assert len(m["kl_per_dim_z2"]) == 2 and not (run / "eval" / "manifold.png").exists()  # z1's prior is not N(0, I)
     assert len(m["kl_per_dim"]) == 2  # z1, the layer next to x
     assert m["nll_iwae"] <= m["negative_elbo_k_samples"] + 1e-9  # IWAE-64 is the tighter bound

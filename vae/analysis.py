@@ -15,11 +15,11 @@ from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_
 from vae.config import Config, check_same_run, load_config, to_dict
 from vae.data import PIXELS, TRAIN_DRAW, Split, load_data
 from vae.device import resolve_device
-from vae.diagnostics import ACTIVE_THRESHOLD, importance_weighted_bound, rate_split
+from vae.diagnostics import ACTIVE_THRESHOLD, active_units, importance_weighted_bound, rate_split
 from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
 from vae.files import atomic_write_text
 from vae.loss import bernoulli_log_likelihood
-from vae.model import VAE, build_model
+from vae.model import VAE, TwoLayerVAE, build_model
 from vae.report import write_report
 from vae.viz import (plot_kl_per_dim, plot_latent_scatter, plot_nats_histogram, save_grid, save_labeled_rows,
                      save_pairs)
@@ -64,6 +64,14 @@ def iwae_nll(model: VAE, split: Split, k: int, seed: int) -> tuple[torch.Tensor,
     return torch.cat(nll), torch.cat(neg_elbo)
 
 
+@torch.no_grad()
+def top_layer_means(model: TwoLayerVAE, post: Posteriors, seed: int, samples: int = 16) -> torch.Tensor:
+    """E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu2(z1)] of every example, over `samples` draws of z1: (N, latent2)."""
+    gen = torch.Generator(device=post.mu.device).manual_seed(seed)
+    eps = torch.randn((samples, *post.mu.shape), generator=gen, device=post.mu.device)
+    return model.encoder2(model.reparameterize(post.mu, post.logvar, eps)).chunk(2, dim=-1)[0].mean(0)
+
+
 @contextmanager
 def timed(seconds: dict, name: str):
     t0 = time.perf_counter()
@@ -106,7 +114,8 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
                                  "average_kl": rate},
         "rate_per_layer": [nats.sum().item() for nats in layer_nats if len(nats)],
-        **({"kl_per_dim_z2": layer_nats[1].tolist()} if cfg.model.latent2_dim else {}),
+        **({"kl_per_dim_z2": layer_nats[1].tolist(),
+            "active_units_z2": active_units(top_layer_means(model, post, seed))} if cfg.model.latent2_dim else {}),
     }
     with timed(seconds, "pictures"):
         draw(model, split, post, cfg, dim_kl, active,

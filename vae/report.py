@@ -42,7 +42,8 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
         (f"NLL, IWAE-{m['protocol']['iwae_samples']}", f"{m['nll_iwae']:.3f} nats "
                                                         f"({m['nll_iwae_bits_per_dim']:.4f} bits/dim)"),
         ("inference gap (IWAE's lower bound on E KL(q(z|x) || p(z|x)))", f"{m['inference_gap']:.3f} nats"),
-        ("active units", f"{m['active_units']} of {m['latent_dim']}"),
+        ("active units", f"{m['active_units']} of {m['latent_dim']}"
+                         + (f" (z1); {m['active_units_z2']} of {len(m['kl_per_dim_z2'])} (z2)" if "kl_per_dim_z2" in m else "")),
         ("rate = I(x; z) + KL(q(z) || p(z))",
          f"{rs['mutual_information']:.3f} + {rs['marginal_kl']:.3f} = {rs['sum']:.3f} nats "
          f"(I(x; z) <= log N = {rs['mutual_information_bound']:.3f})" if rs else
