@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
 COLLAPSE_RATE_NATS = 1.0  # a test rate below this for COLLAPSE_EPOCHS epochs in a row is collapse

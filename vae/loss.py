@@ -59,14 +59,14 @@ class Rate(NamedTuple):
         return self.kl_dims.sum(-1)
 
 
-def gaussian_rate(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> Rate:
+def gaussian_rate(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None = None) -> Rate:
     """The rate of q(z|x) = N(mu, diag(exp(logvar))) against p(z) = N(0, I), at samples
-    z = mu + sigma * eps: mu, logvar (B, L), eps (k, B, L).
+    z = mu + sigma * eps (computed here unless the caller has them): mu, logvar (B, L), eps (k, B, L).
 
     Written through eps, log q(z|x) = log N(eps; 0, I) - sum(logvar) / 2, and the 2 pi terms of
     the prior and the posterior cancel.
     """
-    z = mu + torch.exp(0.5 * logvar) * eps
+    z = mu + torch.exp(0.5 * logvar) * eps if z is None else z
     return Rate(kl_per_dim(mu, logvar), -0.5 * z.pow(2).sum(-1) + 0.5 * (eps.pow(2) + logvar).sum(-1))
 
 

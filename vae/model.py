@@ -84,7 +84,7 @@ class VAE(nn.Module):
         """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, eps)
-        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps))
+        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z))
 
 
 class TwoLayerVAE(VAE):
@@ -123,7 +123,7 @@ class TwoLayerVAE(VAE):
         z1, logvar1, mu_p, logvar_p = z1.float(), logvar1.float(), mu_p.float(), logvar_p.float()
         # z1: log q(z1|x) - log p(z1|z2) per dimension, at the sample (the 2 pi terms cancel)
         bottom = 0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
-        top = gaussian_rate(mu2.float(), logvar2.float(), e2)  # z2 given z1: analytic
+        top = gaussian_rate(mu2.float(), logvar2.float(), e2, z2)  # z2 given z1: analytic
         kl_dims = torch.cat([bottom, top.kl_dims], dim=-1)  # (..., B, L1 + L2)
         rate = Rate(kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0), top.log_ratio - bottom.sum(-1))
         return Output(self.decode(z1), mu1, logvar1, rate)
