@@ -164,3 +164,11 @@ def test_collapse_warning_names_the_numbers_and_the_remedies():
     assert "epoch 2" in dead and "0 active units" in dead and "warm-up" in dead and "free bits" in dead
     low = [{"epoch": e, "test_kl": 0.4, "test_active_units": 1} for e in (1, 2, 3)]
     assert collapse_warning(low[:2]) is None and "rate 0.400 nats" in collapse_warning(low)
+
+
+def test_collapse_warning_sees_the_top_layer_of_two():
+    rows = [{"epoch": e, "test_kl": 20.0, "test_kl_z2": z2, "test_active_units": 12}
+            for e, z2 in enumerate((0.5, 2.0, 0.3, 0.2, 0.1), start=1)]
+    assert collapse_warning(rows[:4]) is None  # epoch 2 carried 2 nats
+    warning = collapse_warning(rows)
+    assert "top stochastic layer" in warning and "epoch 5" in warning and "0.100 nats" in warning

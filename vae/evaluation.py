@@ -57,10 +57,14 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
 
 
 def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats, and active units."""
+    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats, and active units (of
+    the layer next to x); with two stochastic layers also kl_z2, the part of the rate that z2 carries."""
     post = encode_split(model, split, seed)
     recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
-    return {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu)}
+    nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu)}
+    if post.kl_dims.shape[1] > model.latent_dim:
+        nats["kl_z2"] = post.kl_dims[:, model.latent_dim:].double().sum(1).mean().item()
+    return nats
 
 
 @torch.no_grad()

@@ -20,8 +20,9 @@ from vae.errors import UserError
 from vae.files import atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl",
-                  "test_loss", "test_recon", "test_kl", "test_active_units", "seconds")
-OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl")  # empty without a validation split (and in older runs)
+                  "test_loss", "test_recon", "test_kl", "test_kl_z2", "test_active_units", "seconds")
+# Empty without a validation split or a second stochastic layer (and in older runs).
+OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl", "test_kl_z2")
 INTEGER_COLUMNS = ("epoch", "test_active_units")
 RUN_ENTRIES = ("checkpoints", "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
                "report.html")
@@ -107,7 +108,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.csv as one dict per epoch; a val_* key only where its cell holds a value."""
+    """metrics.csv as one dict per epoch; an optional column's key only where its cell holds a value."""
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []

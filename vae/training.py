@@ -224,7 +224,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             if world.any(bool(early_stop), device):  # under torchrun, all processes stop together
                 early_stop = early_stop or "another process's validation loss stopped improving"
             rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
-                         **{f"val_{k}": v for k, v in val_nats.items() if k != "active_units"},
+                         **{f"val_{k}": v for k, v in val_nats.items() if k in ("loss", "recon", "kl")},
                          **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
             if world.main:
                 write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard, final=bool(early_stop))
@@ -233,7 +233,8 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                 save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
                 print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
                       + (f"val {val_nats['loss']:8.3f}  " if val_nats else "") +
-                      f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}) "
+                      f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}"
+                      + (f", z2 {test_nats['kl_z2']:6.3f}" if "kl_z2" in test_nats else "") + ") "
                       f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
                       + ("  *best" if is_best else ""),
                       flush=True)  # one line per epoch, also when piped to a log
