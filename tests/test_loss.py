@@ -99,6 +99,23 @@ def test_iwae_objective_equals_the_evaluation_bound_on_the_same_samples():
     assert torch.all(iwae_nats(decode(z), x, rate) <= elbo + 1e-4)  # in expectation; here per example
 
 
+def test_iwae_warmup_tempers_the_latent_part_of_each_log_weight():
+    mu, logvar = random_posterior()
+    decode, x = linear_decoder(), torch.rand(16, 12, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(7, 16, 5, generator=torch.Generator().manual_seed(4))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_px = bernoulli_log_likelihood(decode(z), x)  # (7, 16)
+    log_ratio = log_standard_normal(z) - log_normal(z, mu, logvar)
+    rate = gaussian_rate(mu, logvar, eps)
+    for w in (0.0, 0.3):
+        expected = math.log(7) - torch.logsumexp(log_px + w * log_ratio, dim=0)
+        torch.testing.assert_close(iwae_nats(decode(z), x, rate, w), expected, rtol=1e-5, atol=1e-4)
+    objective, _ = objective_nats(decode(z), x, rate, LossConfig(iwae_k=7, kl_warmup_epochs=2), 0.3)
+    torch.testing.assert_close(objective, iwae_nats(decode(z), x, rate, 0.3).sum())
+    # with w = 0 the objective sees the likelihood only: -log mean_i p(x|z_i)
+    assert torch.all(iwae_nats(decode(z), x, rate, 0.0) <= -log_px.max(0).values + math.log(7) + 1e-4)
+
+
 def test_objective_is_the_negative_elbo_by_default_and_beta_weights_the_rate():
     mu, logvar = random_posterior()
     logits, x = torch.randn(1, 16, 12), torch.rand(16, 12)

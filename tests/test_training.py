@@ -443,7 +443,7 @@ def test_the_conv_model_trains_and_resumes(tiny_cfg, tmp_path):
         train(with_(split, model={"channels": (8, 8)}, train={"epochs": 4}), resume=first.run_dir)
 
 
-@pytest.mark.parametrize("loss", [{}, {"iwae_k": 3}])
+@pytest.mark.parametrize("loss", [{}, {"iwae_k": 3}, {"iwae_k": 3, "kl_warmup_epochs": 2}])
 def test_two_stochastic_layers_train_and_resume(tiny_cfg, tmp_path, loss):
     cfg = with_(tiny_cfg, model={"latent2_dim": 3, "hidden2_dims": (16,)}, loss=loss, train={"epochs": 3})
     rows = train(cfg).rows

@@ -85,9 +85,9 @@ class LossConfig:
         _require(math.isfinite(self.free_bits) and 0 <= self.free_bits <= 100, "loss.free_bits",
                  self.free_bits, "must be a number in [0, 100]")
         _require(1 <= self.iwae_k <= 100_000, "loss.iwae_k", self.iwae_k, "must be in 1..100000")
-        _require(self.iwae_k == 1 or (self.beta == 1 and not self.kl_warmup_epochs and not self.free_bits),
-                 "loss.iwae_k", self.iwae_k, "> 1 is the IWAE bound, which takes no beta, warm-up or free "
-                 "bits (set loss.iwae_k=1 for those)")
+        _require(self.iwae_k == 1 or (self.beta == 1 and not self.free_bits),
+                 "loss.iwae_k", self.iwae_k, "> 1 is the IWAE bound, which takes no beta or free bits "
+                 "(set loss.iwae_k=1 for those)")
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,15 @@ def vae_loss(logits: torch.Tensor, x: torch.Tensor, rate: Rate) -> LossTerms:
     return LossTerms(recon if recon.dim() == 1 else recon.mean(0), rate.kl)
 
 
-def iwae_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate) -> torch.Tensor:
+def iwae_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate,
+              kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """-IWAE_k, Burda et al. (2015), per example: -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
 
     logits (k, B, D) decoded from the k samples z_i whose log p(z_i) / q(z_i|x) is rate.log_ratio -> (B,).
+    A kl_weight w < 1 (warm-up) tempers the latent part of each log-weight, log p(x|z_i) + w log
+    p(z_i) / q(z_i|x); k = 1 is then the warmed-up negative ELBO with a sampled rate.
     """
-    log_w = bernoulli_log_likelihood(logits, x) + rate.log_ratio  # (k, B)
+    log_w = bernoulli_log_likelihood(logits, x) + kl_weight * rate.log_ratio  # (k, B)
     return math.log(len(log_w)) - torch.logsumexp(log_w, dim=0)
 
 
@@ -91,11 +94,12 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report.
 
     iwae_k = 1: distortion + kl_weight * rate, where with free bits each dimension's rate, as a
-    batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k.
+    batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k,
+    its log-weights' latent part weighted by kl_weight during warm-up.
     """
     terms = vae_loss(logits, x, rate)
     if cfg.iwae_k > 1:
-        return iwae_nats(logits, x, rate).sum(), terms
+        return iwae_nats(logits, x, rate, kl_weight).sum(), terms
     if cfg.free_bits:
         total_rate = len(x) * rate.kl_dims.mean(0).clamp(min=cfg.free_bits).sum()
     else:
