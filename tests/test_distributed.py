@@ -65,3 +65,14 @@ def test_two_gloo_processes_match_one_process_and_resume_the_same(config_file, t
     assert "epochs 3..3" in result.stdout
     train(with_(cfg, train={"epochs": 3}, output={"dir": str(one)}), resume=one)
     assert_close_runs(one, two)
+
+
+def test_free_bits_clamp_the_whole_batch_mean_under_torchrun(config_file, tiny_cfg, tmp_path):
+    # A dimension counts as free when its rate averaged over the global batch is under the floor,
+    # not over one process's share: the two processes' gradients add up to one process's. (The 4
+    # dimensions' rates cross 0.9 nats during these 2 epochs; clamping each share's mean fails this.)
+    two = tmp_path / "two"
+    result = torchrun("--config", config_file, f"output.dir={two}", "loss.free_bits=0.9")
+    assert result.returncode == 0, result.stderr
+    cfg = with_(tiny_cfg, train={"batch_size": 60, "checkpoint_every_steps": 4}, loss={"free_bits": 0.9})
+    assert_close_runs(train(with_(cfg, output={"dir": str(tmp_path / "one")})).run_dir, two)

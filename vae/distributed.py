@@ -74,6 +74,14 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
+def batch_mean(rows: torch.Tensor) -> torch.Tensor:
+    """The mean over dim 0 of a batch whose rows (b, D) are spread over the ranks -> (D,)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return rows.mean(0)
+    sums = all_reduce(torch.cat([rows.sum(0), rows.new_tensor([len(rows)])]))
+    return sums[:-1] / sums[-1]
+
+
 def dist_size() -> int:
     """The number of training processes (1 outside torchrun)."""
     return dist.get_world_size() if dist.is_initialized() else 1

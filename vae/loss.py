@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vae.config import LossConfig
+from vae.distributed import batch_mean
 
 
 class LossTerms(NamedTuple):
@@ -101,7 +102,10 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     if cfg.iwae_k > 1:
         return iwae_nats(logits, x, rate, kl_weight).sum(), terms
     if cfg.free_bits:
-        total_rate = len(x) * rate.kl_dims.mean(0).clamp(min=cfg.free_bits).sum()
+        # Dimensions whose mean over the whole batch (all processes under torchrun) is under the
+        # floor count as free_bits nats, a constant: no gradient pushes them to the prior.
+        kept = batch_mean(rate.kl_dims.detach()) > cfg.free_bits  # (D,)
+        total_rate = len(x) * torch.where(kept, rate.kl_dims.mean(0), cfg.free_bits).sum()
     else:
         total_rate = terms.kl.sum()
     return terms.reconstruction.sum() + kl_weight * total_rate, terms
