@@ -172,3 +172,4 @@ def test_collapse_warning_sees_the_top_layer_of_two():
     assert collapse_warning(rows[:4]) is None  # epoch 2 carried 2 nats
     warning = collapse_warning(rows)
     assert "top stochastic layer" in warning and "epoch 5" in warning and "0.100 nats" in warning
+    assert "loss.kl_warmup_epochs" in warning

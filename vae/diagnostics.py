@@ -94,13 +94,14 @@ def collapse_warning(rows: list[dict]) -> str | None:
         rates = [r[key] for r in recent if key in r]
         return len(rates) == COLLAPSE_EPOCHS and max(rates) < COLLAPSE_RATE_NATS
 
-    remedies = "Try KL warm-up, free bits, a smaller beta or a weaker decoder"
     if last["test_active_units"] == 0 or stuck("test_kl"):
         return (f"warning: posterior collapse at epoch {last['epoch']}: {last['test_active_units']} active "
                 f"units, test rate {last['test_kl']:.3f} nats (collapse: no active unit, or a rate under "
-                f"{COLLAPSE_RATE_NATS} for {COLLAPSE_EPOCHS} epochs); the decoder is ignoring z. {remedies}")
+                f"{COLLAPSE_RATE_NATS} for {COLLAPSE_EPOCHS} epochs); the decoder is ignoring z. "
+                f"Try KL warm-up, free bits, a smaller beta or a weaker decoder")
     if stuck("test_kl_z2"):
         return (f"warning: the top stochastic layer has collapsed at epoch {last['epoch']}: z2 carries "
                 f"{last['test_kl_z2']:.3f} nats of the test rate (under {COLLAPSE_RATE_NATS} for "
-                f"{COLLAPSE_EPOCHS} epochs); p(z1|z2) is ignoring z2. {remedies}")
+                f"{COLLAPSE_EPOCHS} epochs); p(z1|z2) is ignoring z2. Train again with a KL warm-up "
+                f"(loss.kl_warmup_epochs, for either objective)")
     return None
