@@ -162,6 +162,8 @@ def test_collapse_warning_names_the_numbers_and_the_remedies():
     assert collapse_warning([healthy]) is None
     dead = collapse_warning([healthy, {"epoch": 2, "test_kl": 0.01, "test_active_units": 0}])
     assert "epoch 2" in dead and "0 active units" in dead and "warm-up" in dead and "free bits" in dead
+    iwae = collapse_warning([healthy, {"epoch": 2, "test_kl": 0.01, "test_active_units": 0}], iwae=True)
+    assert "loss.kl_warmup_epochs" in iwae and "loss.free_bits" not in iwae and "loss.iwae_k=1" in iwae
     low = [{"epoch": e, "test_kl": 0.4, "test_active_units": 1} for e in (1, 2, 3)]
     assert collapse_warning(low[:2]) is None and "rate 0.400 nats" in collapse_warning(low)
 

@@ -85,9 +85,10 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256,
             "mutual_information_bound": math.log(N)}
 
 
-def collapse_warning(rows: list[dict]) -> str | None:
+def collapse_warning(rows: list[dict], iwae: bool = False) -> str | None:
     """One line when metrics rows show posterior collapse: no active unit, or a rate stuck near 0;
-    with two stochastic layers also when z2's part of the rate alone is stuck near 0."""
+    with two stochastic layers also when z2's part of the rate alone is stuck near 0. The remedies
+    named are those the objective takes: the IWAE bound (iwae=True) has no beta or free bits."""
     last, recent = rows[-1], rows[-COLLAPSE_EPOCHS:]
 
     def stuck(key: str) -> bool:
@@ -98,7 +99,10 @@ def collapse_warning(rows: list[dict]) -> str | None:
         return (f"warning: posterior collapse at epoch {last['epoch']}: {last['test_active_units']} active "
                 f"units, test rate {last['test_kl']:.3f} nats (collapse: no active unit, or a rate under "
                 f"{COLLAPSE_RATE_NATS} for {COLLAPSE_EPOCHS} epochs); the decoder is ignoring z. "
-                f"Try KL warm-up, free bits, a smaller beta or a weaker decoder")
+                + ("Try a KL warm-up (loss.kl_warmup_epochs) or a weaker decoder; free bits and beta "
+                   "need loss.iwae_k=1" if iwae else
+                   "Try a KL warm-up (loss.kl_warmup_epochs), free bits (loss.free_bits), a smaller "
+                   "loss.beta or a weaker decoder"))
     if stuck("test_kl_z2"):
         return (f"warning: the top stochastic layer has collapsed at epoch {last['epoch']}: z2 carries "
                 f"{last['test_kl_z2']:.3f} nats of the test rate (under {COLLAPSE_RATE_NATS} for "

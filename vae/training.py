@@ -238,7 +238,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                       f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
                       + ("  *best" if is_best else ""),
                       flush=True)  # one line per epoch, also when piped to a log
-                warning = collapse_warning(rows)
+                warning = collapse_warning(rows, iwae=cfg.loss.iwae_k > 1)
                 if warning:
                     print(warning, file=sys.stderr)
             if early_stop:
