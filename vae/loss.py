@@ -78,15 +78,14 @@ def vae_loss(logits: torch.Tensor, x: torch.Tensor, rate: Rate) -> LossTerms:
     return LossTerms(recon if recon.dim() == 1 else recon.mean(0), rate.kl)
 
 
-def iwae_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate,
-              kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+def iwae_nats(log_px: torch.Tensor, rate: Rate, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """-IWAE_k, Burda et al. (2015), per example: -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
 
-    logits (k, B, D) decoded from the k samples z_i whose log p(z_i) / q(z_i|x) is rate.log_ratio -> (B,).
-    A kl_weight w < 1 (warm-up) tempers the latent part of each log-weight, log p(x|z_i) + w log
-    p(z_i) / q(z_i|x); k = 1 is then the warmed-up negative ELBO with a sampled rate.
+    log_px (k, B) is log p(x|z_i) at the k samples z_i whose log p(z_i) / q(z_i|x) is rate.log_ratio
+    -> (B,). A kl_weight w < 1 (warm-up) tempers the latent part of each log-weight, log p(x|z_i) +
+    w log p(z_i) / q(z_i|x); k = 1 is then the warmed-up negative ELBO with a sampled rate.
     """
-    log_w = bernoulli_log_likelihood(logits, x) + kl_weight * rate.log_ratio  # (k, B)
+    log_w = log_px + kl_weight * rate.log_ratio  # (k, B)
     return math.log(len(log_w)) - torch.logsumexp(log_w, dim=0)
 
 
@@ -98,9 +97,12 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k,
     its log-weights' latent part weighted by kl_weight during warm-up.
     """
-    terms = vae_loss(logits, x, rate)
     if cfg.iwae_k > 1:
-        return iwae_nats(logits, x, rate, kl_weight).sum(), terms
+        # One pass over the (k, B, 784) logits serves both: the pixel-wise log-likelihood costs as
+        # much as the decoder's forward pass on the CPU.
+        log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
+        return iwae_nats(log_px, rate, kl_weight).sum(), LossTerms(-log_px.detach().mean(0), rate.kl)
+    terms = vae_loss(logits, x, rate)
     if cfg.free_bits:
         # Dimensions whose mean over the whole batch (all processes under torchrun) is under the
         # floor count as free_bits nats, a constant: no gradient pushes them to the prior.
