@@ -98,8 +98,8 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     its log-weights' latent part weighted by kl_weight during warm-up.
     """
     if cfg.iwae_k > 1:
-        # One pass over the (k, B, 784) logits serves both: the pixel-wise log-likelihood costs as
-        # much as the decoder's forward pass on the CPU.
+        # One pass over the (k, B, 784) logits serves the bound and the reported terms: on the CPU
+        # it costs about as much as the decoder's forward pass.
         log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
         return iwae_nats(log_px, rate, kl_weight).sum(), LossTerms(-log_px.detach().mean(0), rate.kl)
     terms = vae_loss(logits, x, rate)
