@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: python evaluate.py --checkpoint outputs/mnist/checkpoints/best.pt [section.key=value ...]"""
 from __future__ import annotations
 
-from vae.analysis import evaluate_checkpoint
+from vae.checkpoint_eval import evaluate_checkpoint
 from vae.cli import ArgumentParser, run
 from vae.report import metric_rows
 

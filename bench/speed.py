@@ -18,6 +18,7 @@ A speed ratio only counts when both reach the same final test loss within 0.5 na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import platform
 import sys
@@ -32,12 +33,13 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config import Config, ModelConfig, TrainConfig  # noqa: E402
+from vae.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from vae.data import PIXELS, load_mnist  # noqa: E402
-from vae.evaluation import evaluate  # noqa: E402
+from vae.heldout import evaluate  # noqa: E402
 from vae.model import VAE  # noqa: E402
-from vae.resume import EpochProgress  # noqa: E402
-from vae.step import GraphedStep, train_step  # noqa: E402
+from vae.progress import EpochProgress  # noqa: E402
+from vae.step import Batches, EagerStep, GraphedStep, StepOptions  # noqa: E402
+from vae.training import run_epoch  # noqa: E402
 
 TARGET_NATS = 106.0
 
@@ -97,31 +99,29 @@ def run_reference(root: str, epochs: int, device: torch.device) -> list[dict]:
     return rows
 
 
+def our_step(model: VAE, opt: torch.optim.Optimizer, train_split, device: torch.device, cfg: TrainConfig):
+    """The project's step for the plain objective: graphed on CUDA unless cfg.cuda_graph is off."""
+    net = torch.compile(model) if cfg.compile else model
+    step = EagerStep(net, opt, Batches(train_split, False, 1, model.noise_dim),
+                     StepOptions(LossConfig(), cfg.precision == "bf16", cfg.grad_clip))
+    return GraphedStep(step, cfg.batch_size) if cfg.cuda_graph and device.type == "cuda" else step
+
+
 def run_ours(splits, epochs: int, device: torch.device, cfg: TrainConfig, hidden: int = 400,
              stop_at: float | None = None) -> list[dict]:
-    """This project's path (train_step + evaluate); the first epoch includes any compile time."""
+    """This project's path (training.run_epoch + evaluate); the first epoch includes any compile time."""
     train_split, test_split = splits
     torch.manual_seed(1)
     model = VAE(ModelConfig(hidden_dims=(hidden,))).to(device)
-    net = torch.compile(model) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
-    config = Config(train=cfg)
-    graphed = GraphedStep(net, opt, train_split, config, model.noise_dim, device) \
-        if cfg.cuda_graph and device.type == "cuda" else None
+    step = our_step(model, opt, train_split, device, cfg)
     rows = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        progress = EpochProgress.begin(len(train_split), gen)
-        for idx in progress.remaining(cfg.batch_size):
-            if graphed and graphed.fits(idx):
-                graphed(idx, gen, 1.0, progress)
-            else:
-                train_step(net, opt, train_split.pixels(idx), model.noise(len(idx), gen, device)[None], progress,
-                           config)
-        progress.merge()
-        progress.check_finite(epoch)
+        run_epoch(step, EpochProgress.begin(len(train_split), gen), gen, LossConfig(), epoch,
+                  dataclasses.replace(cfg, epochs=epochs))
         sync(device)
         train_s = time.perf_counter() - t0
         test_loss = evaluate(model, test_split, seed=1)["loss"] if test_split is not None else float("nan")
@@ -239,8 +239,7 @@ def graph_replay_seconds(train_split, device: torch.device, batch: int = 128, st
     model = VAE(ModelConfig()).to(device)
     opt = torch.optim.Adam(model.parameters(), fused=True)
     gen = torch.Generator(device=device).manual_seed(1)
-    graphed = GraphedStep(model, opt, train_split, Config(train=TrainConfig(batch_size=batch)), model.noise_dim,
-                          device)
+    graphed = our_step(model, opt, train_split, device, TrainConfig(batch_size=batch))
     progress = EpochProgress.begin(len(train_split), gen)
     batches = progress.remaining(batch)
     for idx in batches[:10]:

@@ -1,6 +1,7 @@
 """Fixtures: tiny synthetic MNIST written as real IDX files, read back through torchvision."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
-from vae.diagnostics import importance_weighted_bound
+from vae.estimators import importance_weighted_bound
 from vae.loss import gaussian_rate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +61,25 @@ def gaussian_bound(log_lik, x, mu, logvar, k, chunk, generator):
     def log_weight(eps):
         return log_lik(mu + torch.exp(0.5 * logvar) * eps, x) + gaussian_rate(mu, logvar, eps).log_ratio
     return importance_weighted_bound(log_weight, tuple(mu.shape), k, chunk, generator, mu.device, mu.dtype)
+
+
+TIMING = "seconds"  # the metrics column that differs between identical runs
+
+
+def with_(cfg, **sections):
+    """cfg with some fields replaced, e.g. with_(cfg, train={"epochs": 4})."""
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
+                                       for name, values in sections.items()})
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k != TIMING} for r in rows]
+
+
+def assert_same_parameters(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="session")

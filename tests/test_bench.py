@@ -3,7 +3,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
 
 
 def test_speed_benchmark_runs_both_loops_and_prints_the_ratio(mnist_root):

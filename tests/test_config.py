@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from vae.config import (Config, ModelConfig, TrainConfig, check_same_run, from_dict, load_config, to_dict,
-                        valid_keys)
+from vae.config import Config, ModelConfig, TrainConfig, from_dict, load_config, to_dict, valid_keys
 from vae.errors import UserError
 
 from conftest import REPO
@@ -158,15 +157,6 @@ def test_an_empty_file_is_refused_and_an_empty_mapping_is_the_defaults(tmp_path)
 def test_every_shipped_config_loads(path):
     cfg = load_config(path, [])
     assert cfg.output.dir == f"outputs/{path.stem}"
-
-
-def test_same_run_allows_epochs_output_and_viz_but_not_architecture():
-    stored = Config()
-    check_same_run(stored, from_dict({"train": {"epochs": 99}, "output": {"dir": "x"}, "viz": {"digit": 7}}))
-    with pytest.raises(UserError, match=r"model.latent_dim \(checkpoint: 20, given: 8\)"):
-        check_same_run(stored, from_dict({"model": {"latent_dim": 8}}))
-    with pytest.raises(UserError, match="train.lr"):
-        check_same_run(stored, from_dict({"train": {"lr": 0.5}}))
 
 
 def test_early_stopping_and_validation_evaluation_need_a_validation_split():

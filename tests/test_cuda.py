@@ -1,7 +1,7 @@
 """The CUDA path: the step replayed as a CUDA graph follows the eager step (skipped without a GPU)."""
 import pytest
 import torch
-from test_training import with_
+from conftest import with_, without_timing
 
 from vae.checkpoint import load_checkpoint
 from vae.step import GraphedStep
@@ -49,3 +49,12 @@ def test_a_resumed_graphed_run_continues_where_it_stopped(cuda_cfg, tmp_path):
     assert resumed.rows[-1]["test_loss"] == pytest.approx(whole.rows[-1]["test_loss"], rel=1e-5)
     for key, value in weights(whole).items():
         torch.testing.assert_close(weights(resumed)[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_mode_makes_two_cuda_runs_bitwise_equal(cuda_cfg, tmp_path):
+    cfg = with_(cuda_cfg, train={"deterministic": True, "cuda_graph": False})
+    a = train(cfg)
+    b = train(with_(cfg, output={"dir": str(tmp_path / "b")}))
+    assert without_timing(a.rows) == without_timing(b.rows)
+    for key, value in weights(a).items():
+        assert torch.equal(weights(b)[key], value), key

@@ -14,6 +14,8 @@ from vae.training import train
 from conftest import REPO, write_config
 from test_training import with_
 
+pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
+
 
 def torchrun(*args):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

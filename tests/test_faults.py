@@ -19,6 +19,8 @@ from vae.training import train
 
 from conftest import REPO, write_config
 
+pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
+
 KILLS = int(os.environ.get("VAE_FAULT_KILLS", 6))  # more for a soak: VAE_FAULT_KILLS=30
 
 

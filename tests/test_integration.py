@@ -6,8 +6,9 @@ from vae.training import train
 
 from conftest import REPO, SHARED_DATA
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
-                                reason=f"genuine MNIST not found in {SHARED_DATA}")
+TRAIN_IMAGES = SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not TRAIN_IMAGES.is_file(), reason=f"genuine MNIST not found in {SHARED_DATA}")]
 
 
 def test_default_config_reaches_106_nats_in_10_epochs(tmp_path):

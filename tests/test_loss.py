@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vae.config import LossConfig
-from vae.diagnostics import log_normal, log_standard_normal
-from vae.loss import (bernoulli_log_likelihood, gaussian_rate, iwae_nats, kl_per_dim, kl_weight,
-                      objective_nats, reconstruction_nats, vae_loss)
+from vae.estimators import log_normal, log_standard_normal
+from vae.loss import bernoulli_log_likelihood, gaussian_rate, iwae_nats, kl_per_dim, objective_nats, vae_loss
 
 from conftest import gaussian_bound
 
@@ -43,32 +42,39 @@ def test_kl_is_zero_exactly_at_the_prior_and_positive_elsewhere():
 
 def test_reconstruction_is_bernoulli_cross_entropy_summed_over_pixels():
     g = torch.Generator().manual_seed(2)
-    logits, x = torch.randn(6, 784, generator=g), torch.rand(6, 784, generator=g)
+    logits, x = torch.randn(6, 784, generator=g), torch.rand(6, 784, generator=g)  # soft targets
     p = torch.sigmoid(logits).double()
-    by_hand = -(x * p.log() + (1 - x) * (1 - p).log()).sum(-1)
-    torch.testing.assert_close(reconstruction_nats(logits, x).double(), by_hand)
+    by_hand = (x * p.log() + (1 - x) * (1 - p).log()).sum(-1)
+    torch.testing.assert_close(bernoulli_log_likelihood(logits, x).double(), by_hand)
 
 
 def test_reconstruction_stays_finite_where_sigmoid_saturates():
     logits = torch.tensor([[200.0, -200.0]])
-    assert reconstruction_nats(logits, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
-    assert reconstruction_nats(logits, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(400.0)
+    assert bernoulli_log_likelihood(logits, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert bernoulli_log_likelihood(logits, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(-400.0)
 
 
-def test_loss_terms_are_per_example_and_add_up():
+def test_loss_terms_are_the_bernoulli_and_gaussian_terms_of_torch_distributions():
     mu, logvar = random_posterior(batch=8)
-    logits, x = torch.randn(8, 784), torch.rand(8, 784)
-    terms = vae_loss(logits, x, gaussian_rate(mu, logvar, torch.zeros_like(mu)))
-    assert terms.reconstruction.shape == terms.kl.shape == (8,)
-    torch.testing.assert_close(terms.total, terms.reconstruction + terms.kl)
+    g = torch.Generator().manual_seed(4)
+    logits, x = torch.randn(3, 8, 784, generator=g), (torch.rand(8, 784, generator=g) < 0.5).float()
+    terms = vae_loss(logits, x, gaussian_rate(mu, logvar, torch.zeros(3, *mu.shape)))
+    # distortion: -log p(x|z) averaged over the 3 samples of z; rate: KL(q(z|x) || N(0, I))
+    log_px = Independent(Bernoulli(logits=logits), 1).log_prob(x)  # (3, 8)
+    torch.testing.assert_close(terms.reconstruction, -log_px.mean(0), rtol=1e-5, atol=1e-3)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    p = Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
+    torch.testing.assert_close(terms.kl, kl_divergence(q, p), rtol=1e-5, atol=1e-5)
 
 
-def test_bernoulli_log_likelihood_broadcasts_over_samples_and_equals_minus_reconstruction():
+def test_bernoulli_log_likelihood_broadcasts_over_samples():
     g = torch.Generator().manual_seed(3)
-    logits, x = torch.randn(7, 5, 784, generator=g), torch.rand(5, 784, generator=g)
+    logits, x = torch.randn(7, 5, 784, generator=g), (torch.rand(5, 784, generator=g) < 0.5).float()
     log_lik = bernoulli_log_likelihood(logits, x)
     assert log_lik.shape == (7, 5)
-    torch.testing.assert_close(log_lik[4], -reconstruction_nats(logits[4], x), rtol=1e-5, atol=1e-3)
+    for s in range(7):
+        torch.testing.assert_close(log_lik[s], Independent(Bernoulli(logits=logits[s]), 1).log_prob(x),
+                                   rtol=1e-5, atol=1e-3)
 
 
 def linear_decoder(latent=5, pixels=12, seed=0):
@@ -82,7 +88,7 @@ def test_iwae_with_one_sample_is_the_sampled_negative_elbo():
     decode, x = linear_decoder(), torch.rand(16, 12, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(1, 16, 5, generator=torch.Generator().manual_seed(2))
     z = mu + torch.exp(0.5 * logvar) * eps
-    expected = reconstruction_nats(decode(z), x)[0] + log_normal(z, mu, logvar)[0] - log_standard_normal(z)[0]
+    expected = -bernoulli_log_likelihood(decode(z), x)[0] + log_normal(z, mu, logvar)[0] - log_standard_normal(z)[0]
     rate = gaussian_rate(mu, logvar, eps)
     torch.testing.assert_close(iwae_nats(bernoulli_log_likelihood(decode(z), x), rate), expected)
 
@@ -144,12 +150,3 @@ def test_free_bits_stop_penalizing_dimensions_under_the_floor():
     torch.testing.assert_close(objective, terms.reconstruction.sum() + 16 * (per_dim.sum() + 3 * 1.0))
     objective.backward()
     assert torch.all(mu.grad[:, 2:] == 0) and torch.all(mu.grad[:, :2] != 0)
-
-
-def test_kl_warmup_rises_linearly_step_by_step_then_holds_beta():
-    cfg = LossConfig(beta=0.5, kl_warmup_epochs=2)
-    assert kl_weight(cfg, epoch=1, step=0, steps_per_epoch=10) == pytest.approx(0.5 * 0.05)
-    assert kl_weight(cfg, epoch=1, step=9, steps_per_epoch=10) == pytest.approx(0.25)
-    assert kl_weight(cfg, epoch=2, step=9, steps_per_epoch=10) == 0.5
-    assert kl_weight(cfg, epoch=7, step=3, steps_per_epoch=10) == 0.5
-    assert kl_weight(LossConfig(beta=2.0), epoch=1, step=0, steps_per_epoch=10) == 2.0

@@ -141,9 +141,38 @@ def test_two_layers_stack_on_the_conv_networks():
 
 
 def test_two_layer_samples_come_from_the_prior_ancestrally():
+    """For a fixed z2 (the noise's last latent2 numbers) and fresh noise for z1, the z1 that generate
+    decodes follows p(z1|z2): torch.distributions.Normal of prior1(z2)'s mean and log-variance. Its
+    sample mean, standard deviation and mean log-density over n draws lie within 5 standard errors
+    of the prior's; the draws for one z2 fail that test against the other z2's prior, and with the
+    z1 noise held fixed a change of z2 alone changes the output."""
+    from torch.distributions import Normal
     model = two_layer(2)
-    noise = torch.randn(7, 9)
-    mu_p, logvar_p = model.prior1(noise[:, 6:]).chunk(2, -1)
-    expected = model.decode(mu_p + torch.exp(0.5 * logvar_p) * noise[:, :6])
-    torch.testing.assert_close(model.generate(noise), expected)
+    n, gen = 20_000, torch.Generator().manual_seed(0)
+    decode, decoded = model.decode, []
+    model.decode = lambda z: decoded.append(z) or decode(z)  # the z1 that generate hands the decoder
+
+    def moments_match(z1, prior):
+        mean_ok = (z1.mean(0) - prior.mean).abs() < 5 * prior.stddev / n ** 0.5
+        std_ok = (z1.std(0) / prior.stddev - 1).abs() < 5 / (2 * n) ** 0.5  # SE of a sample std: 1/sqrt(2n)
+        # E[log p(z1|z2)] = -H[p(z1|z2)]; one draw's log-density has variance 1/2 per dim, 6 dims
+        log_p_ok = (prior.log_prob(z1).sum(-1).mean() + prior.entropy().sum()).abs() < 5 * (3 / n) ** 0.5
+        return bool(mean_ok.all() and std_ok.all() and log_p_ok)
+
+    z2s = torch.tensor([[1.5, -1.5, 1.5], [-1.5, 1.5, -1.5]])
+    draws, priors = [], []
+    with torch.no_grad():
+        for z2 in z2s:
+            logits = model.generate(torch.cat([torch.randn(n, 6, generator=gen), z2.expand(n, 3)], dim=1))
+            z1 = decoded.pop()
+            assert z1.shape == (n, 6) and torch.equal(logits, decode(z1))  # the logits of p(x|z1)
+            mu_p, logvar_p = model.prior1(z2).chunk(2, -1)
+            draws.append(z1)
+            priors.append(Normal(mu_p, torch.exp(0.5 * logvar_p)))
+        assert moments_match(draws[0], priors[0]) and moments_match(draws[1], priors[1])
+        assert not moments_match(draws[0], priors[1]) and not moments_match(draws[1], priors[0])
+        e1 = torch.randn(4, 6, generator=gen)
+        a, b = (model.generate(torch.cat([e1, z2.expand(4, 3)], 1)) for z2 in z2s)
+        assert not torch.allclose(a, b)
+    del model.decode  # the class's again
     assert model(torch.rand(5, 784), torch.randn(5, 9)).logits.shape == (5, 784)  # one sample, no k dim

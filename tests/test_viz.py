@@ -3,7 +3,7 @@ from matplotlib.image import imread
 
 from vae.config import ModelConfig
 from vae.data import load_mnist
-from vae.evaluation import fixed_latents, save_pictures
+from vae.pictures import fixed_latents, save_pictures
 from vae.model import VAE
 from vae.viz import plot_loss_curves, save_grid, save_pairs
 

@@ -303,6 +303,13 @@ def read_config_file(path: str | Path) -> dict:
     return raw
 
 
+def check_key(key: str) -> None:
+    """Refuse a dotted key that no config has, naming the closest one."""
+    keys = valid_keys()
+    if key not in keys:
+        raise _unknown(key, keys)
+
+
 def split_override(item: str) -> tuple[str, str]:
     """'train.lr = 3e-4' -> ('train.lr', ' 3e-4')."""
     key, sep, text = item.partition("=")
@@ -314,11 +321,9 @@ def split_override(item: str) -> tuple[str, str]:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of `raw` with `section.key=value` overrides applied (values parsed as YAML)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    keys = valid_keys()
     for item in overrides:
         key, text = split_override(item)
-        if key not in keys:
-            raise _unknown(key, keys)
+        check_key(key)
         section, name = key.split(".")
         if not isinstance(out.get(section), dict):
             out[section] = {}
@@ -337,24 +342,3 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         stem = Path(path).stem if path is not None else "run"
         cfg = dataclasses.replace(cfg, output=OutputConfig(dir=f"outputs/{stem}"))
     return cfg
-
-
-# Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
-# where the data lives, which device, how long to train, where to write, what to draw and measure.
-MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
-                        "train.checkpoint_every_steps", "train.deterministic", "train.precision",
-                        "train.compile", "train.cuda_graph", "train.patience", "output.dir",
-                        "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
-                        "logging.tensorboard")
-
-
-def check_same_run(stored: Config, new: Config) -> None:
-    """Refuse a config that would continue a checkpoint as a different experiment."""
-    old, now = to_dict(stored), to_dict(new)
-    changed = [f"{s}.{k} (checkpoint: {old[s][k]!r}, given: {now[s][k]!r})"
-               for s in old for k in old[s]
-               if old[s][k] != now[s][k] and f"{s}.{k}" not in MAY_CHANGE_ON_RESUME]
-    if changed:
-        raise UserError(f"the checkpoint was trained with another config: {'; '.join(changed)}. "
-                        f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change; start a new run instead")
-

@@ -1,4 +1,4 @@
-"""MNIST through torchvision, held whole as one uint8 tensor on the training device, batched by index."""
+"""MNIST through torchvision, held whole as one uint8 tensor on the training device; its splits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,14 +41,14 @@ class Split:
         """Each pixel drawn once as Bernoulli(intensity), with its own seeded generator (on the CPU,
         so every device gets the same images): values 0 or 255."""
         probs = self.images.cpu().float().div_(255)
-        drawn = binarize(probs, torch.Generator().manual_seed(seed))
+        drawn = binarize(probs, torch.rand(probs.shape, generator=torch.Generator().manual_seed(seed)))
         return Split(drawn.mul_(255).to(torch.uint8).to(self.images.device), self.labels)
 
 
-def binarize(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """x ~ Bernoulli(probs) elementwise, as 1[u < p] with u ~ U[0, 1): the same distribution that
-    torch.bernoulli draws, three times faster on the CPU."""
-    return (torch.rand(probs.shape, generator=gen, device=probs.device) < probs).float()
+def binarize(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """x ~ Bernoulli(probs) elementwise, as 1[u < p] with uniform u ~ U[0, 1) of probs' shape: the
+    distribution that torch.bernoulli draws, three times faster on the CPU."""
+    return (uniform < probs).float()
 
 
 def _read(root: Path, train: bool, download: bool) -> MNIST:

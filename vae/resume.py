@@ -1,4 +1,4 @@
-"""What exact resume needs: the random streams, where an epoch stands, and the run's best.pt."""
+"""Resume policy: what may change on resume, where a checkpoint stands, its random streams and best.pt."""
 from __future__ import annotations
 
 import sys
@@ -7,11 +7,9 @@ from pathlib import Path
 import torch
 
 from vae.checkpoint import load_checkpoint
-from vae.distributed import all_reduce, dist_size
+from vae.config import Config, to_dict
 from vae.errors import UserError
 from vae.files import atomic_write
-
-NONFINITE_TERMS = ("reconstruction", "KL", "logvar")
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -30,80 +28,6 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
     gen.set_state(state["generator"])
     if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class EpochProgress:
-    """Where an epoch stands: enough to continue it bit for bit after a stop in the middle.
-
-    Each process adds its own share of every batch's nats to `local`; `merge` folds the shares of
-    all processes into `sums`. The double-precision sums of float32 nats are exact, so the order in
-    which steps and shares are added does not change them.
-    """
-
-    def __init__(self, order: torch.Tensor, step: int = 0, seen: int = 0, sums: torch.Tensor | None = None,
-                 seconds: float = 0.0):
-        device = order.device
-        self.order = order  # (N,) this epoch's shuffled example indices
-        self.step = step  # batches done
-        self.seen = seen  # examples done
-        # nats summed so far: negative ELBO, reconstruction, KL
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device) if sums is None else sums
-        self.local = torch.zeros(3, dtype=torch.float64, device=device)  # this process's share since `merge`
-        self.seconds = seconds  # training time spent in this epoch so far
-        # which of reconstruction, KL, logvar the first non-finite step had wrong
-        self.bad = torch.zeros(3, dtype=torch.bool, device=device)
-        self.first_bad_step = torch.tensor(-1, device=device)
-
-    @classmethod
-    def begin(cls, n: int, gen: torch.Generator) -> EpochProgress:
-        return cls(torch.randperm(n, generator=gen, device=gen.device))
-
-    def remaining(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Index batches still to do; the last one may be short."""
-        return self.order[self.step * batch_size:].split(batch_size)
-
-    def record(self, examples: int, nats: torch.Tensor, logvar_sum: torch.Tensor) -> None:
-        """Count a step of `examples` (the whole batch, over all processes) and add this process's
-        summed nats (negative ELBO, reconstruction, KL), without waiting for the device."""
-        self.step += 1
-        self.seen += examples
-        self.local += nats.detach().double()
-        bad = ~torch.isfinite(torch.stack([nats[1], nats[2], logvar_sum]).detach())
-        first = (self.first_bad_step < 0) & bad.any()  # after one bad step everything goes bad
-        self.first_bad_step = torch.where(first, self.step, self.first_bad_step)
-        self.bad = torch.where(first, bad, self.bad)
-
-    def merge(self) -> None:
-        """Add every process's share into `sums` (a collective under torchrun: all ranks call it at the
-        same step), and agree on the first non-finite step."""
-        self.sums += all_reduce(self.local)
-        self.local.zero_()
-        if dist_size() > 1:
-            never = torch.iinfo(self.first_bad_step.dtype).max
-            first = all_reduce(torch.where(self.first_bad_step < 0, never, self.first_bad_step), "min")
-            self.bad = all_reduce((self.bad & (self.first_bad_step == first)).int(), "max").bool()
-            self.first_bad_step = torch.where(first == never, -1, first)
-
-    def check_finite(self, epoch: int) -> None:
-        """Stop (UserError) when a step produced NaN or Inf: nothing of it may reach a checkpoint."""
-        if self.bad.any():
-            terms = ", ".join(t for t, b in zip(NONFINITE_TERMS, self.bad.tolist()) if b)
-            raise UserError(f"training diverged at epoch {epoch}, step {int(self.first_bad_step)}: {terms} "
-                            f"not finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
-
-    def means(self) -> dict[str, float]:
-        """Mean nats per example of the batches done so far (the epoch's means once it is done)."""
-        loss, recon, kl = (self.sums / max(self.seen, 1)).tolist()
-        return {"loss": loss, "recon": recon, "kl": kl}
-
-    def state(self) -> dict:
-        return {"order": self.order, "step": self.step, "seen": self.seen, "sums": self.sums,
-                "seconds": self.seconds}
-
-    @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> EpochProgress:
-        return cls(state["order"].to(device), state["step"], state["seen"], state["sums"].to(device),
-                   state["seconds"])
 
 
 def position(state: dict) -> tuple[int, int]:
@@ -135,3 +59,23 @@ def carry_best(source: Path | None, run_dir: Path, epoch: int) -> None:
         dest.unlink(missing_ok=True)
     elif src.resolve() != dest.resolve():
         atomic_write(dest, lambda f: f.write(src.read_bytes()))
+
+
+# Keys that may differ between a checkpoint's config and the run that continues (or evaluates) it:
+# where the data lives, which device, how long to train, where to write, what to draw and measure.
+MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
+                        "train.checkpoint_every_steps", "train.deterministic", "train.precision",
+                        "train.compile", "train.cuda_graph", "train.patience", "output.dir",
+                        "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
+                        "logging.tensorboard")
+
+
+def check_same_run(stored: Config, new: Config) -> None:
+    """Refuse a config that would continue a checkpoint as a different experiment."""
+    old, now = to_dict(stored), to_dict(new)
+    changed = [f"{s}.{k} (checkpoint: {old[s][k]!r}, given: {now[s][k]!r})"
+               for s in old for k in old[s]
+               if old[s][k] != now[s][k] and f"{s}.{k}" not in MAY_CHANGE_ON_RESUME]
+    if changed:
+        raise UserError(f"the checkpoint was trained with another config: {'; '.join(changed)}. "
+                        f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change; start a new run instead")

@@ -1,13 +1,15 @@
-"""The run directory's own files: the clobber guard, run.json, config.yaml and metrics.csv."""
+"""The run directory's own files: the clobber guard, the lock, run.json, config.yaml and metrics.csv."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import platform
 import shutil
 import subprocess
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +26,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", 
 # Empty without a validation split or a second stochastic layer (and in older runs).
 OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl", "test_kl_z2")
 INTEGER_COLUMNS = ("epoch", "test_active_units")
+LOCK = ".lock"  # held (flock) by the training process writing the directory
 RUN_ENTRIES = ("checkpoints", "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
                "report.html")
 
@@ -53,6 +56,33 @@ def check_space(run_dir: Path, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise UserError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; this run needs about "
                         f"{needed_bytes / 2**20:.0f} MiB for its checkpoints and images")
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """Hold the run directory for this process while the block runs: another training into it stops.
+
+    An OS file lock (flock) on <run>/.lock, which dies with its holder, so a killed run leaves
+    nothing that blocks its resume.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise UserError(f"{run_dir} is being written by another training process{pid}: wait for it to "
+                            f"finish, or choose another output.dir=DIR") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above
+        yield
+    finally:
+        os.close(fd)
 
 
 def create(run_dir: Path, clear: bool) -> None:

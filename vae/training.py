@@ -1,13 +1,18 @@
-"""train(cfg): the training loop, top to bottom, with checkpoints, metrics and pictures each epoch."""
+"""train(cfg): plan the run, build it, then for each epoch run it and end it.
+
+Read top to bottom: `_train` is the whole story in labelled steps, `run_epoch` the inner loop,
+`end_epoch` what happens between epochs (evaluate, keep the best, write, print).
+"""
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,24 +20,27 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vae import rundir
-from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
-                            save_checkpoint)
-from vae.config import Config, TrainConfig, check_same_run, to_dict
-from vae.data import Split, load_data
+from vae.checkpoint import FORMAT_VERSION, load_state, save_checkpoint
+from vae.config import Config, LossConfig, TrainConfig, to_dict
+from vae.data import Splits, load_data
 from vae.device import resolve_device
 from vae.distributed import World, process_group, world_from_environment
-from vae.diagnostics import collapse_warning
+from vae.epoch_report import collapse_warning, epoch_line
 from vae.errors import Interrupted, UserError
-from vae.evaluation import evaluate, fixed_latents, save_pictures
+from vae.heldout import evaluate
 from vae.interrupt import StopRequest
-from vae.loss import kl_weight
+from vae.memory import out_of_memory_reported
 from vae.model import VAE, build_model
-from vae.resume import EpochProgress, carry_best, last_position, position, restore_rng, rng_state
-from vae.step import GraphedStep, draw_batch, train_step
-from vae.tblog import TensorBoardLog, summary_writer_class
+from vae.pictures import fixed_latents, save_pictures
+from vae.progress import EpochProgress
+from vae.resume import restore_rng, rng_state
+from vae.run_plan import Plan, claimed, plan_run
+from vae.schedule import kl_weight, learning_rate, stops_early
+from vae.step import Batches, EagerStep, GraphedStep, Step, StepOptions
+from vae.tblog import TensorBoardLog
 from vae.viz import plot_loss_curves
 
-SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar, NaN check)
+SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar, NaN check, stop)
 
 
 @dataclass
@@ -43,74 +51,109 @@ class TrainResult:
     model: VAE
 
 
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of `epoch` (counted from 1) under train.lr_schedule."""
-    t = (epoch - 1) / max(cfg.epochs - 1, 1)  # 0 in the first epoch, 1 in the last
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * (cfg.lr_decay_to + (1 - cfg.lr_decay_to) * 0.5 * (1 + math.cos(math.pi * t)))
-    if cfg.lr_schedule == "exponential":
-        return cfg.lr * cfg.lr_decay_to ** t
-    if cfg.lr_schedule == "burda":
-        # Burda et al. (2015): stage i = 0..7 is 3^i epochs at lr * 10^(-i/7), 3280 epochs in all
-        stage = 0
-        while stage < 7 and epoch > (3 ** (stage + 1) - 1) // 2:
-            stage += 1
-        return cfg.lr * 10 ** (-stage / 7)
-    return cfg.lr
+@dataclass
+class Run:
+    """A run's state between epochs: what end_epoch reads and writes."""
+
+    cfg: Config
+    world: World
+    device: torch.device
+    splits: Splits
+    model: VAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the training stream: batch order, binarization, noise
+    rows: list[dict]
+    best: dict
+    progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
+    tensorboard: TensorBoardLog | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output.dir).expanduser()
+
+    def checkpoint(self, epochs_done: int, inside: EpochProgress | None = None) -> dict:
+        """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
+        return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "epoch": epochs_done,
+                "best": self.best, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "rng": rng_state(self.gen), "progress": inside.state() if inside else None}
+
+    def save_inside(self, epoch: int, progress: EpochProgress) -> None:
+        """last.pt in the middle of `epoch` (rank 0 writes)."""
+        if self.world.main:
+            save_checkpoint(self.checkpoint(epoch - 1, progress), self.run_dir / "checkpoints" / "last.pt")
 
 
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
-          argv: list[str] | None = None) -> TrainResult:
+          argv: list[str] | None = None, after_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train from scratch, or continue the checkpoint `resume` (a file or a run directory).
 
     A checkpoint continues in place when output.dir is the run directory it belongs to; anywhere
     else the run is forked into output.dir, which must not hold a run. Everything the user
     supplied is checked before anything in a run directory is written. On SIGINT/SIGTERM the
     current step finishes, last.pt is saved, and Interrupted is raised. Started by torchrun, it
-    trains data-parallel over all its processes.
+    trains data-parallel over all its processes. `after_epoch` is called with each epoch's metrics
+    row once its checkpoint is written (a sweep reports it to its pruner, which may stop the run).
     """
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
-    with process_group(world, device):
-        return _train(cfg, resume, overwrite, argv, world, device)
+    with process_group(world, device), out_of_memory_reported(device):
+        return _train(cfg, resume, overwrite, argv or sys.argv, world, device, after_epoch)
 
 
-def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str] | None, world: World,
-           device: torch.device) -> TrainResult:
-    if cfg.logging.tensorboard:
-        summary_writer_class()  # fail now, not after the data has loaded
-    run_dir = Path(cfg.output.dir).expanduser()
-    state, source = None, None
-    if resume is not None:
-        resume = resolve_checkpoint(resume)
-        state, stored = load_checkpoint(resume)
-        check_same_run(stored, cfg)
-        source = run_dir_of(resume)
-    in_place = source is not None and run_dir.resolve() == source
-    if not in_place:
-        rundir.check_fresh(run_dir, overwrite)
-    elif not overwrite and last_position(run_dir) > position(state):
-        raise UserError(f"{run_dir} has trained to epoch {last_position(run_dir)[0]}: continuing it from "
-                        f"{resume.name} (epoch {state['epoch']}) would discard the later work. Fork it "
-                        f"with output.dir=DIR, or pass --overwrite to discard it")
-    with torch.device("meta"):  # sizes only: no memory, no random numbers
-        n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
-    # last.pt, best.pt and a temp file (weights + Adam's two moments), plus ~0.3 MiB of images an epoch
-    rundir.check_space(run_dir, 3 * 3 * 4 * n_params + cfg.train.epochs * 300_000 + 10 * 2**20)
-    if cfg.train.precision == "bf16" and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
-        log(world, "warning: this CPU has no AVX512-BF16, so bf16 matrix products are emulated and much "
-                   "slower than fp32; train.precision=fp32 is the faster choice here", file=sys.stderr)
-    if cfg.train.compile and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c):
-        raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none "
-                        "was found ($CXX, g++, clang++, c++): install one, or set train.compile=false")
+def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
+           device: torch.device, after_epoch: Callable[[dict], None] | None) -> TrainResult:
+    # 1. Plan: what the run continues, and every check that can fail before a file is written.
+    plan = plan_run(cfg, resume, overwrite, device)
+    for warning in plan.warnings:
+        log(world, warning, file=sys.stderr)
+    # 2. Data, read (or downloaded) by rank 0 first.
+    splits = load_splits(cfg, world, device)
+    # 3. Build: the seeded model, optimizer and training stream, restored from the checkpoint.
+    run = build(cfg, plan, splits, world, device)
+    if plan.nothing_to_do:
+        log(world, plan.nothing_to_do)
+        return TrainResult(run.run_dir, run.rows, run.best, run.model)
+    step = make_step(cfg, run.model, run.opt, splits, world, device)
+    # 4. Train in the run directory, held by this run alone.
+    with claimed(plan, cfg, argv, device, world), StopRequest() as stop:
+        run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \
+            if cfg.logging.tensorboard and world.main else None
+        log(world, start_line(run, plan, step))
+        for epoch in range(plan.start, cfg.train.epochs + 1):
+            progress = run.progress or EpochProgress.begin(len(splits.train), run.gen)
+            run.progress = None
+            for group in run.opt.param_groups:
+                group["lr"] = learning_rate(cfg.train, epoch)
+            if run_epoch(step, progress, run.gen, cfg.loss, epoch, cfg.train, world, stop,
+                         save=partial(run.save_inside, epoch)):
+                raise stopped(stop, f"in epoch {epoch} after step {progress.step}", run.run_dir, world)
+            early_stop = end_epoch(run, epoch, progress)
+            if after_epoch:
+                after_epoch(run.rows[-1])
+            if early_stop:
+                log(world, f"early stop after epoch {epoch}: {early_stop}; best.pt holds epoch {run.best['epoch']}")
+                break
+            if world.any(bool(stop.signum), device) and epoch < cfg.train.epochs:
+                raise stopped(stop, f"after epoch {epoch}", run.run_dir, world)
+    if run.tensorboard:
+        run.tensorboard.close()
+    return TrainResult(run.run_dir, run.rows, run.best, run.model)
+
+
+def load_splits(cfg: Config, world: World, device: torch.device) -> Splits:
+    """The data on the training device; rank 0 reads (or downloads) it before the others."""
     if not world.main:
-        world.barrier()  # rank 0 loads (or downloads) the data first
-    train_split, val_split, test_split = load_data(cfg.data, device)
+        world.barrier()
+    splits = load_data(cfg.data, device)
     if world.main:
         world.barrier()
+    return splits
 
+
+def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.device) -> Run:
+    """Seed, then the model, Adam and the training stream; a checkpoint's state loaded into them."""
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
     torch.use_deterministic_algorithms(cfg.train.deterministic)
@@ -118,167 +161,138 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    start, rows, progress = 1, [], None
-    if state is not None:
-        load_state(model, state["model"], resume)
-        load_state(opt, state["optimizer"], resume)
-        restore_rng(state["rng"], gen)
-        start = state["epoch"] + 1
-        if state["progress"] is not None:  # stopped inside epoch `start`
-            progress = EpochProgress.from_state(state["progress"], device)
-        # Rows after the checkpoint's epoch belong to work that is about to be redone.
-        rows = [r for r in rundir.read_metrics(source) if r["epoch"] < start] if source else []
-    if start > cfg.train.epochs:
-        log(world, f"{resume} is already at epoch {start - 1} of train.epochs={cfg.train.epochs}: "
-                   f"nothing to do (raise train.epochs to train on)")
-        return TrainResult(run_dir, rows, state["best"], model)
-    stopped = stops_early(cfg, state["best"], start - 1) if state is not None and progress is None else ""
-    if stopped:
-        log(world, f"{resume} (epoch {start - 1}) has used up its patience: {stopped}; nothing to do "
-                   f"(raise train.patience, or set it to 0, to train on)")
-        return TrainResult(run_dir, rows, state["best"], model)
-    # What takes the training steps: the model, wrapped for gradient averaging and/or compiled.
+    run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best)
+    if plan.state is not None:
+        load_state(model, plan.state["model"], plan.resume)
+        load_state(opt, plan.state["optimizer"], plan.resume)
+        restore_rng(plan.state["rng"], gen)
+        if plan.state["progress"] is not None:  # stopped inside epoch plan.start
+            run.progress = EpochProgress.from_state(plan.state["progress"], device)
+    return run
+
+
+def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Splits, world: World,
+              device: torch.device) -> Step:
+    """The step: the model wrapped for gradient averaging and/or compiled, replayed as a CUDA graph where it can be."""
     net = model
     if world.size > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
-    graphed = None
+    batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
+    step = EagerStep(net, opt, batches, StepOptions(cfg.loss, cfg.train.precision == "bf16", cfg.train.grad_clip),
+                     world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
-        graphed = GraphedStep(net, opt, train_split, cfg, model.noise_dim, device)
+        return GraphedStep(step, cfg.train.batch_size)
+    return step
 
-    best = {"loss": math.inf, "epoch": None} if state is None else state["best"]
+
+def run_epoch(step: Step, progress: EpochProgress, gen: torch.Generator, loss: LossConfig, epoch: int,
+              train_cfg: TrainConfig, world: World = World(), stop: StopRequest | None = None,
+              save: Callable[[EpochProgress], object] = lambda progress: None) -> bool:
+    """Train the batches of `epoch` that `progress` has left, one step each.
+
+    Every SYNC_EVERY steps (and before a save) the processes merge their sums, check them and agree
+    on a stop; a stop, or every train.checkpoint_every_steps steps, saves the epoch so far. Returns
+    whether it stopped inside the epoch (after saving).
+    """
+    n_batches, every = progress.batches(train_cfg.batch_size), train_cfg.checkpoint_every_steps
+    t0 = time.perf_counter()
+    with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False,
+              disable=None if world.main else True, unit="batch") as bar:
+        for idx in progress.remaining(train_cfg.batch_size):
+            step(idx, gen, kl_weight(loss, epoch, progress.step, n_batches), progress)
+            bar.update()
+            signalled = bool(stop and stop.signum)
+            save_due = progress.step < n_batches and (
+                bool(every) and progress.step % every == 0 or world.size == 1 and signalled)
+            if progress.step % SYNC_EVERY and not save_due:
+                continue
+            # Sync: under torchrun the processes agree on a stop here only, at the same step.
+            stopping = sync(progress, epoch, world, signalled)
+            bar.set_postfix(loss=f"{progress.means()['loss']:.2f}")
+            if progress.step < n_batches and (stopping or save_due):
+                progress.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(progress)
+                if stopping:
+                    return True
+    sync(progress, epoch, world, False)
+    progress.seconds += time.perf_counter() - t0
+    return False
+
+
+def sync(progress: EpochProgress, epoch: int, world: World, stop_requested: bool) -> bool:
+    """Merge every process's sums, stop on a non-finite step, and agree on a stop (a collective)."""
+    progress.merge()
+    progress.check_finite(epoch)
+    return world.any(stop_requested, progress.sums.device)
+
+
+def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
+    """Evaluate, keep the best, write the epoch's files and checkpoint, print its line.
+
+    Returns why training stops early ('' when it goes on).
+    """
+    cfg, world = run.cfg, run.world
+    # Evaluate, on every rank: all take the same branches.
+    t0 = time.perf_counter()
+    val = evaluate(run.model, run.splits.val, cfg.train.seed) if run.splits.val is not None else {}
+    test = evaluate(run.model, run.splits.test, cfg.train.seed)
+    if not math.isfinite(test["loss"]):  # the last step's update broke the weights
+        raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
+                        f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
+    run.rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in progress.means().items()},
+                     **{f"val_{k}": v for k, v in val.items() if k in ("loss", "recon", "kl")},
+                     **{f"test_{k}": v for k, v in test.items()},
+                     "seconds": progress.seconds + time.perf_counter() - t0})
+    # Best and early stop: chosen on the validation split, on the test split only without one.
+    is_best = (val or test)["loss"] < run.best["loss"]
+    if is_best:
+        run.best = {"loss": (val or test)["loss"], "epoch": epoch}
+    early_stop = stops_early(cfg.train, run.best, epoch) if epoch < cfg.train.epochs else ""
+    if world.any(bool(early_stop), run.device):  # under torchrun, all processes stop together
+        early_stop = early_stop or "another process's validation loss stopped improving"
     if world.main:
-        rundir.create(run_dir, clear=overwrite and not in_place)
-        if state is not None:
-            carry_best(source, run_dir, state["epoch"])
-        rundir.write_run_info(run_dir, cfg, argv or sys.argv, device, world.size)
-        rundir.write_metrics(run_dir, rows)
-    tensorboard = TensorBoardLog(run_dir / "tensorboard", start) if cfg.logging.tensorboard and world.main else None
-    fixed_z = fixed_latents(model.noise_dim, cfg.train.seed, device)
-    last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    every = cfg.train.checkpoint_every_steps
-    n_batches = math.ceil(len(train_split) / cfg.train.batch_size)
-
-    def checkpoint(epochs_done: int, inside: EpochProgress | None = None) -> dict:
-        return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epochs_done,
-                "best": best, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": rng_state(gen), "progress": inside.state() if inside else None}
-
-    resuming_at = f" (epoch {start} from step {progress.step})" if progress else ""
-    processes = f" x {world.size} processes" if world.size > 1 else " (steps replayed as a CUDA graph)" if graphed else ""
-    log(world, f"training {n_params:,} parameters on {device}{processes}, epochs {start}..{cfg.train.epochs}"
-               f"{resuming_at}, writing to {run_dir}")
-    with StopRequest() as stop:
-        for epoch in range(start, cfg.train.epochs + 1):
-            progress = progress or EpochProgress.begin(len(train_split), gen)
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg.train, epoch)
-            model.train()
-            t0 = time.perf_counter()
-            with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{cfg.train.epochs}",
-                      leave=False, disable=None if world.main else True, unit="batch") as bar:
-                for idx in progress.remaining(cfg.train.batch_size):
-                    weight = kl_weight(cfg.loss, epoch, progress.step, n_batches)
-                    if graphed and graphed.fits(idx):
-                        graphed(idx, gen, weight, progress)
-                    else:
-                        # The whole batch's draws, so that every rank follows one random stream.
-                        x, eps = draw_batch(train_split, idx, gen, cfg, model.noise_dim)
-                        train_step(net, opt, world.shard(x), world.shard(eps).transpose(0, 1), progress, cfg, weight,
-                                   len(idx), world.size)
-                    bar.update()
-                    # Under torchrun the ranks agree on a stop at the sync steps only.
-                    stopping = stop.signum if world.size == 1 else False
-                    if progress.step % SYNC_EVERY == 0:
-                        progress.merge()
-                        progress.check_finite(epoch)
-                        bar.set_postfix(loss=f"{progress.means()['loss']:.2f}")
-                        stopping = world.any(bool(stop.signum), device)
-                    if progress.step < n_batches and (stopping or every and progress.step % every == 0):
-                        progress.merge()
-                        progress.check_finite(epoch)
-                        progress.seconds += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        if world.main:
-                            save_checkpoint(checkpoint(epoch - 1, progress), last)
-                        if stopping:
-                            raise Interrupted(stop.signum or signal.SIGTERM,
-                                              f"stopped in epoch {epoch} after step {progress.step}; "
-                                              f"continue with: {resume_command(run_dir, world)}")
-            progress.merge()
-            progress.check_finite(epoch)
-            train_nats = progress.means()
-            # on every rank: all take the same branches
-            val_nats = evaluate(model, val_split, cfg.train.seed) if val_split is not None else {}
-            test_nats = evaluate(model, test_split, cfg.train.seed)
-            if not math.isfinite(test_nats["loss"]):  # the last step's update broke the weights
-                raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
-                                f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
-            seconds = progress.seconds + time.perf_counter() - t0
-            progress = None
-            chosen_on = val_nats or test_nats  # the test split only when there is no validation split
-            is_best = chosen_on["loss"] < best["loss"]
-            if is_best:
-                best = {"loss": chosen_on["loss"], "epoch": epoch}
-            early_stop = stops_early(cfg, best, epoch) if epoch < cfg.train.epochs else ""
-            if world.any(bool(early_stop), device):  # under torchrun, all processes stop together
-                early_stop = early_stop or "another process's validation loss stopped improving"
-            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_nats.items()},
-                         **{f"val_{k}": v for k, v in val_nats.items() if k in ("loss", "recon", "kl")},
-                         **{f"test_{k}": v for k, v in test_nats.items()}, "seconds": seconds})
-            if world.main:
-                write_epoch(cfg, model, test_split, fixed_z, run_dir, rows, tensorboard, final=bool(early_stop))
-                # best.pt is the same moment as last.pt (weights, optimizer and RNG together), written
-                # first: a crash between the two leaves last.pt behind, and the resumed epoch redoes it.
-                save_checkpoint(checkpoint(epoch), *([best_path] if is_best else []), last)
-                print(f"epoch {epoch:3d}/{cfg.train.epochs}  train {train_nats['loss']:8.3f}  "
-                      + (f"val {val_nats['loss']:8.3f}  " if val_nats else "") +
-                      f"test {test_nats['loss']:8.3f} (recon {test_nats['recon']:7.3f} + KL {test_nats['kl']:6.3f}"
-                      + (f", z2 {test_nats['kl_z2']:6.3f}" if "kl_z2" in test_nats else "") + ") "
-                      f"nats/example  {test_nats['active_units']:3d} active units  {seconds:5.1f}s"
-                      + ("  *best" if is_best else ""),
-                      flush=True)  # one line per epoch, also when piped to a log
-                warning = collapse_warning(rows, iwae=cfg.loss.iwae_k > 1)
-                if warning:
-                    print(warning, file=sys.stderr)
-            if early_stop:
-                log(world, f"early stop after epoch {epoch}: {early_stop}; best.pt holds epoch {best['epoch']}")
-                break
-            if world.any(bool(stop.signum), device) and epoch < cfg.train.epochs:
-                raise Interrupted(stop.signum or signal.SIGTERM, f"stopped after epoch {epoch}; continue with: "
-                                                                 f"{resume_command(run_dir, world)}")
-    if tensorboard:
-        tensorboard.close()
-    return TrainResult(run_dir, rows, best, model)
+        # Write: metrics, pictures and TensorBoard; then best.pt and last.pt, the same moment, last
+        # (a crash before them redoes the epoch, which rewrites the same files).
+        write_epoch(run, final=bool(early_stop))
+        last, best = run.run_dir / "checkpoints" / "last.pt", run.run_dir / "checkpoints" / "best.pt"
+        save_checkpoint(run.checkpoint(epoch), *([best] if is_best else []), last)
+        print(epoch_line(run.rows[-1], cfg.train.epochs, is_best), flush=True)  # also when piped to a log
+        warning = collapse_warning(run.rows, iwae=cfg.loss.iwae_k > 1)
+        if warning:
+            print(warning, file=sys.stderr)
+    return early_stop
 
 
-def stops_early(cfg: Config, best: dict, epoch: int) -> str:
-    """Why training stops after `epoch` under train.patience ('' while it goes on)."""
-    if not cfg.train.patience or best["epoch"] is None or epoch - best["epoch"] < cfg.train.patience:
-        return ""
-    return (f"the validation loss has not improved for {epoch - best['epoch']} epochs (train.patience="
-            f"{cfg.train.patience}; best {best['loss']:.3f} nats at epoch {best['epoch']})")
-
-
-def write_epoch(cfg: Config, model: VAE, test_split: Split, fixed_z: torch.Tensor, run_dir: Path,
-                rows: list[dict], tensorboard: TensorBoardLog | None, final: bool = False) -> None:
-    """Everything of an epoch but its checkpoint, which comes last: a resume from the previous one
-    redoes the epoch and rewrites the same files, and drops the metrics rows past it. The pictures
-    are drawn every viz.every epochs and after the `final` one (or train.epochs)."""
+def write_epoch(run: Run, final: bool) -> None:
+    """metrics.csv, and the pictures every viz.every epochs and after the `final` one (or train.epochs)."""
+    cfg, rows = run.cfg, run.rows
     epoch = rows[-1]["epoch"]
-    rundir.write_metrics(run_dir, rows)
+    rundir.write_metrics(run.run_dir, rows)
     pictures = []
     if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or final:
-        pictures = save_pictures(model, test_split, fixed_z, cfg.viz.digit, run_dir / "images",
+        fixed_z = fixed_latents(run.model.noise_dim, cfg.train.seed, run.device)
+        pictures = save_pictures(run.model, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
-        plot_loss_curves(rows, run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs
-    if tensorboard:
-        tensorboard.epoch(rows[-1], pictures)
+        plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs
+    if run.tensorboard:
+        run.tensorboard.epoch(rows[-1], pictures)
 
 
-def resume_command(run_dir: Path, world: World) -> str:
+def start_line(run: Run, plan: Plan, step: Step) -> str:
+    n_params = sum(p.numel() for p in run.model.parameters())
+    at = f" (epoch {plan.start} from step {run.progress.step})" if run.progress else ""
+    how = (f" x {run.world.size} processes" if run.world.size > 1 else
+           " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
+    return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"
+            f"{at}, writing to {run.run_dir}")
+
+
+def stopped(stop: StopRequest, where: str, run_dir: Path, world: World) -> Interrupted:
+    """The stop on a signal (under torchrun, another process's), saying how to continue."""
     launcher = f"torchrun --nproc_per_node {world.size} train.py" if world.size > 1 else "python train.py"
-    return f"{launcher} --resume {run_dir}"
+    return Interrupted(stop.signum or signal.SIGTERM, f"stopped {where}; continue with: {launcher} --resume {run_dir}")
 
 
 def log(world: World, message: str, file=None) -> None:

@@ -1,4 +1,4 @@
-"""Pictures: image grids (torchvision) and loss curves (matplotlib). Nothing here trains."""
+"""Pictures: image grids (torchvision) and plots (matplotlib). Nothing here trains."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""What the KL term says about a trained model: bounds on log p(x), rate split, active units.
+"""Estimators of what the KL term says about a model: bounds on log p(x), the rate split, active units.
 
 Pure tensor math over posteriors q(z|x) = N(mu, diag(exp(logvar))) and a likelihood function;
 the functions work in chunks so that 5000 importance samples x 10,000 images fit in memory.
@@ -13,8 +13,6 @@ from tqdm import tqdm
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
-COLLAPSE_RATE_NATS = 1.0  # a test rate below this for COLLAPSE_EPOCHS epochs in a row is collapse
-COLLAPSE_EPOCHS = 3
 
 # log w = log p(x, z) - log q(z|x) for a batch, at the samples z made from noise eps (S, B, D) -> (S, B)
 LogWeight = Callable[[torch.Tensor], torch.Tensor]
@@ -83,29 +81,3 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256,
     return {"mutual_information": (log_q_cond - log_qz).mean().item(),
             "marginal_kl": (log_qz - log_pz).mean().item(),
             "mutual_information_bound": math.log(N)}
-
-
-def collapse_warning(rows: list[dict], iwae: bool = False) -> str | None:
-    """One line when metrics rows show posterior collapse: no active unit, or a rate stuck near 0;
-    with two stochastic layers also when z2's part of the rate alone is stuck near 0. The remedies
-    named are those the objective takes: the IWAE bound (iwae=True) has no beta or free bits."""
-    last, recent = rows[-1], rows[-COLLAPSE_EPOCHS:]
-
-    def stuck(key: str) -> bool:
-        rates = [r[key] for r in recent if key in r]
-        return len(rates) == COLLAPSE_EPOCHS and max(rates) < COLLAPSE_RATE_NATS
-
-    if last["test_active_units"] == 0 or stuck("test_kl"):
-        return (f"warning: posterior collapse at epoch {last['epoch']}: {last['test_active_units']} active "
-                f"units, test rate {last['test_kl']:.3f} nats (collapse: no active unit, or a rate under "
-                f"{COLLAPSE_RATE_NATS} for {COLLAPSE_EPOCHS} epochs); the decoder is ignoring z. "
-                + ("Try a KL warm-up (loss.kl_warmup_epochs) or a weaker decoder; free bits and beta "
-                   "need loss.iwae_k=1" if iwae else
-                   "Try a KL warm-up (loss.kl_warmup_epochs), free bits (loss.free_bits), a smaller "
-                   "loss.beta or a weaker decoder"))
-    if stuck("test_kl_z2"):
-        return (f"warning: the top stochastic layer has collapsed at epoch {last['epoch']}: z2 carries "
-                f"{last['test_kl_z2']:.3f} nats of the test rate (under {COLLAPSE_RATE_NATS} for "
-                f"{COLLAPSE_EPOCHS} epochs); p(z1|z2) is ignoring z2. Train again with a KL warm-up "
-                f"(loss.kl_warmup_epochs, for either objective)")
-    return None

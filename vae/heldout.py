@@ -1,20 +1,16 @@
-"""Held-out ELBO in nats per example, and the picture set drawn during training."""
+"""The held-out negative ELBO of a split, in nats per example: what every epoch measures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from vae.data import Split
-from vae.diagnostics import active_units
+from vae.estimators import active_units
 from vae.loss import vae_loss
 from vae.model import VAE
-from vae.viz import save_grid, save_pairs
 
 EVAL_BATCH = 1000
-SHOWN = 32  # images in each reconstruction grid
-SAMPLES = 64  # images in the prior-sample grid
 
 
 @dataclass(frozen=True)
@@ -30,11 +26,6 @@ class Posteriors:
     def kl(self) -> torch.Tensor:
         """(N,) the rate, nats (analytic for one stochastic layer)."""
         return self.kl_dims.sum(-1)
-
-
-def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tensor:
-    """The same SAMPLES draws of the prior's noise for a given seed, so sample grids compare across epochs."""
-    return torch.randn(SAMPLES, noise_dim, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 @torch.no_grad()
@@ -65,28 +56,3 @@ def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
     if post.kl_dims.shape[1] > model.latent_dim:
         nats["kl_z2"] = post.kl_dims[:, model.latent_dim:].double().sum(1).mean().item()
     return nats
-
-
-@torch.no_grad()
-def reconstruct(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Bernoulli means decoded from the posterior mean: the grids change only when the model does."""
-    model.eval()
-    return torch.sigmoid(model.decode(model.encode(x)[0]))
-
-
-@torch.no_grad()
-def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, folder: Path,
-                  suffix: str = "", shown: int = SHOWN) -> list[Path]:
-    """Originals over reconstructions (first test images, then one digit class) and prior samples."""
-    model.eval()
-    paths = [folder / f"recon{suffix}.png", folder / f"digit{digit}{suffix}.png",
-             folder / f"samples{suffix}.png"]
-    x = split.pixels(torch.arange(min(shown, len(split)), device=fixed_z.device))
-    save_pairs(x, reconstruct(model, x), paths[0])
-    x = split.pixels((split.labels == digit).nonzero().flatten()[:shown])
-    if len(x):
-        save_pairs(x, reconstruct(model, x), paths[1])
-    else:
-        paths.pop(1)
-    save_grid(torch.sigmoid(model.generate(fixed_z)), paths[-1])
-    return paths

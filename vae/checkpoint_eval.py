@@ -12,22 +12,20 @@ from tqdm import tqdm
 
 from vae import rundir
 from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
-from vae.config import Config, check_same_run, load_config, to_dict
+from vae.config import Config, load_config, to_dict
 from vae.data import PIXELS, TRAIN_DRAW, Split, load_data
 from vae.device import resolve_device
-from vae.diagnostics import ACTIVE_THRESHOLD, active_units, importance_weighted_bound, rate_split
-from vae.evaluation import Posteriors, encode_split, fixed_latents, reconstruct, save_pictures
+from vae.estimators import ACTIVE_THRESHOLD, active_units, importance_weighted_bound, rate_split
 from vae.files import atomic_write_text
+from vae.heldout import Posteriors, encode_split
 from vae.loss import bernoulli_log_likelihood
 from vae.model import VAE, TwoLayerVAE, build_model
+from vae.pictures import save_evaluation_pictures
 from vae.report import write_report
-from vae.viz import (plot_kl_per_dim, plot_latent_scatter, plot_nats_histogram, save_grid, save_labeled_rows,
-                     save_pairs)
+from vae.resume import check_same_run
 
 IWAE_EXAMPLES = 100  # examples per IWAE batch
 IWAE_SAMPLES_PER_CHUNK = {"cpu": 4096, "cuda": 131072}  # z's decoded at once (memory vs speed)
-INTERPOLATION_PAIRS = ((2, 7), (0, 6), (1, 8), (3, 5), (4, 9))
-TRAVERSED_DIMS = 8
 BITS_PER_NAT = 1 / math.log(2)
 
 
@@ -118,66 +116,9 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
             "active_units_z2": active_units(top_layer_means(model, post, seed))} if cfg.model.latent2_dim else {}),
     }
     with timed(seconds, "pictures"):
-        draw(model, split, post, cfg, dim_kl, active,
-             {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
+        save_evaluation_pictures(model, split, post, cfg, dim_kl, active,
+                                 {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
     return {**metrics, "seconds": seconds}
-
-
-@torch.no_grad()
-def draw(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float], active: list[bool],
-         per_example: dict[str, torch.Tensor], out: Path) -> None:
-    device = post.mu.device
-    decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
-    save_pictures(model, split, fixed_latents(model.noise_dim, cfg.train.seed, device), cfg.viz.digit,
-                  out, shown=64)
-
-    first = {c: (split.labels == c).nonzero().flatten() for c in range(10)}
-    rows = [split.pixels(first[c][:8]) for c in range(10) if len(first[c])]
-    if rows and all(len(r) == 8 for r in rows):
-        originals = torch.stack(rows)  # (10, 8, 784)
-        recons = reconstruct(model, originals.reshape(-1, PIXELS)).reshape(originals.shape)
-        save_labeled_rows(torch.cat([originals, recons], dim=1), [str(c) for c in range(10)],
-                          out / "digits.png", "8 test images per digit | their reconstructions")
-
-    steps = torch.linspace(0, 1, 10, device=device)[:, None]
-    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if len(first[a]) and len(first[b])]
-    if pairs:
-        lines = [decode(post.mu[first[a][0]] * (1 - steps) + post.mu[first[b][0]] * steps) for a, b in pairs]
-        save_labeled_rows(torch.stack(lines), [f"{a} -> {b}" for a, b in pairs], out / "interpolation.png",
-                          "linear interpolation between posterior means")
-
-    top = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])[:TRAVERSED_DIMS]
-    base = post.mu[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.mu[0])
-    values = torch.linspace(-3, 3, 11, device=device)
-    lines = []
-    for d in top:
-        z = base.repeat(len(values), 1)
-        z[:, d] = values
-        lines.append(decode(z))
-    save_labeled_rows(torch.stack(lines), [f"z{d} {dim_kl[d]:.1f} nats" for d in top], out / "traversal.png",
-                      f"z_d from -3 to 3 around a {cfg.viz.digit}, most informative dims first")
-
-    plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
-    if cfg.model.latent_dim == 2:
-        points, names = post.mu, ("z0", "z1")
-        # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
-        # (With two stochastic layers z1's prior is not N(0, I): no manifold then.)
-        if not cfg.model.latent2_dim:
-            grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
-            z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
-            save_grid(decode(torch.stack([z0, z1], dim=-1).reshape(-1, 2)), out / "manifold.png", nrow=20)
-    elif cfg.model.latent_dim == 1:
-        points, names = torch.cat([post.mu, torch.zeros_like(post.mu)], 1), ("z0", "")
-    else:
-        centred = post.mu - post.mu.mean(0)
-        _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-        points, names = centred.double() @ v[:2].T, ("principal component 1", "principal component 2")
-    plot_latent_scatter(points, split.labels, names, out / "latent_scatter.png")
-
-    plot_nats_histogram(per_example, out / "nats_histogram.png")
-    worst = post.recon.argsort(descending=True)[:16]
-    x = split.pixels(worst)
-    save_pairs(x, reconstruct(model, x), out / "worst.png")
 
 
 def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
