@@ -1,19 +1,41 @@
-"""Evaluate a checkpoint: python evaluate.py --checkpoint outputs/mnist/checkpoints/best.pt [section.key=value ...]"""
+"""Evaluate a checkpoint: python evaluate.py --checkpoint RUN_DIR|CKPT [section.key=value ...]
+Compare runs:          python evaluate.py --compare SWEEP_DIR|RUN_DIR ... [--out DIR] [eval.key=value ...]"""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from vae.checkpoint_eval import evaluate_checkpoint
 from vae.cli import ArgumentParser, run
+from vae.compare import compare, default_out
 from vae.report import metric_rows
 
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(
-        description="ELBO split, IWAE NLL, KL diagnostics, pictures and report of a checkpoint.")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT|RUN_DIR",
-                        help="a checkpoint file, or a run directory (uses checkpoints/last.pt)")
+        description="ELBO split, IWAE NLL, KL diagnostics, pictures and report of a checkpoint; or of many runs, "
+                    "compared.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="CKPT|RUN_DIR",
+                       help="a checkpoint file, or a run directory (uses checkpoints/last.pt)")
+    which.add_argument("--compare", nargs="+", metavar="SWEEP_DIR|RUN_DIR", type=Path,
+                       help="evaluate every run's last.pt not yet evaluated with these eval.* settings, then "
+                            "write comparison.csv, .json and .html")
+    parser.add_argument("--out", type=Path, help="with --compare: where to write (default: the sweep directory "
+                                                 "when one is given, else outputs/comparison)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="e.g. data.root=DIR eval.iwae_samples=500 eval.split=train viz.digit=7")
     args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
+    if args.compare:
+        # --compare takes the words after it; the overrides among them look like section.key=value
+        overrides = args.overrides + [str(p) for p in args.compare if re.match(r"^\w+\.\w+=", str(p))]
+        paths = [p for p in args.compare if str(p) not in overrides]
+        out = args.out or default_out(paths)
+        result = compare(paths, out, overrides)
+        print(f"compared {len(result['runs'])} runs in {len(result['groups'])} groups "
+              f"(differing in {', '.join(result['differing_keys']) or 'nothing but train.seed'}); wrote "
+              f"{out / 'comparison.html'} and comparison.csv, comparison.json beside it")
+        return
     metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
     width = max(len(k) for k, _ in metric_rows(metrics))
     for key, value in metric_rows(metrics):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,23 @@ def assert_same_parameters(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+
+class ImageCollector(HTMLParser):
+    """The <img> sources of a page, and any link that would reach the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.sources.append(attrs["src"])
+        for key in ("href", "src"):
+            if attrs.get(key, "").startswith(("http:", "https:", "//")):
+                self.links.append(attrs[key])
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ import base64
 import io
 import json
 import math
-from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfi
 from vae.data import load_data
 from vae.model import build_model
 from vae.training import train
+
+from conftest import ImageCollector
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +155,6 @@ def test_every_picture_is_written_and_not_blank(evaluated, latent, expected):
         assert grey(run / "eval" / "manifold.png").shape == (20 * 30 + 2, 20 * 30 + 2)
     else:
         assert grey(run / "eval" / "samples.png").shape == (8 * 30 + 2, 8 * 30 + 2)
-
-
-class ImageCollector(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.sources, self.links = [], []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "img":
-            self.sources.append(attrs["src"])
-        for key in ("href", "src"):
-            if attrs.get(key, "").startswith(("http:", "https:", "//")):
-                self.links.append(attrs[key])
 
 
 def test_report_is_self_contained_and_every_image_decodes(evaluated):

@@ -139,7 +139,7 @@ def test_bad_evaluate_input_is_one_clear_line(trained, args, message):
     ("train.py", [], "give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one"),
     ("train.py", ["--config"], "argument --config: expected one argument"),
     ("train.py", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
-    ("evaluate.py", [], "the following arguments are required: --checkpoint"),
+    ("evaluate.py", [], "one of the arguments --checkpoint --compare is required"),
 ])
 def test_usage_errors_are_one_line(script, args, message):
     result = cli(script, *args)

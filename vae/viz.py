@@ -109,3 +109,50 @@ def plot_nats_histogram(series: dict[str, torch.Tensor], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: list[str], best: int, path: Path) -> None:
+    """Distortion against rate, one point per config ({"mean", "std"} each), with iso-ELBO diagonals D + R = c."""
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    r, d = [x["mean"] for x in rates], [x["mean"] for x in distortions]
+    ax.errorbar(r, d, xerr=[x["std"] for x in rates], yerr=[x["std"] for x in distortions], fmt="o", capsize=3)
+    (r0, r1), (d0, d1) = ax.get_xlim(), ax.get_ylim()
+    for c in MaxNLocator(6).tick_values(r0 + d0, r1 + d1):  # the lines negative ELBO = D + R = c in the box
+        lo, hi = max(r0, c - d1), min(r1, c - d0)
+        if lo < hi:
+            ax.plot([lo, hi], [c - lo, c - hi], color="grey", lw=0.6, ls=":")
+            ax.annotate(f"−ELBO {c:g}", ((lo + hi) / 2, c - (lo + hi) / 2), fontsize=7, color="grey")
+    ax.set_xlim(r0, r1)
+    ax.set_ylim(d0, d1)
+    for i, text in enumerate(labels):
+        ax.annotate(text, (r[i], d[i]), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                    fontweight="bold" if i == best else "normal")
+    ax.plot([r[best]], [d[best]], "*", ms=16, color="tab:red", label="best NLL")
+    ax.set_xlabel("rate KL(q(z|x) ‖ p(z)), nats")
+    ax.set_ylabel("distortion −log p(x|z), nats")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_rate_split(labels: list[str], information: list[float], marginal_kl: list[float], path: Path) -> None:
+    """The rate of each config as stacked bars: I(x; z) below, KL(q(z) ‖ p(z)) above."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 4))
+    ax.bar(labels, information, label="I(x; z)")
+    ax.bar(labels, marginal_kl, bottom=information, label="KL(q(z) ‖ p(z))")
+    ax.set_ylabel("nats")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_swept(key: str, values: list[float], nll: list[dict], path: Path) -> None:
+    """NLL ({"mean", "std"} per value) against the one swept key (log axis when it spans a decade)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar([values[i] for i in order], [nll[i]["mean"] for i in order], yerr=[nll[i]["std"] for i in order],
+                fmt="o-", capsize=3)
+    if min(values) > 0 and max(values) / min(values) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel("NLL (IWAE), nats")
+    save_figure(fig, path)

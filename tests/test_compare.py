@@ -1,0 +1,106 @@
+"""evaluate.py --compare: every cell is the runs' own eval/metrics.json, seeds are aggregated as by hand,
+evaluations are cached, and the page is self-contained."""
+import base64
+import csv
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from vae.compare import compare
+from vae.config import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.errors import UserError
+from vae.training import train
+
+from conftest import REPO, ImageCollector
+
+K = ["eval.iwae_samples=16"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, mnist_root):
+    """Four runs: beta 0.5 and 2, each with seeds 0 and 1, compared once."""
+    base = tmp_path_factory.mktemp("compare")
+    dirs = []
+    for beta in (0.5, 2.0):
+        for seed in (0, 1):
+            cfg = Config(data=DataConfig(root=str(mnist_root), download=False),
+                         model=ModelConfig(hidden_dims=(32,), latent_dim=4), loss=LossConfig(beta=beta),
+                         train=TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=seed, device="cpu"),
+                         output=OutputConfig(dir=str(base / f"beta{beta}-seed{seed}")))
+            dirs.append(train(cfg).run_dir)
+    return dirs, compare(dirs, base / "out", K), base / "out"
+
+
+def own(run):
+    return json.loads((Path(run) / "eval" / "metrics.json").read_text())
+
+
+def test_every_cell_is_the_runs_own_evaluation(runs):
+    dirs, result, out = runs
+    assert result["differing_keys"] == ["loss.beta"]
+    for row in result["runs"]:
+        m = own(row["run"])
+        assert m["protocol"]["iwae_samples"] == 16 and m["checkpoint"].endswith("last.pt")
+        for key in ("negative_elbo", "distortion", "rate", "nll_iwae", "inference_gap", "active_units"):
+            assert row[key] == m[key], key
+        assert row["mutual_information"] == m["rate_split"]["mutual_information"]
+        assert row["marginal_kl"] == m["rate_split"]["marginal_kl"]
+        assert row["epochs"] == 2
+    with (out / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == [str(d) for d in dirs]
+    for r in table:
+        assert float(r["nll_iwae"]) == own(r["run"])["nll_iwae"] and r["loss.beta"] in ("0.5", "2.0")
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_runs_that_differ_only_in_the_seed_are_one_group_with_mean_and_sample_std(runs):
+    dirs, result, _ = runs
+    assert [g["values"] for g in result["groups"]] == [{"loss.beta": 0.5}, {"loss.beta": 2.0}]
+    for group, pair in zip(result["groups"], (dirs[:2], dirs[2:])):
+        assert group["runs"] == [str(d) for d in pair] and group["seeds"] == [0, 1]
+        a, b = (own(d)["nll_iwae"] for d in pair)
+        # two values: mean (a + b) / 2, sample standard deviation |a - b| / sqrt(2)
+        assert group["nll_iwae"]["mean"] == pytest.approx((a + b) / 2, rel=1e-12)
+        assert group["nll_iwae"]["std"] == pytest.approx(abs(a - b) / math.sqrt(2), rel=1e-12)
+
+
+def test_the_page_is_self_contained_and_every_image_decodes(runs):
+    _, result, out = runs
+    text = (out / "comparison.html").read_text()
+    parser = ImageCollector()
+    parser.feed(text)
+    assert parser.links == []
+    # the rate-distortion plane, the rate split, NLL against beta, and each group's reconstructions and samples
+    assert len(parser.sources) == 3 + 2 * 2
+    for src in parser.sources:
+        prefix, data = src.split(",", 1)
+        assert prefix == "data:image/png;base64"
+        assert imread(io.BytesIO(base64.b64decode(data)), format="png").shape[0] > 50
+    best = min(result["groups"], key=lambda g: g["nll_iwae"]["mean"])
+    row = re.search(r'<tr class="best">(.*?)</tr>', text).group(1)
+    assert f"{best['nll_iwae']['mean']:.3f} ± {best['nll_iwae']['std']:.3f}" in row
+
+
+def test_evaluations_are_cached_unless_the_eval_settings_change(runs):
+    dirs, _, out = runs
+    before = (dirs[0] / "eval" / "metrics.json").stat().st_mtime_ns
+    compare(dirs[:1], out / "again", K)
+    assert (dirs[0] / "eval" / "metrics.json").stat().st_mtime_ns == before
+    compare(dirs[:1], out / "again", ["eval.iwae_samples=8"])
+    assert own(dirs[0])["protocol"]["iwae_samples"] == 8
+
+
+def test_a_folder_that_is_no_run_is_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match="is neither a run directory .* nor a sweep directory"):
+        compare([tmp_path], tmp_path / "out")
+    result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--compare", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1

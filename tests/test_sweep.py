@@ -1,0 +1,173 @@
+"""Sweeps: a grid over seeds trains every point once as an ordinary run; bad sweeps are refused; a
+failing trial is recorded; kills, two workers and Ctrl-C lose nothing and train nothing twice."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vae import rundir, sweep
+from vae.checkpoint import load_checkpoint
+from vae.config import from_dict, load_config, to_dict
+from vae.errors import UserError
+
+from conftest import REPO, write_config
+
+SWEEP = [sys.executable, str(REPO / "sweep.py")]
+
+
+def make(tmp_path, mnist_root, grid, seeds=1, **train):
+    cfg = load_config(write_config(tmp_path / "base.yaml", mnist_root, **train))
+    spec = sweep.Sweep(config=to_dict(cfg), grid=sweep.parse_grid(grid), seeds=seeds, heartbeat=1)
+    sweep.create(spec, tmp_path / "sweep")
+    return spec, tmp_path / "sweep"
+
+
+def trials(sweep_dir):
+    study = sweep.open_study(sweep.load(sweep_dir), sweep_dir)
+    return study.get_trials(deepcopy=False)
+
+
+def final_weights(sweep_dir):
+    return {p.name: load_checkpoint(p / "checkpoints" / "last.pt")[0]["model"]
+            for p in sorted((sweep_dir / "runs").iterdir())}
+
+
+def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, mnist_root):
+    spec, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=0.5,2", "model.hidden_dims=[16],[8,8]"], seeds=2)
+    assert spec.size() == 8
+    sweep.run_workers(sweep_dir, 1, REPO / "sweep.py")
+    done = trials(sweep_dir)
+    assert [t.state.name for t in done] == ["COMPLETE"] * 8
+    points = sorted((t.params["loss.beta"], t.params["model.hidden_dims"], t.params["train.seed"]) for t in done)
+    assert points == sorted((b, h, s) for b in ("0.5", "2") for h in ("[16]", "[8,8]") for s in ("0", "1"))
+    runs = sorted((sweep_dir / "runs").iterdir())
+    assert len(runs) == 8 and {Path(t.user_attrs["run_dir"]) for t in done} == set(runs)
+    for t in done:  # each trial is a run: its own config, metrics and checkpoints
+        run = Path(t.user_attrs["run_dir"])
+        cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+        assert (cfg.loss.beta, list(cfg.model.hidden_dims), cfg.train.seed) == \
+            (float(t.params["loss.beta"]), yaml.safe_load(t.params["model.hidden_dims"]), int(t.params["train.seed"]))
+        assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+        assert t.value == load_checkpoint(run / "checkpoints" / "best.pt")[0]["best"]["loss"]
+    stored = json.loads((sweep_dir / "sweep.json").read_text())
+    assert stored["grid"] == {"loss.beta": ["0.5", "2"], "model.hidden_dims": ["[16]", "[8,8]"]}
+    assert stored["seeds"] == 2 and "created_at" in stored
+    assert "8 of 8 trials complete" in sweep.summary(sweep_dir)
+
+
+@pytest.mark.parametrize("grid, search, options, overrides, message", [
+    (["loss.betta=1,2"], [], {}, [], r"unknown config key 'loss.betta' \(did you mean 'loss.beta'\?\)"),
+    (["train.epochs=2,two"], [], {}, [], r"train.epochs must be int, got 'two'"),
+    (["loss.beta="], [], {}, [], r"--grid loss.beta=: give one or more values"),
+    ([], [], {}, [], r"an empty sweep: give --grid"),
+    ([], ["train.lr=log(1e-4,1e-2)"], {"trials": 3}, [], r"a search is steered by the validation loss"),
+    ([], ["train.lr=log(1e-2,1e-4)"], {"trials": 3}, ["data.val_size=100"], r"log takes two numbers low < high"),
+    ([], ["train.lr=normal(0,1)"], {"trials": 3}, ["data.val_size=100"], r"write log\(low,high\), uniform"),
+    (["loss.beta=1,2"], [], {"prune": "median"}, [], r"--prune stops trials of a search"),
+    (["train.seed=1,2"], [], {"seeds": 2}, [], r"--seeds repeats each point over train.seed"),
+])
+def test_a_bad_sweep_is_refused_before_anything_trains(tmp_path, mnist_root, grid, search, options, overrides,
+                                                        message):
+    base = load_config(write_config(tmp_path / "c.yaml", mnist_root), overrides)
+    with pytest.raises(UserError, match=message):
+        sweep.create(sweep.Sweep(config=to_dict(base), grid=sweep.parse_grid(grid),
+                                 search=sweep.parse_search(search), **options), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_bad_sweep_on_the_command_line_is_one_line_and_exit_2(tmp_path, mnist_root):
+    config = write_config(tmp_path / "c.yaml", mnist_root)
+    result = subprocess.run(SWEEP + ["--config", str(config), "--dir", str(tmp_path / "s"), "--grid", "loss.betta=1"],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (2, "error: unknown config key 'loss.betta' (did you mean "
+                                                     "'loss.beta'?)\n")
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_existing_sweep_directory_is_refused(tmp_path, mnist_root):
+    make(tmp_path, mnist_root, ["loss.beta=1"])
+    with pytest.raises(UserError, match="already holds a sweep: continue it with --resume"):
+        make(tmp_path, mnist_root, ["loss.beta=2"])
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, mnist_root):
+    # 700 validation images leave none of the 640 to train on: a UserError inside that trial only
+    _, sweep_dir = make(tmp_path, mnist_root, ["data.val_size=100,700"])
+    sweep.run_workers(sweep_dir, 1, REPO / "sweep.py")
+    by_size = {t.params["data.val_size"]: t for t in trials(sweep_dir)}
+    assert by_size["100"].state.name == "COMPLETE"
+    assert by_size["700"].state.name == "FAIL"
+    assert "data.val_size=700 leaves no training images" in by_size["700"].user_attrs["error"]
+    assert "failed: data.val_size=700 leaves no training images" in sweep.summary(sweep_dir)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_sweep(tmp_path, mnist_root):
+    grid = ["--grid", "loss.beta=0.5,1", "--seeds", "2", "--heartbeat", "1"]
+    config = write_config(tmp_path / "c.yaml", mnist_root, epochs=3, checkpoint_every_steps=3)
+    straight = tmp_path / "straight"
+    subprocess.run(SWEEP + ["--config", str(config), "--dir", str(straight), *grid], check=True,
+                   capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    rng = random.Random(int(os.environ.get("VAE_FAULT_SEED", "0")))
+    def command():  # a sweep killed before it wrote sweep.json is started again
+        started = (killed / "sweep.json").exists()
+        return ["--resume", str(killed)] if started else ["--config", str(config), "--dir", str(killed), *grid]
+    for _ in range(3):
+        proc = subprocess.Popen(SWEEP + command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 5.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run(SWEEP + command(), check=True, capture_output=True, timeout=300)
+    done = [t for t in trials(killed) if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["run_dir"] for t in done) == \
+        sorted(str(p) for p in (killed / "runs").iterdir())  # each point completed once, none lost
+    for name, weights in final_weights(straight).items():
+        other = final_weights(killed)[name]
+        assert all(torch.equal(weights[k], other[k]) for k in weights), name
+        assert [r["epoch"] for r in rundir.read_metrics(killed / "runs" / name)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_workers_train_every_grid_point_exactly_once(tmp_path, mnist_root):
+    config = write_config(tmp_path / "c.yaml", mnist_root)
+    result = subprocess.run(SWEEP + ["--config", str(config), "--dir", str(tmp_path / "s"), "--workers", "2",
+                                     "--grid", "loss.beta=0.25,0.5,1,2,4"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    done = trials(tmp_path / "s")
+    assert sorted(t.params["loss.beta"] for t in done) == ["0.25", "0.5", "1", "2", "4"]
+    assert all(t.state.name == "COMPLETE" for t in done)
+    assert len({t.user_attrs["pid"] for t in done}) == 2  # both workers took trials
+    for run in (tmp_path / "s" / "runs").iterdir():
+        assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+        assert json.loads((run / "run.json").read_text())["previous"] == []  # started once
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_saves_and_says_how_to_resume(tmp_path, mnist_root):
+    config = write_config(tmp_path / "c.yaml", mnist_root, epochs=12)
+    proc = subprocess.Popen(SWEEP + ["--config", str(config), "--dir", str(tmp_path / "s"), "--workers", "2",
+                                     "--grid", "loss.beta=0.5,1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "s" / "runs").glob("*/checkpoints/last.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"continue with: python sweep.py --resume {tmp_path / 's'}" in err
+    states = [t.state.name for t in trials(tmp_path / "s")]
+    assert "RUNNING" not in states and "WAITING" in states  # the stopped trials are queued again
+    result = subprocess.run(SWEEP + ["--resume", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for run in (tmp_path / "s" / "runs").iterdir():
+        assert [r["epoch"] for r in rundir.read_metrics(run)] == list(range(1, 13))
