@@ -26,6 +26,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--storage", default="", metavar="URL",
                         help="a database shared by many machines, e.g. postgresql://user@host/db "
                              "(default: the sweep directory's study.db, SQLite)")
+    parser.add_argument("--study", default="sweep", metavar="NAME",
+                        help="the study's name in --storage: the machines of one sweep give the same one")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (the cores are shared out)")
     parser.add_argument("--heartbeat", type=int, default=sweep.HEARTBEAT_SECONDS, metavar="SECONDS",
                         help="seconds between a running trial's heartbeats; a trial silent for 3 of them is "
@@ -50,7 +52,8 @@ def main(argv: list[str]) -> None:
         sweep_dir = Path(args.dir or f"outputs/{Path(args.config).stem}_sweep")
         spec = sweep.Sweep(config=to_dict(base), grid=sweep.parse_grid(args.grid),
                            search=sweep.parse_search(args.search), seeds=args.seeds, trials=args.trials,
-                           prune=args.prune, storage=args.storage, heartbeat=args.heartbeat, argv=sys.argv)
+                           prune=args.prune, storage=args.storage, heartbeat=args.heartbeat, study=args.study,
+                           argv=sys.argv)
         sweep.create(spec, sweep_dir)
     sweep.run_workers(sweep_dir, args.workers, Path(__file__).resolve())
     print(sweep.summary(sweep_dir))

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from vae import rundir, sweep
+from vae.compare import compare
 from vae.checkpoint import load_checkpoint
 from vae.config import from_dict, load_config, to_dict
 from vae.errors import UserError
@@ -171,3 +172,33 @@ def test_ctrl_c_stops_the_workers_saves_and_says_how_to_resume(tmp_path, mnist_r
     assert result.returncode == 0, result.stderr
     for run in (tmp_path / "s" / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == list(range(1, 13))
+
+
+def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path, mnist_root):
+    cfg = load_config(write_config(tmp_path / "base.yaml", mnist_root, epochs=3), ["data.val_size=100"])
+    spec = sweep.Sweep(config=to_dict(cfg), search=sweep.parse_search(["train.lr=log(1e-3,1e-2)",
+                                                                       "model.latent_dim=int(2,6)"]),
+                       trials=4, prune="median", heartbeat=1)
+    sweep.create(spec, tmp_path / "s")
+    sweep.run_workers(tmp_path / "s", 1, REPO / "sweep.py")
+    done = trials(tmp_path / "s")
+    assert len(done) == 4 and {t.state.name for t in done} <= {"COMPLETE", "PRUNED"}
+    for t in done:
+        run = Path(t.user_attrs["run_dir"])
+        assert run.name == f"trial-{t.number:04d}"
+        assert 1e-3 <= t.params["train.lr"] <= 1e-2 and 2 <= t.params["model.latent_dim"] <= 6
+        cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+        assert (cfg.train.lr, cfg.model.latent_dim) == (t.params["train.lr"], t.params["model.latent_dim"])
+        rows = rundir.read_metrics(run)
+        # the pruner saw each epoch's validation loss; a complete trial's value is its best one
+        assert t.intermediate_values == {r["epoch"]: r["val_loss"] for r in rows}
+        if t.state.name == "COMPLETE":
+            assert t.value == min(r["val_loss"] for r in rows) and len(rows) == 3
+        else:
+            assert len(rows) < 3
+    # the comparison of a search chooses on validation and shows Optuna's history of it
+    result = compare([tmp_path / "s"], tmp_path / "s", ["eval.iwae_samples=8"])
+    assert result["chosen"]["on"] == "validation"
+    best = result["groups"][result["chosen"]["group"]]
+    assert best["best_val"]["mean"] == min(g["best_val"]["mean"] for g in result["groups"])
+    assert (tmp_path / "s" / "search_history.png").is_file() and (tmp_path / "s" / "search_importance.png").is_file()

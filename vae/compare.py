@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import optuna
 import yaml
 
 from vae import rundir
@@ -21,13 +22,13 @@ from vae.config import load_config
 from vae.errors import UserError
 from vae.files import atomic_write_text
 from vae.report import _image
-from vae.viz import plot_rate_distortion, plot_rate_split, plot_swept
+from vae.viz import plot_rate_distortion, plot_rate_split, plot_swept, save_figure
 
 # (metrics key, heading): the numbers compared, in nats per example unless named otherwise
 COLUMNS = (("negative_elbo", "−ELBO"), ("distortion", "distortion"), ("rate", "rate"),
            ("nll_iwae", "NLL"), ("inference_gap", "inference gap"), ("active_units", "active units"),
            ("mutual_information", "I(x; z)"), ("marginal_kl", "KL(q(z) ‖ p(z))"), ("epochs", "epochs"),
-           ("seconds", "seconds"))
+           ("seconds", "seconds"), ("best_val", "validation −ELBO (best epoch)"))
 # Keys that say where or how a run was made, not what was trained
 NOT_COMPARED = ("output.dir", "data.root", "data.download", "train.device", "train.compile", "train.cuda_graph",
                 "train.deterministic", "train.checkpoint_every_steps", "logging.tensorboard", "viz.every",
@@ -75,7 +76,8 @@ def run_row(run: Path, metrics: dict) -> dict:
     rows = rundir.read_metrics(run)
     numbers = {key: metrics.get(key) for key, _ in COLUMNS}
     numbers.update(mutual_information=split.get("mutual_information"), marginal_kl=split.get("marginal_kl"),
-                   epochs=metrics["epoch"], seconds=sum(r["seconds"] for r in rows))
+                   epochs=metrics["epoch"], seconds=sum(r["seconds"] for r in rows),
+                   best_val=min((r["val_loss"] for r in rows if "val_loss" in r), default=None))
     return {"run": str(run), "split": metrics["split"], "iwae_samples": metrics["protocol"]["iwae_samples"],
             "config": flat(yaml.safe_load((run / "config.yaml").read_text())), **numbers}
 
@@ -119,7 +121,9 @@ def compare(paths: list[Path], out: Path, overrides: list[str] = ()) -> dict:
     rows = [run_row(run, evaluation(run, list(overrides))) for run in runs]
     keys = differing_keys(rows)
     found = groups(rows, keys)
-    result = {"differing_keys": keys, "eval": list(overrides), "runs": rows, "groups": found}
+    sweeps = [str(p) for p in paths if (p / "sweep.json").is_file()]
+    result = {"differing_keys": keys, "eval": list(overrides), "runs": rows, "groups": found,
+              "chosen": dict(zip(("group", "on"), chosen(found))), "sweep": sweeps[0] if len(sweeps) == 1 else None}
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "comparison.csv", rows, keys)
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=2) + "\n")
@@ -145,21 +149,31 @@ def cell(stat: dict | None, key: str) -> str:
     return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] else "")
 
 
+def chosen(found: list[dict]) -> tuple[int, str]:
+    """The group to pick, and on what: the best validation loss when every run has a validation split
+    (the test numbers of that group are then honest), else the best test NLL (which flatters it)."""
+    if all(g["best_val"] for g in found):
+        return min(range(len(found)), key=lambda i: found[i]["best_val"]["mean"]), "validation"
+    return min(range(len(found)), key=lambda i: found[i]["nll_iwae"]["mean"]), "test"
+
+
 def write_html(out: Path, result: dict, runs: list[Path]) -> None:
     """The page: the table, the rate-distortion plane, the rate split, NLL against the swept key, pictures."""
     found, keys = result["groups"], result["differing_keys"]
     labels = [label(g["values"]) for g in found]
-    best = min(range(len(found)), key=lambda i: found[i]["nll_iwae"]["mean"])
+    best, chosen_on = chosen(found)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "<th>seeds</th>" + \
         "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS)
     body = "".join("<tr" + (' class="best"' if i == best else "") + ">"
                    + "".join(f"<td>{html.escape(json.dumps(g['values'][k]))}</td>" for k in keys)
                    + f"<td>{len(g['runs'])}</td>" + "".join(f"<td>{cell(g[c], c)}</td>" for c, _ in COLUMNS) + "</tr>"
                    for i, g in enumerate(found))
-    plot_rate_distortion([g["rate"] for g in found], [g["distortion"] for g in found], labels, best,
+    marked = "chosen on validation" if chosen_on == "validation" else "best test NLL"
+    plot_rate_distortion([g["rate"] for g in found], [g["distortion"] for g in found], labels, best, marked,
                          out / "rate_distortion.png")
     figures = [("rate_distortion.png", "The rate-distortion plane: one point per config (error bars: the standard "
-                                       "deviation over seeds); the diagonals are equal negative ELBO D + R")]
+                                       f"deviation over seeds); the diagonals are equal negative ELBO D + R; starred: "
+                                       f"{marked}")]
     if all(g["mutual_information"] for g in found):
         plot_rate_split(labels, [g["mutual_information"]["mean"] for g in found],
                         [g["marginal_kl"]["mean"] for g in found], out / "rate_split.png")
@@ -169,11 +183,15 @@ def write_html(out: Path, result: dict, runs: list[Path]) -> None:
         plot_swept(keys[0], [g["values"][keys[0]] for g in found], [g["nll_iwae"] for g in found],
                    out / "nll_swept.png")
         figures.append(("nll_swept.png", f"NLL against {keys[0]}"))
+    figures += search_figures(result.get("sweep"), out)
     pictures = "".join(f"<figure>{_image(out / name)}<figcaption>{html.escape(caption)}</figcaption></figure>"
                        for name, caption in figures)
     gallery = "".join(f"<figure><figcaption>{html.escape(label(g['values']))}</figcaption>"
                       + "".join(_image(Path(g["runs"][0]) / "eval" / name) for name in ("recon.png", "samples.png")
                                 if (Path(g["runs"][0]) / "eval" / name).is_file()) + "</figure>" for g in found)
+    note = ("the row with the best validation loss, whose other numbers are then honest test numbers"
+            if chosen_on == "validation" else
+            "the best NLL, chosen on the numbers it reports (hold out data.val_size to choose on validation)")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Comparison of {len(runs)} runs</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}
@@ -183,7 +201,7 @@ img{{max-width:100%;image-rendering:pixelated;margin-right:1em}}figure{{margin:1
 <h1>Comparison of {len(runs)} runs</h1>
 <p>Each run's last.pt, evaluated on its {html.escape(result['runs'][0]['split'])} split (NLL: IWAE with
 k = {result['runs'][0]['iwae_samples']}); nats per example. Runs that differ only in train.seed are one
-row: mean ± standard deviation over the seeds. The best NLL is in bold.</p>
+row: mean ± standard deviation over the seeds. In bold: {note}.</p>
 <table><tr>{head}</tr>{body}</table>
 {pictures}
 <h2>Reconstructions (the same test images) and samples (the same noise for the same seed)</h2>
@@ -191,6 +209,31 @@ row: mean ± standard deviation over the seeds. The best NLL is in bold.</p>
 </body></html>
 """
     atomic_write_text(out / "comparison.html", page)
+
+
+def search_figures(sweep_dir: str | None, out: Path) -> list[tuple[str, str]]:
+    """For a search: Optuna's own figures of its history and of the parameters' importance."""
+    if sweep_dir is None:
+        return []
+    from vae import sweep
+    spec = sweep.load(Path(sweep_dir))
+    if not spec.search:
+        return []
+    study = sweep.open_study(spec, Path(sweep_dir))
+    if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) < 2:
+        return []
+    with sweep.experimental():
+        figures = [("search_history.png", optuna.visualization.matplotlib.plot_optimization_history(study),
+                    "The search's history: each trial's best validation negative ELBO, and the best so far")]
+        if len(spec.search) > 1:
+            figures.append(("search_importance.png", optuna.visualization.matplotlib.plot_param_importances(study),
+                            "Which searched key mattered (Optuna's fANOVA importance)"))
+    for name, ax, _ in figures:
+        fig = ax.figure
+        fig.set_size_inches(7, 4.5)
+        fig.tight_layout()
+        save_figure(fig, out / name)
+    return [(name, caption) for name, _, caption in figures]
 
 
 def default_out(paths: list[Path]) -> Path:

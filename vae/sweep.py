@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,9 +34,9 @@ from vae.files import atomic_write_text
 from vae.training import train
 
 SPEC = "sweep.json"
-STUDY = "sweep"  # the study's name in its storage
 DISTRIBUTIONS = ("log", "uniform", "int", "choice")
 HEARTBEAT_SECONDS = 10
+POLL_SECONDS = 1  # how often a worker with nothing to take looks again
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Sweep:
     prune: str = ""  # "", median or halving: stop unpromising trials of a search early
     storage: str = ""  # a database URL shared by many machines; "" = <dir>/study.db
     heartbeat: int = HEARTBEAT_SECONDS  # seconds between a running trial's heartbeats
+    study: str = "sweep"  # the study's name in its storage: machines that share one join by it
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -87,8 +89,11 @@ def split_top_level(text: str) -> list[str]:
     """Split on the commas outside brackets: '[1,2],[3]' -> ['[1,2]', '[3]']."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
-        depth += ch in "[{(" and 1 or -(ch in "]})")
-        if ch == "," and depth == 0:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     return parts + [text[start:]]
@@ -143,8 +148,8 @@ def check(sweep: Sweep) -> None:
     """Refuse a sweep that cannot run, before anything trains: every point's config is validated."""
     for key in [*sweep.grid, *sweep.search]:
         check_key(key)
-    if set(sweep.grid) & set(sweep.search):
-        raise UserError(f"{', '.join(sorted(set(sweep.grid) & set(sweep.search)))} is both in --grid and --search")
+    if sweep.grid and sweep.search:
+        raise UserError("give --grid or --search, not both: a search draws every value it varies")
     if "train.seed" in [*sweep.grid, *sweep.search] and sweep.seeds > 1:
         raise UserError("--seeds repeats each point over train.seed: do not also sweep train.seed")
     if not sweep.grid and not sweep.search:
@@ -171,19 +176,28 @@ def grid_points(space: dict[str, list[str]]) -> list[dict[str, str]]:
     return points
 
 
+@contextmanager
+def experimental():
+    """Quiet Optuna's warnings that heartbeats, their retry callback and its matplotlib figures are
+    experimental (since 2.8): they are what this module is built on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
     """The study's database, with heartbeats and Optuna's retry of trials whose heartbeat stopped."""
     url = sweep.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers take turns
     try:
-        with warnings.catch_warnings():  # Optuna calls heartbeats and the retry callback experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with experimental():
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat,
                               grace_period=3 * sweep.heartbeat,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
     except Exception as e:  # noqa: BLE001 - drivers fail in their own ways
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}") from None
+        hint = " (pip install 'psycopg[binary]')" if "psycopg" in repr(e.__cause__ or e) else ""
+        raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}{hint}") from None
 
 
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
@@ -206,6 +220,8 @@ def create(sweep: Sweep, sweep_dir: Path) -> None:
     if (sweep_dir / SPEC).exists():
         raise UserError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or "
                         f"choose another --dir")
+    if sweep.storage:
+        storage(sweep, sweep_dir)  # a wrong or unreachable database fails before anything is made
     try:
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -229,7 +245,7 @@ def load(sweep_dir: Path) -> Sweep:
 def open_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
     """The sweep's study, made if it is not there yet (a sweep killed before it made it, or the
     first machine to join a shared database)."""
-    return optuna.create_study(storage=storage(sweep, sweep_dir), study_name=STUDY, direction="minimize",
+    return optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
                                sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
 
 
@@ -247,7 +263,7 @@ def safe(value: Any) -> str:
 
 
 def suggest(sweep: Sweep, trial: optuna.Trial) -> dict[str, Any]:
-    """This trial's values: grid texts, or numbers drawn from the search space (and a seed)."""
+    """This trial's values: its grid point's texts, or numbers drawn from the search space."""
     values = {key: trial.suggest_categorical(key, texts) for key, texts in sweep.grid_space().items()}
     for key, text in sweep.search.items():
         kind, args = distribution(key, text)
@@ -286,7 +302,7 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial) -> float:
     def report(row: dict) -> None:
         if sweep.search:
             trial.report(row["val_loss"], row["epoch"])
-            if trial.should_prune():
+            if row["epoch"] < cfg.train.epochs and trial.should_prune():  # a finished run is complete
                 raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
     resume = run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None
     result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report)
@@ -315,9 +331,10 @@ def work(sweep: Sweep, sweep_dir: Path) -> None:
                 retry_interrupted(sweep, sweep_dir, os.getpid())
                 raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: the running trial is saved "
                                   f"and queued again; continue with: python sweep.py --resume {sweep_dir}") from None
-        elif any(t.state == TrialState.RUNNING for t in trials):
-            time.sleep(sweep.heartbeat)
-            optuna.storages.fail_stale_trials(study)
+        elif any(t.state == TrialState.RUNNING for t in trials):  # others' last trials: wait, and watch them
+            time.sleep(POLL_SECONDS)
+            with experimental():
+                optuna.storages.fail_stale_trials(study)
             retry_unstarted(sweep, sweep_dir)
         else:
             return
@@ -345,15 +362,14 @@ def retry_unstarted(sweep: Sweep, sweep_dir: Path) -> None:
 def plain_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
     """The study without the grid sampler, to tell trials outside optimize(): GridSampler's
     after_trial may stop the study, which Optuna allows only inside optimize()."""
-    return optuna.load_study(study_name=STUDY, storage=storage(sweep, sweep_dir))
+    return optuna.load_study(study_name=sweep.study, storage=storage(sweep, sweep_dir))
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Fail a trial (if running) and queue a copy of it, as Optuna's retry callback does for a stale one."""
     if trial.state == TrialState.RUNNING:
         study.tell(trial.number, state=TrialState.FAIL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental():
         RetryHeartbeatStaleTrialCallback()(study, study.trials[trial.number])
 
 

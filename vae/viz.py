@@ -111,8 +111,10 @@ def plot_nats_histogram(series: dict[str, torch.Tensor], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: list[str], best: int, path: Path) -> None:
-    """Distortion against rate, one point per config ({"mean", "std"} each), with iso-ELBO diagonals D + R = c."""
+def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: list[str], best: int, marked: str,
+                         path: Path) -> None:
+    """Distortion against rate, one point per config ({"mean", "std"} each), with iso-ELBO diagonals
+    D + R = c; the config `best` starred, with the legend `marked`."""
     fig, ax = plt.subplots(figsize=(7, 5.5))
     r, d = [x["mean"] for x in rates], [x["mean"] for x in distortions]
     ax.errorbar(r, d, xerr=[x["std"] for x in rates], yerr=[x["std"] for x in distortions], fmt="o", capsize=3)
@@ -127,7 +129,7 @@ def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: lis
     for i, text in enumerate(labels):
         ax.annotate(text, (r[i], d[i]), textcoords="offset points", xytext=(5, 5), fontsize=8,
                     fontweight="bold" if i == best else "normal")
-    ax.plot([r[best]], [d[best]], "*", ms=16, color="tab:red", label="best NLL")
+    ax.plot([r[best]], [d[best]], "*", ms=16, color="tab:red", label=marked)
     ax.set_xlabel("rate KL(q(z|x) ‖ p(z)), nats")
     ax.set_ylabel("distortion −log p(x|z), nats")
     ax.legend()
