@@ -1,7 +1,7 @@
 """Sweep throughput, side by side: models x epochs per hour with N one-thread workers against one
 worker with N threads, on the same grid of the default model.
 
-    python bench/sweep_throughput.py --data ../shared/data [--points 4] [--epochs 2] [--workers 2]
+    python bench/sweep_throughput.py --data ../shared/data [--points 4] [--epochs 2] [--workers 2] [--repeats 2]
 
 Each sweep is a fresh `sweep.py` process in a temporary directory; the wall time includes its
 start (imports, data loading), as a user's sweep does.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ def timed_sweep(folder: Path, data: str, points: int, epochs: int, workers: int)
            "--dir", str(folder / f"workers{workers}")]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return round(time.perf_counter() - t0, 1)
 
 
 def main() -> None:
@@ -36,16 +37,21 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=4, help="grid points (seeds of the default model)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="sweeps of each kind, in alternating order")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.points} models x "
           f"{args.epochs} epochs of configs/mnist.yaml per sweep")
-    with tempfile.TemporaryDirectory() as tmp:
-        one = timed_sweep(Path(tmp), args.data, args.points, args.epochs, 1)
-        many = timed_sweep(Path(tmp), args.data, args.points, args.epochs, args.workers)
+    times = {1: [], args.workers: []}
+    for repeat in range(args.repeats):  # alternate the order: this machine's speed drifts
+        for workers in ((1, args.workers) if repeat % 2 == 0 else (args.workers, 1)):
+            with tempfile.TemporaryDirectory() as tmp:
+                times[workers].append(timed_sweep(Path(tmp), args.data, args.points, args.epochs, workers))
+    one, many = (statistics.median(times[w]) for w in (1, args.workers))
     work = args.points * args.epochs * 3600
-    print(f"--workers 1 ({os.cpu_count()} threads): {one:7.1f} s, {work / one:6.0f} models x epochs per hour")
-    print(f"--workers {args.workers} ({max(1, (os.cpu_count() or 1) // args.workers)} thread each): {many:7.1f} s, "
-          f"{work / many:6.0f} models x epochs per hour")
+    print(f"--workers 1 ({os.cpu_count()} threads): median {one:7.1f} s of {times[1]}, "
+          f"{work / one:6.0f} models x epochs per hour")
+    print(f"--workers {args.workers} ({max(1, (os.cpu_count() or 1) // args.workers)} thread each): median "
+          f"{many:7.1f} s of {times[args.workers]}, {work / many:6.0f} models x epochs per hour")
     print(f"ratio (workers {args.workers} / workers 1): {one / many:.2f}x")
 
 
