@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -35,6 +36,7 @@ SPEC = "sweep.json"
 DISTRIBUTIONS = ("log", "uniform", "int", "choice")
 HEARTBEAT_SECONDS = 10
 POLL_SECONDS = 1  # how often a worker with nothing to take looks again
+TABLE_RACE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -187,15 +189,22 @@ def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
     """The study's database, with heartbeats and Optuna's retry of trials whose heartbeat stopped."""
     url = sweep.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers take turns
-    try:
-        with experimental():
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat,
-                              grace_period=3 * sweep.heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
-    except Exception as e:  # noqa: BLE001 - drivers fail in their own ways
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = " (pip install 'psycopg[binary]')" if "psycopg" in repr(e.__cause__ or e) else ""
-        raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}{hint}") from None
+    for attempt in range(TABLE_RACE_TRIES):
+        try:
+            with experimental():
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat,
+                                  grace_period=3 * sweep.heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+        except sqlalchemy.exc.IntegrityError:
+            if attempt + 1 == TABLE_RACE_TRIES:
+                raise UserError(f"cannot open the sweep's storage {url}: its tables could not be made") from None
+            # Machines that start at once on an empty database race to make Optuna's tables.
+            print(f"{url}: another process was making the study's tables; opening it again", file=sys.stderr)
+            time.sleep(1 + attempt)
+        except Exception as e:  # noqa: BLE001 - drivers fail in their own ways
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = " (pip install 'psycopg[binary]')" if "psycopg" in repr(e.__cause__ or e) else ""
+            raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}{hint}") from None
 
 
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
