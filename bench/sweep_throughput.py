@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from vae.sweep import threads_per_worker  # noqa: E402 - the share each worker gets, as sweep.py gives it
 
 
 def timed_sweep(folder: Path, data: str, points: int, epochs: int, workers: int) -> float:
@@ -50,7 +52,7 @@ def main() -> None:
     work = args.points * args.epochs * 3600
     print(f"--workers 1 ({os.cpu_count()} threads): median {one:7.1f} s of {times[1]}, "
           f"{work / one:6.0f} models x epochs per hour")
-    print(f"--workers {args.workers} ({max(1, (os.cpu_count() or 1) // args.workers)} thread each): median "
+    print(f"--workers {args.workers} ({threads_per_worker(args.workers)} thread each): median "
           f"{many:7.1f} s of {times[args.workers]}, {work / many:6.0f} models x epochs per hour")
     print(f"ratio (workers {args.workers} / workers 1): {one / many:.2f}x")
 
