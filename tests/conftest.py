@@ -10,9 +10,11 @@ import pytest
 import torch
 import yaml
 
+from vae.checkpoint_eval import evaluate_checkpoint
 from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from vae.estimators import importance_weighted_bound
 from vae.loss import gaussian_rate
+from vae.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -112,3 +114,17 @@ def tiny_cfg(tmp_path, mnist_root) -> Config:
                   model=ModelConfig(hidden_dims=(32,), latent_dim=4),
                   train=TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=3, device="cpu"),
                   output=OutputConfig(dir=str(tmp_path / "run")))
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory, mnist_root):
+    """(run dir, metrics) for 2-D and 4-D latent models trained 3 epochs, evaluated with k=64."""
+    results = {}
+    for latent in (2, 4):
+        cfg = Config(data=DataConfig(root=str(mnist_root), download=False),
+                     model=ModelConfig(hidden_dims=(32,), latent_dim=latent),
+                     train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=1, device="cpu"),
+                     output=OutputConfig(dir=str(tmp_path_factory.mktemp("eval") / "run")))
+        run = train(cfg).run_dir
+        results[latent] = run, evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64"])
+    return results

@@ -19,20 +19,6 @@ from vae.training import train
 from conftest import ImageCollector
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, mnist_root):
-    """(run dir, metrics) for 2-D and 4-D latent models trained 3 epochs, evaluated with k=64."""
-    results = {}
-    for latent in (2, 4):
-        cfg = Config(data=DataConfig(root=str(mnist_root), download=False),
-                     model=ModelConfig(hidden_dims=(32,), latent_dim=latent),
-                     train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=1, device="cpu"),
-                     output=OutputConfig(dir=str(tmp_path_factory.mktemp("eval") / "run")))
-        run = train(cfg).run_dir
-        results[latent] = run, evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64"])
-    return results
-
-
 @torch.no_grad()
 def independent_evaluation(checkpoint, k=64, replicates=8, seed=2024):
     """The numbers of metrics.json recomputed from the checkpoint's model with torch.distributions,
@@ -148,7 +134,7 @@ def test_every_picture_is_written_and_not_blank(evaluated, latent, expected):
     run, _ = evaluated[latent]
     names = {p.name for p in (run / "eval").iterdir()}
     assert expected <= names
-    for name in names - {"metrics.json"}:
+    for name in {n for n in names if n.endswith(".png")}:
         assert grey(run / "eval" / name).std() > 0.02, name
     # 10 digit rows of 8 originals + 8 reconstructions; a 20 x 20 manifold of 28 px cells.
     if latent == 2:

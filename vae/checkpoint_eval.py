@@ -17,7 +17,9 @@ from vae.data import PIXELS, TRAIN_DRAW, Split, load_data
 from vae.device import resolve_device
 from vae.estimators import ACTIVE_THRESHOLD, active_units, importance_weighted_bound, rate_split
 from vae.files import atomic_write_text
+from vae.explorer import save_explorer
 from vae.heldout import Posteriors, encode_split
+from vae.latents import save_latents
 from vae.loss import bernoulli_log_likelihood
 from vae.model import VAE, TwoLayerVAE, build_model
 from vae.pictures import save_evaluation_pictures
@@ -42,23 +44,25 @@ TARGETS = {
 
 
 @torch.no_grad()
+def iwae_batch(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """IWAE-k estimate of -log p(x) and the k-sample negative ELBO of images x (B, 784): each (B,)."""
+    chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(x.device.type, 4096) // IWAE_EXAMPLES)
+
+    def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
+        out = model(x, eps)
+        return bernoulli_log_likelihood(out.logits, x) + out.rate.log_ratio
+    log_px, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), k, chunk, generator, x.device)
+    return -log_px, -elbo
+
+
+@torch.no_grad()
 def iwae_nll(model: VAE, split: Split, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example IWAE-k estimate of -log p(x) and the k-sample negative ELBO, each (N,)."""
     device = split.images.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(device.type, 4096) // IWAE_EXAMPLES)
-
-    nll, neg_elbo = [], []
-    for idx in tqdm(torch.arange(len(split), device=device).split(IWAE_EXAMPLES), desc=f"IWAE k={k}",
-                    leave=False, disable=None):
-        x = split.pixels(idx)
-
-        def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
-            out = model(x, eps)
-            return bernoulli_log_likelihood(out.logits, x) + out.rate.log_ratio
-        log_px, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), k, chunk, gen, device)
-        nll.append(-log_px)
-        neg_elbo.append(-elbo)
+    batches = tqdm(torch.arange(len(split), device=device).split(IWAE_EXAMPLES), desc=f"IWAE k={k}",
+                   leave=False, disable=None)
+    nll, neg_elbo = zip(*(iwae_batch(model, split.pixels(idx), k, gen) for idx in batches))
     return torch.cat(nll), torch.cat(neg_elbo)
 
 
@@ -118,6 +122,8 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
     with timed(seconds, "pictures"):
         save_evaluation_pictures(model, split, post, cfg, dim_kl, active,
                                  {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
+    save_latents(post, split.labels, nll, cfg.eval.split, out)
+    save_explorer(model, split, post, cfg, dim_kl, out)
     return {**metrics, "seconds": seconds}
 
 

@@ -1,0 +1,58 @@
+"""eval/explorer.json, the live decoder's payload: its size, its latent map, and the conv model's reason."""
+import base64
+import json
+
+import numpy as np
+import torch
+
+from vae.config import Config, ModelConfig
+from vae.data import Split
+from vae.explorer import explorer_data, save_explorer
+from vae.heldout import encode_split
+from vae.model import build_model
+from vae.report import explorer_section
+
+from conftest import synthetic_digits
+
+
+def payload(model_cfg, n=200):
+    torch.manual_seed(0)
+    model = build_model(model_cfg).eval()
+    split = Split(*synthetic_digits(n, seed=0))
+    post = encode_split(model, split, seed=0)
+    return model, split, post, explorer_data(model, split, post, Config(model=model_cfg),
+                                             post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())
+
+
+def test_the_default_models_weights_fit_in_under_2_mb_as_float32():
+    model, *_, data = payload(ModelConfig())  # 784-400-20
+    decoder_floats = sum(p.numel() for p in model.decoder.parameters())
+    size = len(json.dumps(data))
+    assert decoder_floats * 4 * 4 / 3 < size < 2_000_000  # base64 float32 of every weight, and little else
+    weights = np.frombuffer(base64.b64decode(data["decoder"][-1]["weight"]), dtype="<f4").reshape(784, 400)
+    np.testing.assert_array_equal(weights, model.decoder[-1].weight.detach().numpy())
+
+
+def test_the_map_is_the_top_two_principal_components_of_the_codes():
+    _, _, post, data = payload(ModelConfig(hidden_dims=(16,), latent_dim=5))
+    mu = post.mu.double().numpy()
+    eigenvalues, vectors = np.linalg.eigh(np.cov(mu.T))  # ascending
+    axes = np.array(data["map"]["axes"])
+    for axis, vector in zip(axes, vectors[:, ::-1].T):  # the largest-variance direction first
+        assert abs(abs(axis @ vector) - 1) < 1e-6  # the same direction up to sign
+    np.testing.assert_allclose(data["map"]["origin"], mu.mean(0))
+    points = np.frombuffer(base64.b64decode(data["map"]["points"]), dtype="<f4").reshape(-1, 2)
+    np.testing.assert_allclose(points, (mu - mu.mean(0)) @ axes.T, atol=1e-5)
+    order = [s["dim"] for s in data["sliders"]]
+    kl = post.kl_dims.mean(0)
+    assert order == kl.argsort(descending=True).tolist()  # most informative first
+
+
+def test_a_conv_model_gets_a_reason_instead_of_a_decoder(tmp_path):
+    model_cfg = ModelConfig(arch="conv", channels=(4, 8), latent_dim=3)
+    model, split, post, data = payload(model_cfg, n=20)
+    assert set(data) == {"absent"}
+    (tmp_path / "eval").mkdir()
+    save_explorer(model, split, post, Config(model=model_cfg), [0.0] * 3, tmp_path / "eval")
+    text = explorer_section(tmp_path)
+    assert "not ported" in text and "<script" not in text

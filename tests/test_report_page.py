@@ -1,0 +1,152 @@
+"""report.html's live decoder in a real browser (headless Chromium): it decodes as torch does, and the
+sliders, the latent map and the buttons redraw it."""
+import io
+import json
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from vae.checkpoint import load_checkpoint
+from vae.config import Config, ModelConfig
+from vae.data import Split
+from vae.explorer import save_explorer
+from vae.heldout import encode_split
+from vae.model import build_model
+from vae.report import explorer_section
+
+from chromium import Chromium, chromium_binary
+from conftest import synthetic_digits
+
+BINARY = chromium_binary()
+pytestmark = pytest.mark.skipif(BINARY is None, reason="no chromium here: `apt-get install -y chromium` (.ci/run "
+                                                       "does) to run the browser tests")
+READY = "document.body && document.body.dataset.explorer === 'ready'"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    page = Chromium(BINARY)
+    yield page
+    page.close()
+
+
+def trained_model(run):
+    state, cfg = load_checkpoint(run / "checkpoints" / "best.pt")
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def torch_means(model, z):
+    return torch.sigmoid(model.decode(torch.as_tensor(z, dtype=torch.float32))).double()
+
+
+def page_means(browser, z):
+    return torch.tensor(browser.evaluate(f"vaeExplorer.decode({json.dumps(z.tolist())})"), dtype=torch.float64)
+
+
+def canvas(browser, name):
+    """The grey levels of a 28 x 28 canvas of the page: (784,) in 0..255."""
+    return torch.tensor(browser.evaluate(
+        f"Array.from(document.getElementById('{name}').getContext('2d').getImageData(0, 0, 28, 28).data)"
+        ".filter((_, i) => i % 4 === 0)"), dtype=torch.float64)
+
+
+def centre_of(browser, selector, fraction=0.5):
+    """Viewport coordinates of a point `fraction` of the way across an element, scrolled into view."""
+    return browser.evaluate(f"""(() => {{ const e = document.querySelector("{selector}");
+        e.scrollIntoView({{block: "center"}}); const r = e.getBoundingClientRect();
+        return [r.left + {fraction} * r.width, r.top + r.height / 2]; }})()""")
+
+
+@pytest.mark.parametrize("latent", [2, 4])
+def test_the_page_decodes_what_torch_decodes(browser, evaluated, latent):
+    run, _ = evaluated[latent]
+    model = trained_model(run)
+    browser.open((run / "report.html").as_uri(), READY)
+    z = 2 * torch.randn(16, latent, generator=torch.Generator().manual_seed(0))
+    assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
+    # the first drawing: the first test image's posterior mean, decoded and quantized to 8 bits
+    start = torch.tensor(browser.evaluate("vaeExplorer.z()"))
+    assert (canvas(browser, "decoded") - (255 * torch_means(model, start[None])[0]).round()).abs().max() <= 1
+
+
+def test_a_slider_click_moves_its_dimension_and_redraws(browser, evaluated):
+    run, _ = evaluated[4]
+    model = trained_model(run)
+    browser.open((run / "report.html").as_uri(), READY)
+    top = json.loads((run / "eval" / "explorer.json").read_text())["sliders"][0]
+    before_z, before = browser.evaluate("vaeExplorer.z()"), canvas(browser, "decoded")
+    width = top["high"] - top["low"]
+    target = 0.1 if before_z[top["dim"]] > top["low"] + width / 2 else 0.9  # the far side of the thumb
+    browser.click(*centre_of(browser, f"#z{top['dim']}", target))
+    after_z = browser.evaluate("vaeExplorer.z()")
+    moved = [d for d in range(4) if after_z[d] != before_z[d]]
+    assert moved == [top["dim"]] and abs(after_z[top["dim"]] - (top["low"] + target * width)) < 0.1 * width
+    after = canvas(browser, "decoded")
+    assert (after - before).abs().max() > 2  # the image changed (beyond 8-bit rounding)...
+    assert (after - (255 * torch_means(model, torch.tensor([after_z]))[0]).round()).abs().max() <= 1  # ...to p(x|z)
+
+
+def test_a_click_on_the_map_decodes_that_point_of_the_plane(browser, evaluated):
+    run, _ = evaluated[4]
+    browser.open((run / "report.html").as_uri(), READY)
+    plane = json.loads((run / "eval" / "explorer.json").read_text())["map"]
+    browser.click(*centre_of(browser, "#map", 0.3))
+    z = torch.tensor(browser.evaluate("vaeExplorer.z()"), dtype=torch.float64)
+    origin, axes = (torch.tensor(plane[key], dtype=torch.float64) for key in ("origin", "axes"))
+    coefficients = axes @ (z - origin)  # the axes are orthonormal principal directions
+    assert (origin + coefficients @ axes - z).abs().max() < 1e-6  # the point lies in the map's plane
+    assert "principal component 1" in browser.evaluate("document.getElementById('map-point').textContent")
+
+
+def test_the_sample_button_and_the_interpolation_redraw(browser, evaluated):
+    run, _ = evaluated[2]
+    model = trained_model(run)
+    browser.open((run / "report.html").as_uri(), READY)
+    before = browser.evaluate("vaeExplorer.z()")
+    browser.click(*centre_of(browser, "#sample"))
+    assert browser.evaluate("vaeExplorer.z()") != before
+    browser.click(*centre_of(browser, "#t", 0.1))  # t about 0.1 (it starts at 0.5)
+    t = browser.evaluate("Number(document.getElementById('t').value)")
+    a, b = (torch.tensor(browser.evaluate(f"vaeExplorer.example(document.getElementById('{end}').value).mu"))
+            for end in ("from", "to"))
+    assert t < 0.2 and (a - b).abs().max() > 0
+    expected = (255 * torch_means(model, ((1 - t) * a + t * b)[None])[0]).round()
+    assert (canvas(browser, "between") - expected).abs().max() <= 1
+
+
+def test_a_screenshot_of_the_report_is_not_blank(browser, evaluated):
+    run, _ = evaluated[2]
+    browser.open((run / "report.html").as_uri(), READY)
+    browser.evaluate("window.scrollTo(0, 0)")
+    shot = torch.from_numpy(imread(io.BytesIO(browser.screenshot()), format="png"))[..., :3]  # (H, W, 3) in [0, 1]
+    assert shot.shape[1] >= 800
+    assert shot.std() > 0.1 and (shot < 0.5).float().mean() > 0.01  # text, digits and a map on white
+
+
+@pytest.mark.parametrize("model_cfg", [
+    ModelConfig(hidden_dims=(16, 8), latent_dim=3, activation="tanh"),
+    ModelConfig(hidden_dims=(16,), latent_dim=3, activation="elu"),
+    ModelConfig(hidden_dims=(16,), latent_dim=5, activation="gelu"),
+    ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,)),
+], ids=["tanh-2-hidden", "elu", "gelu", "two-layers"])
+def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
+    torch.manual_seed(0)
+    model = build_model(model_cfg).eval()
+    images, labels = synthetic_digits(40, seed=0)
+    split = Split(images, labels)
+    post = encode_split(model, split, seed=0)
+    (tmp_path / "eval").mkdir()
+    save_explorer(model, split, post, Config(model=model_cfg), post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist(),
+                  tmp_path / "eval")
+    page = tmp_path / "page.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
+    browser.open(page.as_uri(), READY)
+    z = 3 * torch.randn(8, model_cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
+    browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
+    sample = browser.evaluate("vaeExplorer.z()")
+    assert len(sample) == model_cfg.latent_dim and all(abs(v) < 100 for v in sample)
