@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vae.checkpoint_eval import evaluate_checkpoint
 from vae.cli import ArgumentParser, run
-from vae.compare import compare, default_out
 from vae.report import metric_rows
 
 
@@ -26,6 +24,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="e.g. data.root=DIR eval.iwae_samples=500 eval.split=train viz.digit=7")
     args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
+    # torch (about 5 s to import) loads only once the arguments are checked
+    from vae.checkpoint_eval import evaluate_checkpoint
+    from vae.compare import compare, default_out
     if args.compare:
         # --compare takes the words after it; the overrides among them look like section.key=value
         overrides = args.overrides + [str(p) for p in args.compare if re.match(r"^\w+\.\w+=", str(p))]
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> None:
         print(f"{key:<{width}}  {value}")
     ranked = sorted(enumerate(metrics["kl_per_dim"]), key=lambda p: -p[1])
     print("KL per dim (nats): " + ", ".join(f"z{d} {kl:.2f}" for d, kl in ranked))
-    print(f"wrote {metrics['report']} and the pictures and metrics.json beside it in eval/")
+    print(f"wrote {metrics['report']} and, in eval/ beside it, the pictures, metrics.json and latents.npz")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vae.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from vae.data import PIXELS, load_mnist  # noqa: E402
+from vae.data import PIXELS, load_dataset  # noqa: E402
 from vae.heldout import evaluate  # noqa: E402
 from vae.model import VAE  # noqa: E402
 from vae.progress import EpochProgress  # noqa: E402
@@ -174,7 +174,7 @@ def fresh_process_peak(root: str, device: torch.device, cfg: TrainConfig | None)
     this process, on the CPU in a new one."""
     if device.type == "cuda":
         with PeakMemory(device) as mem:
-            run_reference(root, 1, device) if cfg is None else run_ours(load_mnist(root, False, device), 1, device, cfg)
+            run_reference(root, 1, device) if cfg is None else run_ours(load_dataset(root, False, device), 1, device, cfg)
         return mem.peak
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_peak_of_one_epoch, (root, cfg))
@@ -187,7 +187,7 @@ def _peak_of_one_epoch(root: str, cfg: TrainConfig | None) -> int:
         with PeakMemory(cpu) as mem:
             run_reference(root, 1, cpu)
     else:
-        splits = load_mnist(root, False, cpu)
+        splits = load_dataset(root, False, cpu)
         with PeakMemory(cpu) as mem:
             run_ours(splits, 1, cpu, cfg)
     return mem.peak
@@ -290,7 +290,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    splits = load_mnist(args.data, download=False, device=device)
+    splits = load_dataset(args.data, download=False, device=device)
     n_train = len(splits[0])
     floor = {dtype: floor_seconds(128, dtype, device, n_train) for dtype in (torch.float32, torch.bfloat16)}
     print(f"floor at batch 128 (matrix products only, {n_train:,} examples): fp32 {floor[torch.float32]:.2f} s/epoch, "

@@ -40,8 +40,9 @@ def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (images * 255).round().to(torch.uint8), labels
 
 
-def make_mnist(root: Path, n_train: int = 640, n_test: int = 200) -> Path:
-    raw = root / "MNIST" / "raw"
+def make_mnist(root: Path, n_train: int = 640, n_test: int = 200, folder: str = "MNIST") -> Path:
+    """The four IDX files of synthetic digits in root/folder/raw/ (FashionMNIST and KMNIST share MNIST's layout)."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
         images, labels = synthetic_digits(n, seed)

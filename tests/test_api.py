@@ -59,7 +59,7 @@ def test_decode_and_sample_give_bernoulli_means_of_the_prior_draws(run):
 
 
 def test_nll_is_evaluate_pys_number_and_latents_npz_holds_its_codes(evaluated, run, test_images):
-    model, metrics = load(run, device="cpu"), evaluated[4][1]
+    model, metrics = load(run / "checkpoints" / "best.pt", device="cpu"), evaluated[4][1]  # what evaluate.py ran on
     saved = np.load(run / "eval" / "latents.npz")
     assert str(saved["split"]) == "test" and saved["mu"].shape == (200, 4) and saved["label"].dtype == np.int64
     # evaluate.py ran with eval.iwae_samples=64 and eval.seed 0: the same estimator, the same draws

@@ -11,12 +11,12 @@ from matplotlib.image import imread
 
 from vae.checkpoint import load_checkpoint
 from vae.checkpoint_eval import evaluate_checkpoint
-from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig, load_config
 from vae.data import load_data
 from vae.model import build_model
 from vae.training import train
 
-from conftest import ImageCollector
+from conftest import ImageCollector, make_mnist
 
 
 @torch.no_grad()
@@ -187,3 +187,17 @@ def test_evaluate_a_two_layer_model(tmp_path, mnist_root):
     assert m["nll_iwae"] <= m["negative_elbo_k_samples"] + 1e-9  # IWAE-64 is the tighter bound
     assert "not split: z1&#x27;s prior p(z1|z2)" in (run / "report.html").read_text()  # HTML-escaped
     assert (run / "eval" / "samples.png").is_file()
+
+
+def test_a_fashion_mnist_run_names_its_classes(tmp_path):
+    make_mnist(tmp_path / "data", n_train=100, n_test=40, folder="FashionMNIST")
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "data.dataset=fashion_mnist", "data.download=false",
+                             "viz.digit=trouser", "model.hidden_dims=[16]", "model.latent_dim=3", "train.epochs=1",
+                             "train.device=cpu", f"output.dir={tmp_path / 'run'}"])
+    run = train(cfg).run_dir
+    assert (run / "images" / "digit1_epoch001.png").is_file()  # viz.digit is stored as the class's index
+    evaluate_checkpoint(run, ["eval.iwae_samples=4"])
+    report = (run / "report.html").read_text()
+    assert "Reconstructions of the class Trouser" in report and (run / "eval" / "digit1.png").is_file()
+    explorer = json.loads((run / "eval" / "explorer.json").read_text())
+    assert explorer["class_names"][9] == "Ankle boot" and explorer["examples"][explorer["start"]]["label"] == 1

@@ -85,6 +85,9 @@ def test_wrong_types_are_refused(override, message):
     ("train.seed=-1", "train.seed"),
     ("train.device=tpu", "train.device"),
     ("viz.digit=10", "viz.digit"),
+    ("viz.digit=2.5", "viz.digit"),
+    ("viz.digit=seven", "viz.digit"),
+    ("data.dataset=emnist", "data.dataset"),
     ("viz.every=0", "viz.every"),
     ("train.precision=fp16", "train.precision"),
     ("data.binarize=yes", "data.binarize"),
@@ -177,3 +180,11 @@ def test_the_iwae_objective_refuses_beta_and_free_bits_but_takes_warmup():
 def test_every_config_key_has_a_row_in_the_readme():
     readme = (REPO / "README.md").read_text()
     assert [k for k in valid_keys() if f"| `{k}` |" not in readme] == []
+
+
+def test_viz_digit_takes_a_class_name_of_the_dataset_and_keeps_its_index():
+    assert load_config(None, ["data.dataset=fashion_mnist", "viz.digit=trouser"]).viz.digit == 1  # any case
+    assert load_config(None, ["data.dataset=kmnist", "viz.digit=tsu"]).viz.digit == 3
+    assert load_config(None, ["viz.digit='7'"]).viz.digit == 7  # a quoted digit is MNIST's class name
+    cfg = load_config(None, ["data.dataset=fashion_mnist", "viz.digit=Ankle boot"])
+    assert to_dict(cfg)["viz"]["digit"] == 9 and cfg.class_names[9] == "Ankle boot"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from vae.config import DataConfig
-from vae.data import Split, load_data, load_mnist
+from vae.config import CLASS_NAMES, DataConfig
+from vae.data import Split, load_data, load_dataset
 from vae.errors import UserError
 
 from conftest import make_mnist, synthetic_digits, write_idx
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 
 def test_synthetic_idx_files_load_through_torchvision(mnist_root):
-    train, test = load_mnist(mnist_root, download=False, device=CPU)
+    train, test = load_dataset(mnist_root, download=False, device=CPU)
     images, labels = synthetic_digits(640, seed=0)
     assert train.images.dtype == torch.uint8 and train.images.shape == (640, 28, 28)
     assert torch.equal(train.images, images) and torch.equal(train.labels, labels)
@@ -23,7 +23,7 @@ def test_synthetic_idx_files_load_through_torchvision(mnist_root):
 
 
 def test_pixels_are_flat_intensities_in_unit_interval(mnist_root):
-    train, _ = load_mnist(mnist_root, download=False, device=CPU)
+    train, _ = load_dataset(mnist_root, download=False, device=CPU)
     x = train.pixels(torch.tensor([0, 5, 9]))
     assert x.shape == (3, 784) and x.dtype == torch.float32
     assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.5
@@ -32,7 +32,7 @@ def test_pixels_are_flat_intensities_in_unit_interval(mnist_root):
 
 def test_missing_files_name_the_folder_searched(tmp_path):
     with pytest.raises(UserError, match=rf"not found in {tmp_path.resolve()}/MNIST/raw.*data.root"):
-        load_mnist(tmp_path, download=False, device=CPU)
+        load_dataset(tmp_path, download=False, device=CPU)
 
 
 def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
@@ -40,10 +40,30 @@ def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(UserError, match=r"download failed.*Put train-images-idx3-ubyte"):
-        load_mnist(tmp_path, download=True, device=CPU)
+        load_dataset(tmp_path, download=True, device=CPU)
     monkeypatch.setattr(MNIST, "download", lambda self: (_ for _ in ()).throw(URLError("offline")))
     with pytest.raises(UserError, match="download failed"):
-        load_mnist(tmp_path, download=True, device=CPU)
+        load_dataset(tmp_path, download=True, device=CPU)
+
+
+@pytest.mark.parametrize("dataset, folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_fashion_mnist_and_kmnist_read_their_own_folders_through_torchvision(tmp_path, dataset, folder):
+    make_mnist(tmp_path, n_train=30, n_test=20, folder=folder)
+    train, _, test = load_data(DataConfig(dataset=dataset, root=str(tmp_path), download=False), CPU)
+    images, labels = synthetic_digits(30, seed=0)
+    assert torch.equal(train.images, images) and torch.equal(train.labels, labels) and len(test) == 20
+    with pytest.raises(UserError, match=rf"{folder} files not found in {tmp_path.resolve()}/elsewhere/{folder}/raw .*"
+                                        rf"missing train-images-idx3-ubyte.*holding {folder}/raw/"):
+        load_data(DataConfig(dataset=dataset, root=str(tmp_path / "elsewhere"), download=False), CPU)
+    with pytest.raises(UserError, match="MNIST files not found"):  # the MNIST files are not Fashion-MNIST's
+        load_data(DataConfig(dataset="mnist", root=str(tmp_path), download=False), CPU)
+
+
+def test_class_names_are_torchvisions():
+    from torchvision.datasets import KMNIST, FashionMNIST
+    assert CLASS_NAMES["fashion_mnist"] == tuple(FashionMNIST.classes)
+    assert CLASS_NAMES["kmnist"] == tuple(KMNIST.classes)
+    assert CLASS_NAMES["mnist"] == tuple(c.split(" - ")[0] for c in MNIST.classes)  # "0 - zero" -> "0"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "magic", "count"])
@@ -57,7 +77,7 @@ def test_corrupt_files_are_reported_not_raised(tmp_path, damage):
     else:
         write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(29, dtype=torch.uint8))
     with pytest.raises(UserError, match="MNIST"):
-        load_mnist(tmp_path, download=False, device=CPU)
+        load_dataset(tmp_path, download=False, device=CPU)
 
 
 def test_binarized_pixels_are_bernoulli_draws_of_the_intensities():
@@ -73,7 +93,7 @@ def test_binarized_pixels_are_bernoulli_draws_of_the_intensities():
 
 
 def test_dynamic_binarization_fixes_the_test_set_and_static_the_training_set_too(mnist_root):
-    plain_train, plain_test = load_mnist(mnist_root, download=False, device=CPU)
+    plain_train, plain_test = load_dataset(mnist_root, download=False, device=CPU)
     dyn_train, dyn_val, dyn_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="dynamic"), CPU)
     st_train, _, st_test = load_data(DataConfig(root=str(mnist_root), download=False, binarize="static"), CPU)
     assert dyn_val is None  # data.val_size=0
@@ -86,7 +106,7 @@ def test_dynamic_binarization_fixes_the_test_set_and_static_the_training_set_too
 
 
 def test_the_validation_split_is_held_out_of_the_training_images(mnist_root):
-    plain_train, _ = load_mnist(mnist_root, download=False, device=CPU)
+    plain_train, _ = load_dataset(mnist_root, download=False, device=CPU)
     train, val, _ = load_data(DataConfig(root=str(mnist_root), download=False, val_size=100), CPU)
     assert (len(train), len(val)) == (540, 100)
     def rows(split):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.data import load_mnist
+from vae.data import load_dataset
 from vae.estimators import LOG_2PI, active_units, log_normal, rate_split
 from vae.heldout import encode_split
 from vae.loss import kl_per_dim
@@ -147,7 +147,7 @@ def test_active_units_count_dimensions_whose_mean_varies():
 
 
 def test_active_units_of_an_encoder_built_to_use_two_dims(mnist_root):
-    _, test = load_mnist(mnist_root, download=False, device=torch.device("cpu"))
+    _, test = load_dataset(mnist_root, download=False, device=torch.device("cpu"))
     torch.manual_seed(0)
     model = VAE(ModelConfig(hidden_dims=(), latent_dim=5))
     linear = model.encoder[0]  # rows 0..4 give mu, rows 5..9 logvar

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vae.data import load_mnist
+from vae.data import load_dataset
 from vae.heldout import evaluate
 from vae.loss import vae_loss
 from vae.model import VAE
@@ -18,7 +18,7 @@ def eager_step(model, opt, split, cfg):
 
 
 def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
-    train_split, test_split = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    train_split, test_split = load_dataset(tiny_cfg.data.root, False, torch.device("cpu"))
     torch.manual_seed(0)
     model = VAE(tiny_cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -43,7 +43,7 @@ def test_a_training_step_changes_weights_and_evaluation_does_not(tiny_cfg):
 
 
 def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
-    train_split, _ = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    train_split, _ = load_dataset(tiny_cfg.data.root, False, torch.device("cpu"))
 
     def grad_norm(clip):
         torch.manual_seed(0)
@@ -56,7 +56,7 @@ def test_grad_clip_bounds_the_gradient_norm(tiny_cfg):
 
 
 def test_a_dynamic_batch_is_a_bernoulli_draw_of_each_pixel(tiny_cfg):
-    split = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))[0]
+    split = load_dataset(tiny_cfg.data.root, False, torch.device("cpu"))[0]
     batches = Batches(split, dynamic=True, k=2, noise_dim=4)
     index = torch.tensor([3] * 4000)  # one image drawn 4000 times
     x, noise = batches.draw(index, torch.Generator().manual_seed(0))

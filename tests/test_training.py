@@ -8,7 +8,7 @@ import yaml
 from vae import rundir
 from vae.checkpoint import load_checkpoint
 from vae.config import from_dict, to_dict
-from vae.data import load_data, load_mnist
+from vae.data import load_data, load_dataset
 from vae.errors import UserError
 from vae.heldout import evaluate
 from vae.loss import vae_loss
@@ -62,7 +62,7 @@ def test_training_lowers_the_loss_on_learnable_data(tiny_cfg):
 
 
 def test_evaluation_is_repeatable(tiny_cfg):
-    _, test_split = load_mnist(tiny_cfg.data.root, False, torch.device("cpu"))
+    _, test_split = load_dataset(tiny_cfg.data.root, False, torch.device("cpu"))
     model = VAE(tiny_cfg.model)
     assert evaluate(model, test_split, seed=4) == evaluate(model, test_split, seed=4)
     assert evaluate(model, test_split, seed=4) != evaluate(model, test_split, seed=5)

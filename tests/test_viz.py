@@ -2,7 +2,7 @@ import torch
 from matplotlib.image import imread
 
 from vae.config import ModelConfig
-from vae.data import load_mnist
+from vae.data import load_dataset
 from vae.pictures import fixed_latents, save_pictures
 from vae.model import VAE
 from vae.viz import plot_loss_curves, save_grid, save_pairs
@@ -39,7 +39,7 @@ def test_loss_curves_plot_is_written(tmp_path):
 
 
 def test_pictures_of_a_model_include_the_chosen_digit(tmp_path, mnist_root):
-    _, test = load_mnist(mnist_root, download=False, device=torch.device("cpu"))
+    _, test = load_dataset(mnist_root, download=False, device=torch.device("cpu"))
     torch.manual_seed(0)
     model = VAE(ModelConfig(hidden_dims=(16,), latent_dim=3))
     paths = save_pictures(model, test, fixed_latents(3, 0, torch.device("cpu")), 7, tmp_path, "_x")

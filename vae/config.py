@@ -22,6 +22,13 @@ from vae.errors import UserError
 MAX_CONFIG_BYTES = 1 << 20
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
+# data.dataset -> the names of its classes 0..9 (those of torchvision's MNIST, FashionMNIST and KMNIST)
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -31,13 +38,15 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = "data"  # folder that holds MNIST/raw/ (torchvision layout)
+    dataset: str = "mnist"  # mnist | fashion_mnist | kmnist: 28x28 grey images of 10 classes, one IDX layout
+    root: str = "data"  # folder that holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/; torchvision's layout)
     download: bool = True  # try torchvision's download when the files are missing
     binarize: str = "none"  # none | dynamic | static: Bernoulli-sampled pixels (see README)
     seed: int = 0  # seeds the binarizations of data.binarize and the choice of the validation images
     val_size: int = 0  # training images held out as a validation split (best.pt, early stopping); 0 = none
 
     def __post_init__(self):
+        _require(self.dataset in CLASS_NAMES, "data.dataset", self.dataset, f"must be one of {', '.join(CLASS_NAMES)}")
         _require(self.binarize in ("none", "dynamic", "static"), "data.binarize", self.binarize,
                  "must be none, dynamic or static")
         _require(0 <= self.seed < 2**62, "data.seed", self.seed, "must be in 0..2**62-1")
@@ -131,11 +140,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class VizConfig:
     every: int = 1  # write image grids and loss curves every N epochs (and always after the last one)
-    digit: int = 2  # the class shown in the single-digit reconstruction grid
+    digit: int | str = 2  # the class shown in the single-class grid: its index 0..9 or name (stored as the index)
 
     def __post_init__(self):
         _require(self.every >= 1, "viz.every", self.every, "must be >= 1")
-        _require(0 <= self.digit <= 9, "viz.digit", self.digit, "must be a digit 0..9")
+        _require(isinstance(self.digit, str) or 0 <= self.digit <= 9, "viz.digit", self.digit,
+                 "must be a class index 0..9 or a class name")
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,16 @@ class Config:
                  "needs data.val_size > 0 (a validation split to watch)")
         _require(self.eval.split != "val" or self.data.val_size > 0, "eval.split", self.eval.split,
                  "needs data.val_size > 0 (the run has no validation split)")
+        if isinstance(self.viz.digit, str):  # a class name: kept as its index, which is what files are named by
+            names = [n.lower() for n in CLASS_NAMES[self.data.dataset]]
+            _require(self.viz.digit.lower() in names, "viz.digit", self.viz.digit,
+                     f"must be a class of {self.data.dataset} ({', '.join(CLASS_NAMES[self.data.dataset])}) "
+                     f"or its index 0..9")
+            object.__setattr__(self, "viz", dataclasses.replace(self.viz, digit=names.index(self.viz.digit.lower())))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.data.dataset]
 
 
 def _sections() -> dict[str, type]:
@@ -198,11 +218,17 @@ def _unknown(key: str, candidates: list[str]) -> UserError:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotated type `tp`, converting only where YAML is ambiguous."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # `X | None`
-        if value is None:
+    if origin in (typing.Union, types.UnionType):  # `X | None`, `int | str`: the first that takes the value
+        if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        for tp in inner:
+            try:
+                return _coerce(value, tp, key)
+            except UserError:
+                if len(inner) == 1:
+                    raise
+        raise UserError(f"{key} must be {' or '.join(t.__name__ for t in inner)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")

@@ -83,7 +83,8 @@
   function setZ(values) { z = values.slice(); show(); }
 
   // Test images to start from, and their originals.
-  const names = data.examples.map((e) => `${e.label} (test image ${e.index})`);
+  const className = (c) => data.class_names[c];
+  const names = data.examples.map((e) => `${className(e.label)} (test image ${e.index})`);
   for (const id of ["start", "from", "to"]) {
     names.forEach((n, i) => $(id).append(new Option(n, i)));
   }
@@ -143,7 +144,7 @@
   COLOURS.forEach((colour, c) => {
     const key = document.createElement("span");
     key.style.color = colour;
-    key.textContent = `\u25A0 ${(data.class_names || [])[c] ?? c}`;
+    key.textContent = `\u25A0 ${className(c)}`;
     $("legend").append(key);
   });
   drawMap();

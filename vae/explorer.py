@@ -61,7 +61,7 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
         "decoder": layers(model.decoder),
         # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling
         "prior": layers(model.prior1) if isinstance(model, TwoLayerVAE) else None,
-        "latent2_dim": cfg.model.latent2_dim,
+        "latent2_dim": cfg.model.latent2_dim, "class_names": list(cfg.class_names),
         # where the sliders and the interpolation start: a viz.digit, and the class five on from it
         "start": first_of(cfg.viz.digit), "end": first_of((cfg.viz.digit + 5) % 10),
         "sliders": [{"dim": d, "kl": dim_kl[d], "low": min(-4.0, float(mu[:, d].min())),

@@ -52,7 +52,7 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
 def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float],
                              active: list[bool], per_example: dict[str, torch.Tensor], out: Path) -> None:
     """evaluate.py's pictures in `out`: grids, digits, interpolations, traversals, the latent space, the worst."""
-    device = post.mu.device
+    device, names = post.mu.device, cfg.class_names
     decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
     save_pictures(model, split, fixed_latents(model.noise_dim, cfg.train.seed, device), cfg.viz.digit,
                   out, shown=64)
@@ -62,14 +62,14 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
     if rows and all(len(r) == 8 for r in rows):
         originals = torch.stack(rows)  # (10, 8, 784)
         recons = reconstruct(model, originals.reshape(-1, PIXELS)).reshape(originals.shape)
-        save_labeled_rows(torch.cat([originals, recons], dim=1), [str(c) for c in range(10)],
-                          out / "digits.png", "8 test images per digit | their reconstructions")
+        save_labeled_rows(torch.cat([originals, recons], dim=1), list(names), out / "digits.png",
+                          "8 test images per class | their reconstructions")
 
     steps = torch.linspace(0, 1, 10, device=device)[:, None]
     pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if len(first[a]) and len(first[b])]
     if pairs:
         lines = [decode(post.mu[first[a][0]] * (1 - steps) + post.mu[first[b][0]] * steps) for a, b in pairs]
-        save_labeled_rows(torch.stack(lines), [f"{a} -> {b}" for a, b in pairs], out / "interpolation.png",
+        save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs], out / "interpolation.png",
                           "linear interpolation between posterior means")
 
     top = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])[:TRAVERSED_DIMS]
@@ -81,7 +81,7 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         z[:, d] = values
         lines.append(decode(z))
     save_labeled_rows(torch.stack(lines), [f"z{d} {dim_kl[d]:.1f} nats" for d in top], out / "traversal.png",
-                      f"z_d from -3 to 3 around a {cfg.viz.digit}, most informative dims first")
+                      f"z_d from -3 to 3 around a {names[cfg.viz.digit]}, most informative dims first")
 
     plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
     save_latent_space(model, split, post, cfg, out)
@@ -110,4 +110,4 @@ def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, o
         centred = post.mu - post.mu.mean(0)
         _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
         points, names = centred.double() @ v[:2].T, ("principal component 1", "principal component 2")
-    plot_latent_scatter(points, split.labels, names, out / "latent_scatter.png")
+    plot_latent_scatter(points, split.labels, names, cfg.class_names, out / "latent_scatter.png")

@@ -149,7 +149,9 @@ def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) ->
                     f"{best[f'{split}_loss']:.3f} nats at epoch {best['epoch']}.</p>")
     training += _figures(run_dir, [[("images/loss_curves.png", "Training curves: negative ELBO, distortion, "
                                                                "rate and active units per epoch")]])
-    pictures = _figures(run_dir, PICTURES, digit=cfg.viz.digit, name=f"digit {cfg.viz.digit}")
+    name = cfg.class_names[cfg.viz.digit]
+    pictures = _figures(run_dir, PICTURES, digit=cfg.viz.digit,
+                        name=f"digit {name}" if cfg.data.dataset == "mnist" else f"class {name}")
     sections = [("summary", "Summary", summary_cards(metrics)),
                 ("explore", "Explore the decoder", explorer_section(run_dir)), ("pictures", "Pictures", pictures),
                 ("training", "Training", training), ("numbers", "All the numbers", f"<table>{table}</table>"),

@@ -86,12 +86,13 @@ def plot_kl_per_dim(kl: list[float], active: list[bool], path: Path) -> None:
 
 
 def plot_latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str],
-                        path: Path) -> None:
-    """2-D points (N, 2) of the posterior means, coloured by digit label."""
+                        class_names: tuple[str, ...], path: Path) -> None:
+    """2-D points (N, 2) of the posterior means, coloured by class."""
     points, labels = points.cpu().numpy(), labels.cpu().numpy()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.7)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    bar = fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
+    bar.ax.set_yticklabels(class_names)
     ax.set(title="posterior means of the evaluated images", xlabel=axis_names[0], ylabel=axis_names[1])
     fig.tight_layout()
     save_figure(fig, path)
