@@ -69,8 +69,8 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
     pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if len(first[a]) and len(first[b])]
     if pairs:
         lines = [decode(post.mu[first[a][0]] * (1 - steps) + post.mu[first[b][0]] * steps) for a, b in pairs]
-        save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs], out / "interpolation.png",
-                          "linear interpolation between posterior means")
+        save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs],
+                          out / "interpolation.png", "linear interpolation between posterior means")
 
     top = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])[:TRAVERSED_DIMS]
     base = post.mu[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.mu[0])
