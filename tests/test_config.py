@@ -88,6 +88,8 @@ def test_wrong_types_are_refused(override, message):
     ("viz.digit=2.5", "viz.digit"),
     ("viz.digit=seven", "viz.digit"),
     ("data.dataset=emnist", "data.dataset"),
+    ("loss.gradient=sgd", "loss.gradient"),
+    ("model.output_bias_init=zeros", "model.output_bias_init"),
     ("viz.every=0", "viz.every"),
     ("train.precision=fp16", "train.precision"),
     ("data.binarize=yes", "data.binarize"),
@@ -188,3 +190,14 @@ def test_viz_digit_takes_a_class_name_of_the_dataset_and_keeps_its_index():
     assert load_config(None, ["viz.digit='7'"]).viz.digit == 7  # a quoted digit is MNIST's class name
     cfg = load_config(None, ["data.dataset=fashion_mnist", "viz.digit=Ankle boot"])
     assert to_dict(cfg)["viz"]["digit"] == 9 and cfg.class_names[9] == "Ankle boot"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.gradient=dreg", "loss.free_bits=0.5"], "dreg takes no free bits"),
+    (["loss.gradient=dreg", "model.latent2_dim=4"], "dreg is built for one stochastic layer"),
+    (["model.output_bias_init=pixel_means", "model.arch=conv"], "pixel_means needs model.arch=mlp"),
+])
+def test_options_that_do_not_go_together_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, ["loss.gradient=dreg", "loss.iwae_k=5", "model.output_bias_init=pixel_means"])

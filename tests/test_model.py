@@ -14,8 +14,9 @@ def test_shapes_through_encode_reparameterize_decode(hidden):
     eps = model.noise(5)
     assert eps.shape == (5, 6)
     assert model.decode(model.reparameterize(mu, logvar, eps)).shape == (5, 784)
-    logits, mu2, _, _ = model(x, eps)
-    assert logits.shape == (5, 784) and torch.equal(mu, mu2)
+    out = model(x, eps)
+    assert out.logits.shape == (5, 784) and torch.equal(mu, out.mu)
+    torch.testing.assert_close(out.z, mu + torch.exp(0.5 * logvar) * eps)  # the sample the logits decode
 
 
 def test_classic_architecture_is_784_400_20():

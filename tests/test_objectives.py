@@ -37,7 +37,9 @@ def test_dynamic_binarization_trains_on_fresh_draws_and_measures_one_fixed_test_
     assert evaluate(a.model, test, cfg.train.seed)["loss"] == pytest.approx(a.rows[-1]["test_loss"])
 
 
-@pytest.mark.parametrize("loss", [{"iwae_k": 5}, {"beta": 0.5, "kl_warmup_epochs": 1, "free_bits": 0.2}])
+@pytest.mark.parametrize("loss", [{"iwae_k": 5}, {"beta": 0.5, "kl_warmup_epochs": 1, "free_bits": 0.2},
+                                  {"iwae_k": 3, "gradient": "dreg", "kl_warmup_epochs": 1}, {"gradient": "dreg"}],
+                         ids=["iwae", "beta-warmup-free-bits", "dreg", "stl"])
 def test_objective_options_train_and_report_the_negative_elbo(tiny_cfg, tmp_path, loss):
     plain = train(with_(tiny_cfg, output={"dir": str(tmp_path / "plain")}))
     other = train(with_(tiny_cfg, loss=loss, output={"dir": str(tmp_path / "other")}))

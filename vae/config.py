@@ -63,6 +63,7 @@ class ModelConfig:
     res_blocks: int = 1  # conv: residual blocks per stage
     latent2_dim: int = 0  # units of a second stochastic layer z2 above z1 (latent_dim); 0 = one layer
     hidden2_dims: tuple[int, ...] = (50, 50)  # with latent2_dim: MLP widths between z1 and z2, each way
+    output_bias_init: str = "torch"  # torch | pixel_means: the decoder's last bias at logit(mean training pixel)
 
     def __post_init__(self):
         _require(1 <= self.latent_dim <= 4096, "model.latent_dim", self.latent_dim, "must be in 1..4096")
@@ -77,6 +78,10 @@ class ModelConfig:
         _require(0 <= self.latent2_dim <= 4096, "model.latent2_dim", self.latent2_dim, "must be in 0..4096")
         _require(all(1 <= h <= 65536 for h in self.hidden2_dims), "model.hidden2_dims",
                  list(self.hidden2_dims), "must hold sizes in 1..65536")
+        _require(self.output_bias_init in ("torch", "pixel_means"), "model.output_bias_init", self.output_bias_init,
+                 "must be torch or pixel_means")
+        _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
+                 self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in one shared bias)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class LossConfig:
     kl_warmup_epochs: int = 0  # the KL weight rises linearly from 0 to beta over this many epochs
     free_bits: float = 0.0  # nats per latent dim (batch mean) below which KL is not penalized; 0 = off
     iwae_k: int = 1  # importance samples of the IWAE objective; 1 = the VAE objective
+    gradient: str = "standard"  # standard | dreg: DReG (STL at iwae_k=1) gradients for the encoder
 
     def __post_init__(self):
         _require(math.isfinite(self.beta) and 0 <= self.beta <= 1000, "loss.beta", self.beta,
@@ -97,6 +103,9 @@ class LossConfig:
         _require(self.iwae_k == 1 or (self.beta == 1 and not self.free_bits),
                  "loss.iwae_k", self.iwae_k, "> 1 is the IWAE bound, which takes no beta or free bits "
                  "(set loss.iwae_k=1 for those)")
+        _require(self.gradient in ("standard", "dreg"), "loss.gradient", self.gradient, "must be standard or dreg")
+        _require(self.gradient == "standard" or not self.free_bits, "loss.gradient", self.gradient,
+                 "dreg takes no free bits (its rate is sampled, not the analytic per-dimension KL)")
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,8 @@ class Config:
                  "needs data.val_size > 0 (a validation split to watch)")
         _require(self.eval.split != "val" or self.data.val_size > 0, "eval.split", self.eval.split,
                  "needs data.val_size > 0 (the run has no validation split)")
+        _require(self.loss.gradient == "standard" or not self.model.latent2_dim, "loss.gradient", self.loss.gradient,
+                 "dreg is built for one stochastic layer (set model.latent2_dim=0)")
         if isinstance(self.viz.digit, str):  # a class name: kept as its index, which is what files are named by
             names = [n.lower() for n in CLASS_NAMES[self.data.dataset]]
             _require(self.viz.digit.lower() in names, "viz.digit", self.viz.digit,

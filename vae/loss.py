@@ -82,14 +82,48 @@ def iwae_nats(log_px: torch.Tensor, rate: Rate, kl_weight: float | torch.Tensor 
     return math.log(len(log_w)) - torch.logsumexp(log_w, dim=0)
 
 
+def stopped_log_ratio(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log p(z) - log q(z|x) at samples z (k, B, L) of q = N(mu, diag(exp(logvar))) (B, L), with q's
+    parameters held constant, so that gradients reach the encoder only through z (Roeder et al. 2017).
+    The value is rate.log_ratio's; (k, B)."""
+    mu, logvar = mu.detach(), logvar.detach()
+    return 0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar - z.pow(2)).sum(-1)
+
+
+def dreg_nats(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+              kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """-IWAE_k per example (B,) whose gradient is the doubly reparameterized one (Tucker et al. 2019).
+
+    With log w_i = log p(x|z_i) + b (log p(z_i) - log q(z_i|x)) (b the KL weight, 1 after warm-up) and
+    normalized weights v_i = w_i / sum_j w_j, the decoder gets sum_i v_i d log w_i (IWAE's own gradient)
+    and the encoder, through z_i only, sum_i v_i (1 - b + b v_i) d log w_i / dz_i dz_i/dphi: the
+    score-function term E[v_i d log q] is replaced by its reparameterized equal, which has far less
+    variance at large k. At k = 1 it is STL, the sticking-the-landing gradient of the ELBO.
+    log_px (k, B) is log p(x|z_i) at the samples z (k, B, L) of q(z|x) = N(mu, diag(exp(logvar))).
+    """
+    log_w = log_px + kl_weight * stopped_log_ratio(z, mu, logvar)  # (k, B)
+    v = torch.softmax(log_w.detach(), dim=0)
+    if z.requires_grad:  # the gradient reaching z_i from log w_i, scaled by (1 - b + b v_i)
+        factor = ((1 - kl_weight) + kl_weight * v).unsqueeze(-1)
+        z.register_hook(lambda grad: grad * factor)
+    surrogate = -(v * log_w).sum(0)
+    value = math.log(len(log_w)) - torch.logsumexp(log_w.detach(), dim=0)
+    return value + (surrogate - surrogate.detach())
+
+
 def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossConfig,
-                   kl_weight: float | torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
+                   kl_weight: float | torch.Tensor, posterior: tuple[torch.Tensor, ...] | None = None
+                   ) -> tuple[torch.Tensor, LossTerms]:
     """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report.
 
     iwae_k = 1: distortion + kl_weight * rate, where with free bits each dimension's rate, as a
     batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k,
-    its log-weights' latent part weighted by kl_weight during warm-up.
+    its log-weights' latent part weighted by kl_weight during warm-up. loss.gradient=dreg: -IWAE_k
+    (the ELBO at k = 1, its rate sampled) with DReG gradients, which need the `posterior` (z, mu, logvar).
     """
+    if cfg.gradient == "dreg":
+        log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
+        return dreg_nats(log_px, *posterior, kl_weight).sum(), LossTerms(-log_px.detach().mean(0), rate.kl)
     if cfg.iwae_k > 1:
         # One pass over the (k, B, 784) logits serves the bound and the reported terms: on the CPU
         # it costs about as much as the decoder's forward pass.

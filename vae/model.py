@@ -31,6 +31,7 @@ class Output(NamedTuple):
     mu: torch.Tensor  # (B, latent) q(z|x) = N(mu, diag(exp(logvar))) of the layer next to x
     logvar: torch.Tensor
     rate: Rate
+    z: torch.Tensor  # (..., B, latent) the samples of that layer, reparameterized: gradients flow through them
 
 
 class VAE(nn.Module):
@@ -84,7 +85,7 @@ class VAE(nn.Module):
         """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, eps)
-        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z))
+        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z), z)
 
 
 class TwoLayerVAE(VAE):
@@ -126,9 +127,16 @@ class TwoLayerVAE(VAE):
         top = gaussian_rate(mu2.float(), logvar2.float(), e2, z2)  # z2 given z1: analytic
         kl_dims = torch.cat([bottom, top.kl_dims], dim=-1)  # (..., B, L1 + L2)
         rate = Rate(kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0), top.log_ratio - bottom.sum(-1))
-        return Output(self.decode(z1), mu1, logvar1, rate)
+        return Output(self.decode(z1), mu1, logvar1, rate, z1)
 
 
 def build_model(cfg: ModelConfig) -> VAE:
     """The VAE that model.* describes: one stochastic layer, or two when model.latent2_dim > 0."""
     return TwoLayerVAE(cfg) if cfg.latent2_dim else VAE(cfg)
+
+
+@torch.no_grad()
+def init_output_bias(model: VAE, pixel_means: torch.Tensor) -> None:
+    """Set the decoder's last bias to logit(mean of each training pixel) (784,), clamped to [1e-3, 1 - 1e-3]:
+    before training, p(x|z) is then the data's pixel marginals, not a coin flip per pixel."""
+    model.decoder[-1].bias.copy_(torch.logit(pixel_means.clamp(1e-3, 1 - 1e-3)))

@@ -45,7 +45,8 @@ def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
     # No autocast cache: a graph must not hold casts made outside it (each weight is used once anyway).
     with torch.autocast(x.device.type, torch.bfloat16, enabled=options.bf16, cache_enabled=False):
         out = net(x, eps)  # logits (k, b, 784)
-    objective, terms = objective_nats(out.logits.float(), x, out.rate, options.loss, kl_weight)
+    objective, terms = objective_nats(out.logits.float(), x, out.rate, options.loss, kl_weight,
+                                      (out.z, out.mu.float(), out.logvar.float()))
     opt.zero_grad(set_to_none=True)
     (objective * scale).backward()
     if options.grad_clip:

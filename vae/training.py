@@ -30,7 +30,7 @@ from vae.errors import Interrupted, UserError
 from vae.heldout import evaluate
 from vae.interrupt import StopRequest
 from vae.memory import out_of_memory_reported
-from vae.model import VAE, build_model
+from vae.model import VAE, build_model, init_output_bias
 from vae.pictures import fixed_latents, save_pictures
 from vae.progress import EpochProgress
 from vae.resume import restore_rng, rng_state
@@ -159,6 +159,8 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
+    if cfg.model.output_bias_init == "pixel_means":  # a checkpoint's weights replace it on resume
+        init_output_bias(model, splits.train.images.float().mean(0).flatten() / 255)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best)
