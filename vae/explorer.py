@@ -14,6 +14,7 @@ from torch import nn
 
 from vae.config import Config
 from vae.data import Split
+from vae.estimators import latent_plane
 from vae.files import atomic_write_text
 from vae.heldout import Posteriors
 from vae.model import VAE, TwoLayerVAE
@@ -33,17 +34,6 @@ def layers(net: nn.Sequential) -> list[dict]:
             for m in net if isinstance(m, nn.Linear)]
 
 
-def map_basis(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Origin (L,) and two axes (2, L) of the latent map: z itself for L <= 2, else the top two principal
-    components of the posterior means around their mean (as eval/latent_scatter.png draws them)."""
-    L = mu.shape[1]
-    if L <= 2:
-        return torch.zeros(L, dtype=torch.float64), torch.eye(2, L, dtype=torch.float64)
-    centre = mu.double().mean(0)
-    _, _, v = torch.linalg.svd(mu.double() - centre, full_matrices=False)
-    return centre, v[:2]
-
-
 def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float]) -> dict:
     """The page's payload; for a conv decoder only the reason it has none."""
     if cfg.model.arch != "mlp":
@@ -52,7 +42,7 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     mu, labels = post.mu.cpu(), split.labels.cpu()
     chosen = [int(i) for c in range(10) for i in (labels == c).nonzero().flatten()[:EXAMPLES_PER_CLASS]]
     first_of = lambda c: next((n for n, i in enumerate(chosen) if labels[i] == c), 0)  # noqa: E731
-    origin, axes = map_basis(mu)
+    origin, axes, names = latent_plane(mu)
     shown = mu[:MAP_POINTS].double()
     points = (shown - origin) @ axes.T  # (M, 2)
     order = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])
@@ -70,9 +60,7 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
                       "pixels": base64.b64encode(split.images[i].cpu().numpy().tobytes()).decode("ascii")}
                      for i in chosen],
         "map": {"origin": origin.tolist(), "axes": axes.tolist(), "points": floats(points),  # (M, 2)
-                "labels": labels[:MAP_POINTS].tolist(),
-                "names": ["z0", "z1"] if mu.shape[1] == 2 else ["z0", ""] if mu.shape[1] == 1 else
-                         ["principal component 1", "principal component 2"]},
+                "labels": labels[:MAP_POINTS].tolist(), "names": list(names)},
     }
 
 

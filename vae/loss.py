@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from vae.config import LossConfig
 from vae.distributed import batch_mean
+from vae.estimators import log_normal, log_standard_normal
 
 
 class LossTerms(NamedTuple):
@@ -86,8 +87,7 @@ def stopped_log_ratio(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     """log p(z) - log q(z|x) at samples z (k, B, L) of q = N(mu, diag(exp(logvar))) (B, L), with q's
     parameters held constant, so that gradients reach the encoder only through z (Roeder et al. 2017).
     The value is rate.log_ratio's; (k, B)."""
-    mu, logvar = mu.detach(), logvar.detach()
-    return 0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar - z.pow(2)).sum(-1)
+    return log_standard_normal(z) - log_normal(z, mu.detach(), logvar.detach())
 
 
 def dreg_nats(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

@@ -7,6 +7,7 @@ import torch
 
 from vae.config import Config
 from vae.data import PIXELS, Split
+from vae.estimators import latent_plane
 from vae.heldout import Posteriors
 from vae.model import VAE
 from vae.viz import (plot_kl_per_dim, plot_latent_scatter, plot_nats_histogram, save_grid, save_labeled_rows,
@@ -95,19 +96,13 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
 def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, out: Path) -> None:
     """The posterior means coloured by label and, for a 2-D latent under N(0, I), the decoded manifold."""
     device = post.mu.device
-    if cfg.model.latent_dim == 2:
-        points, names = post.mu, ("z0", "z1")
+    if cfg.model.latent_dim == 2 and not cfg.model.latent2_dim:
         # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
         # (With two stochastic layers z1's prior is not N(0, I): no manifold then.)
-        if not cfg.model.latent2_dim:
-            grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
-            z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
-            z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
-            save_grid(torch.sigmoid(model.decode(z)), out / "manifold.png", nrow=20)
-    elif cfg.model.latent_dim == 1:
-        points, names = torch.cat([post.mu, torch.zeros_like(post.mu)], 1), ("z0", "")
-    else:
-        centred = post.mu - post.mu.mean(0)
-        _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-        points, names = centred.double() @ v[:2].T, ("principal component 1", "principal component 2")
+        grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
+        z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
+        z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
+        save_grid(torch.sigmoid(model.decode(z)), out / "manifold.png", nrow=20)
+    origin, axes, names = latent_plane(post.mu)
+    points = (post.mu.double() - origin) @ axes.T
     plot_latent_scatter(points, split.labels, names, cfg.class_names, out / "latent_scatter.png")
