@@ -202,3 +202,13 @@ def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path
     best = result["groups"][result["chosen"]["group"]]
     assert best["best_val"]["mean"] == min(g["best_val"]["mean"] for g in result["groups"])
     assert (tmp_path / "s" / "search_history.png").is_file() and (tmp_path / "s" / "search_importance.png").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two usable cores")
+def test_a_worker_pinned_to_one_core_gets_one_thread():
+    code = ("import os; from vae.sweep import threads_per_worker; "
+            "print(threads_per_worker(1)); os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "print(threads_per_worker(1))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(len(os.sched_getaffinity(0))), "1"]  # all usable cores, then the one left

@@ -381,8 +381,13 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback()(study, study.trials[trial.number])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: those of its CPU affinity (taskset, a cgroup's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
 
 
 def configure_worker(workers: int) -> None:
