@@ -1,0 +1,77 @@
+"""Side-by-side: one training step of a config's model in fp32 and under bf16 autocast, by batch size.
+
+    python bench/bf16_step.py [--config configs/mnist_cpu_hour.yaml] [--batches 100,250,1000] [--threads 1]
+
+In one process, on synthetic binary images: for each batch size, the fp32 step and the bf16 step
+(train.precision=bf16: the forward pass under autocast) take turns, 5 rounds of --steps steps each,
+and the median ms per step and per 1,000 images are printed with their ratio. The same is done
+for the matrix products alone (x @ W for the network's first layer) to show what the bf16
+instructions give before the casts. bf16 autocast on the CPU needs AVX512-BF16 or AMX to pay.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vae.config import load_config  # noqa: E402
+from vae.data import PIXELS  # noqa: E402
+from vae.model import build_model  # noqa: E402
+from vae.step import StepOptions, optimizer_step  # noqa: E402
+
+
+def ms_per_call(run, calls: int) -> float:
+    """The ms per call of run() over `calls` calls, after 3 calls of warm-up."""
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/mnist_cpu_hour.yaml")
+    parser.add_argument("--batches", default="100,250,1000", help="comma list of batch sizes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, ["train.device=cpu"])
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}; "
+          f"{args.config}: {cfg.model.hidden_dims} {cfg.model.activation}, latent {cfg.model.latent_dim}, "
+          f"iwae_k {cfg.loss.iwae_k}")
+    print(f"{'batch':>6} {'what':>10} {'fp32 ms':>9} {'bf16 ms':>9} {'bf16/fp32':>10} {'fp32 ms/1k img':>15}")
+    gen = torch.Generator().manual_seed(0)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        x = (torch.rand(batch, PIXELS, generator=gen) < 0.2).float()
+        eps = torch.randn(cfg.loss.iwae_k, batch, cfg.model.latent_dim, generator=gen)
+        models = {}
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            net = build_model(cfg.model)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+            options = StepOptions(cfg.loss, precision == "bf16", cfg.train.grad_clip)
+            models[precision] = lambda net=net, opt=opt, options=options: optimizer_step(
+                net, opt, x, eps, options, 1.0, 1 / batch)
+        w = torch.randn(PIXELS, cfg.model.hidden_dims[0], generator=gen)
+        matmuls = {"fp32": lambda: x @ w, "bf16": lambda xb=x.bfloat16(), wb=w.bfloat16(): xb @ wb}
+        for what, runs in (("step", models), ("first mm", matmuls)):
+            steps = args.steps if what == "step" else args.steps * 10
+            fp32, bf16 = [], []
+            for _ in range(5):  # alternate, so that a slow spell of the machine hits both
+                fp32.append(ms_per_call(runs["fp32"], steps))
+                bf16.append(ms_per_call(runs["bf16"], steps))
+            a, b = statistics.median(fp32), statistics.median(bf16)
+            print(f"{batch:>6} {what:>10} {a:9.3f} {b:9.3f} {b / a:10.2f} {a / batch * 1000:15.2f}")
+
+
+if __name__ == "__main__":
+    main()
