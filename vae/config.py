@@ -120,7 +120,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the gradient norm to this; 0 = off
     checkpoint_every_steps: int = 0  # also save last.pt every N steps inside an epoch; 0 = epoch ends only
     deterministic: bool = False  # torch's deterministic algorithms (matters on GPU)
-    precision: str = "fp32"  # fp32 | bf16: bf16 autocast of the training forward pass
+    precision: str = "fp32"  # fp32 | bf16 | auto: bf16 autocast of the training forward pass (auto: where native)
     compile: bool = False  # torch.compile the model for training
     cuda_graph: bool = True  # on CUDA, in one process: replay each full batch's step as one CUDA graph
     patience: int = 0  # stop once the validation loss has not improved for this many epochs; 0 = never
@@ -140,7 +140,8 @@ class TrainConfig:
                  self.device, "must be auto, cpu, cuda or cuda:N")
         _require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip", self.grad_clip,
                  "must be a finite number >= 0 (0 = off)")
-        _require(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "must be fp32 or bf16")
+        _require(self.precision in ("fp32", "bf16", "auto"), "train.precision", self.precision,
+                 "must be fp32, bf16 or auto")
         _require(0 <= self.patience <= 1_000_000, "train.patience", self.patience, "must be in 0..1000000 (0 = off)")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0 = at epoch ends only)")

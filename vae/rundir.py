@@ -20,6 +20,7 @@ import yaml
 from vae.config import Config, to_dict
 from vae.errors import UserError
 from vae.files import atomic_write_text
+from vae.step import uses_bf16
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl",
                   "test_loss", "test_recon", "test_kl", "test_kl_z2", "test_active_units", "seconds")
@@ -122,6 +123,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "argv": argv,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
+        "precision": "bf16" if uses_bf16(cfg.train.precision, device) else "fp32",  # train.precision=auto resolved
         "processes": processes,
         "python": platform.python_version(),
         "torch": torch.__version__,

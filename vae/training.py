@@ -36,7 +36,7 @@ from vae.progress import EpochProgress
 from vae.resume import restore_rng, rng_state
 from vae.run_plan import Plan, claimed, plan_run
 from vae.schedule import kl_weight, learning_rate, stops_early
-from vae.step import Batches, EagerStep, GraphedStep, Step, StepOptions
+from vae.step import Batches, EagerStep, GraphedStep, Step, StepOptions, uses_bf16
 from vae.tblog import TensorBoardLog
 from vae.viz import plot_loss_curves
 
@@ -181,7 +181,7 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
-    step = EagerStep(net, opt, batches, StepOptions(cfg.loss, cfg.train.precision == "bf16", cfg.train.grad_clip),
+    step = EagerStep(net, opt, batches, StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip),
                      world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         return GraphedStep(step, cfg.train.batch_size)
@@ -287,6 +287,7 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     at = f" (epoch {plan.start} from step {run.progress.step})" if run.progress else ""
     how = (f" x {run.world.size} processes" if run.world.size > 1 else
            " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
+    how += " under bf16 autocast" if uses_bf16(run.cfg.train.precision, run.device) else ""
     return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"
             f"{at}, writing to {run.run_dir}")
 
