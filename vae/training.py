@@ -181,8 +181,8 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
-    step = EagerStep(net, opt, batches, StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip),
-                     world)
+    options = StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip)
+    step = EagerStep(net, opt, batches, options, world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         return GraphedStep(step, cfg.train.batch_size)
     return step
