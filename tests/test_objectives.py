@@ -10,6 +10,7 @@ from vae.checkpoint import load_checkpoint
 from vae.data import load_data
 from vae.errors import UserError
 from vae.heldout import evaluate
+from vae.run_plan import plan_run
 from vae.training import train
 
 from conftest import with_, without_timing
@@ -107,3 +108,10 @@ def test_free_bits_apply_to_both_stochastic_layers(tiny_cfg):
     objective, terms = objective_nats(out.logits, x, out.rate, cfg.loss, 1.0)
     # every one of the 4 + 3 dimensions is far under 50 nats, so each counts as 50
     torch.testing.assert_close(objective, terms.reconstruction.sum() + 8 * 7 * 50.0)
+
+
+@pytest.mark.parametrize("precision, warned", [("bf16", True), ("auto", False), ("fp32", False)])
+def test_only_an_explicit_bf16_on_a_cpu_without_bf16_products_is_warned_of(tiny_cfg, monkeypatch, precision, warned):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    plan = plan_run(with_(tiny_cfg, train={"precision": precision}), None, False, torch.device("cpu"))
+    assert any("emulated" in w for w in plan.warnings) == warned

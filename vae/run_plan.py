@@ -20,6 +20,7 @@ from vae.memory import check_memory
 from vae.model import build_model
 from vae.resume import carry_best, check_same_run, last_position, position
 from vae.schedule import stops_early
+from vae.step import native_bf16
 from vae.tblog import summary_writer_class
 
 IMAGE_BYTES_PER_EPOCH = 300_000
@@ -106,7 +107,7 @@ def check_machine(cfg: Config, run_dir: Path, device: torch.device) -> None:
 
 def bf16_warning(cfg: Config, device: torch.device) -> str:
     """A warning when bf16 is asked of a CPU that only emulates it ('' otherwise)."""
-    if cfg.train.precision == "bf16" and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+    if cfg.train.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         return ("warning: this CPU has no AVX512-BF16, so bf16 matrix products are emulated and much slower "
                 "than fp32; train.precision=fp32 is the faster choice here")
     return ""
