@@ -108,10 +108,18 @@ def test_wrong_types_are_refused(override, message):
     ("model.channels=[]", "model.channels"),
     ("model.res_blocks=-1", "model.res_blocks"),
     ("train.patience=-1", "train.patience"),
+    ("train.budget_minutes=-5", "train.budget_minutes"),
+    ("train.budget_minutes=.nan", "train.budget_minutes"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):
     with pytest.raises(UserError, match=rf"^{key} must"):
         load_config(None, [override])
+
+
+def test_a_time_budget_refuses_burdas_schedule_of_fixed_epoch_counts():
+    assert load_config(None, ["train.budget_minutes=30", "train.lr_schedule=cosine"]).train.budget_minutes == 30.0
+    with pytest.raises(UserError, match=r"^train.budget_minutes cannot time Burda's schedule"):
+        load_config(None, ["train.budget_minutes=30", "train.lr_schedule=burda"])
 
 
 @pytest.mark.parametrize("override", ["train.epochs", "=3", "train.epochs 3"])

@@ -139,7 +139,8 @@ def test_a_validation_split_chooses_best_pt_and_stops_early(tiny_cfg, tmp_path, 
     assert (run / "images" / "recon_epoch004.png").is_file()  # the last epoch's pictures, as after train.epochs
 
     again = train(cfg, resume=run)  # an early-stopped run stays stopped
-    assert "(epoch 4) has used up its patience" in capsys.readouterr().out and len(again.rows) == 4
+    assert "(epoch 4) stopped early: the validation loss has not improved" in capsys.readouterr().out
+    assert len(again.rows) == 4
     longer = train(with_(cfg, train={"patience": 3}), resume=run)  # more patience trains on, to train.epochs
     assert [r["epoch"] for r in longer.rows] == list(range(1, 9)) and longer.best == {"loss": 0.4, "epoch": 6}
 

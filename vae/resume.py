@@ -65,7 +65,7 @@ def carry_best(source: Path | None, run_dir: Path, epoch: int) -> None:
 # where the data lives, which device, how long to train, where to write, what to draw and measure.
 MAY_CHANGE_ON_RESUME = ("data.root", "data.download", "train.epochs", "train.device",
                         "train.checkpoint_every_steps", "train.deterministic", "train.precision",
-                        "train.compile", "train.cuda_graph", "train.patience", "output.dir",
+                        "train.compile", "train.cuda_graph", "train.patience", "train.budget_minutes", "output.dir",
                         "viz.every", "viz.digit", "eval.split", "eval.iwae_samples", "eval.seed",
                         "logging.tensorboard")
 

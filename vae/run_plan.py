@@ -19,7 +19,7 @@ from vae.errors import UserError
 from vae.memory import check_memory
 from vae.model import build_model
 from vae.resume import carry_best, check_same_run, last_position, position
-from vae.schedule import stops_early
+from vae.schedule import seconds_spent, stops_early
 from vae.step import native_bf16
 from vae.tblog import summary_writer_class
 
@@ -64,21 +64,22 @@ def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: to
         source = run_dir_of(resume)
         start = state["epoch"] + 1  # rows from there on belong to work that is about to be redone
         rows = tuple(r for r in rundir.read_metrics(source) if r["epoch"] < start) if source else ()
-        plan = Plan(plan.run_dir, overwrite, resume, state, source, rows, nothing_to_do(cfg, resume, state))
+        plan = Plan(plan.run_dir, overwrite, resume, state, source, rows, nothing_to_do(cfg, resume, state, rows))
     check_target(plan)
     check_machine(cfg, plan.run_dir, device)
     return dataclasses.replace(plan, warnings=tuple(w for w in [bf16_warning(cfg, device)] if w))
 
 
-def nothing_to_do(cfg: Config, resume: Path, state: dict) -> str:
+def nothing_to_do(cfg: Config, resume: Path, state: dict, rows: tuple[dict, ...]) -> str:
     """Why a checkpoint has nothing left to train ('' when it has)."""
     if state["epoch"] >= cfg.train.epochs:
         return (f"{resume} is already at epoch {state['epoch']} of train.epochs={cfg.train.epochs}: "
                 f"nothing to do (raise train.epochs to train on)")
-    stopped = stops_early(cfg.train, state["best"], state["epoch"]) if state["progress"] is None else ""
+    stopped = stops_early(cfg.train, state["best"], state["epoch"], seconds_spent(rows)) \
+        if state["progress"] is None else ""
     if stopped:
-        return (f"{resume} (epoch {state['epoch']}) has used up its patience: {stopped}; nothing to do "
-                f"(raise train.patience, or set it to 0, to train on)")
+        return (f"{resume} (epoch {state['epoch']}) stopped early: {stopped}; nothing to do (raise the key it "
+                f"names, or set it to 0, to train on)")
     return ""
 
 
@@ -96,8 +97,9 @@ def check_machine(cfg: Config, run_dir: Path, device: torch.device) -> None:
     """Disk, memory and the tools the config asks for."""
     with torch.device("meta"):  # sizes only: no memory, no random numbers
         n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
-    # last.pt, best.pt and a temp file (weights + Adam's two moments), plus the images of each epoch
-    rundir.check_space(run_dir, 3 * 3 * 4 * n_params + cfg.train.epochs * IMAGE_BYTES_PER_EPOCH + 10 * 2**20)
+    # last.pt, best.pt and a temp file (weights + Adam's two moments), plus the images of every viz.every-th epoch
+    pictures = (cfg.train.epochs // cfg.viz.every + 1) * IMAGE_BYTES_PER_EPOCH
+    rundir.check_space(run_dir, 3 * 3 * 4 * n_params + pictures + 10 * 2**20)
     check_memory(cfg, device)
     compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
     if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):

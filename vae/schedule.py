@@ -1,4 +1,4 @@
-"""What changes as training goes on: the learning rate, the KL weight, and when to stop early."""
+"""What changes as training goes on: the learning rate, the KL weight, and when to stop before train.epochs."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,15 @@ import math
 from vae.config import LossConfig, TrainConfig
 
 
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of `epoch` (counted from 1) under train.lr_schedule."""
+def learning_rate(cfg: TrainConfig, epoch: int, seconds: float = 0.0) -> float:
+    """The learning rate of `epoch` (counted from 1) under train.lr_schedule, `seconds` of training into the run.
+
+    With a time budget (train.budget_minutes) the schedule follows whichever budget, epochs or time,
+    is the more used up, so it ends at its floor whichever runs out first, on a slow machine or a fast one.
+    """
     t = (epoch - 1) / max(cfg.epochs - 1, 1)  # 0 in the first epoch, 1 in the last
+    if cfg.budget_minutes:
+        t = min(max(t, seconds / (60 * cfg.budget_minutes)), 1.0)
     if cfg.lr_schedule == "cosine":
         return cfg.lr * (cfg.lr_decay_to + (1 - cfg.lr_decay_to) * 0.5 * (1 + math.cos(math.pi * t)))
     if cfg.lr_schedule == "exponential":
@@ -30,8 +36,17 @@ def kl_weight(cfg: LossConfig, epoch: int, step: int, steps_per_epoch: int) -> f
     return cfg.beta * min(1.0, done / cfg.kl_warmup_epochs)
 
 
-def stops_early(cfg: TrainConfig, best: dict, epoch: int) -> str:
-    """Why training stops after `epoch` under train.patience ('' while it goes on)."""
+def seconds_spent(rows: list[dict]) -> float:
+    """A run's training time so far: its epochs' seconds in metrics.csv (what train.budget_minutes counts)."""
+    return sum(row["seconds"] for row in rows)
+
+
+def stops_early(cfg: TrainConfig, best: dict, epoch: int, seconds: float = 0.0) -> str:
+    """Why training stops after `epoch`, `seconds` of training into the run, under train.budget_minutes or
+    train.patience ('' while it goes on)."""
+    if cfg.budget_minutes and seconds >= 60 * cfg.budget_minutes:
+        return (f"the time budget is spent ({seconds / 60:.2f} minutes of training, "
+                f"train.budget_minutes={cfg.budget_minutes:g})")
     if not cfg.patience or best["epoch"] is None or epoch - best["epoch"] < cfg.patience:
         return ""
     return (f"the validation loss has not improved for {epoch - best['epoch']} epochs (train.patience="

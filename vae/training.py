@@ -24,7 +24,7 @@ from vae.checkpoint import FORMAT_VERSION, load_state, save_checkpoint
 from vae.config import Config, LossConfig, TrainConfig, to_dict
 from vae.data import Splits, load_data
 from vae.device import resolve_device
-from vae.distributed import World, process_group, world_from_environment
+from vae.distributed import World, all_reduce, process_group, world_from_environment
 from vae.epoch_report import collapse_warning, epoch_line
 from vae.errors import Interrupted, UserError
 from vae.heldout import evaluate
@@ -35,7 +35,7 @@ from vae.pictures import fixed_latents, save_pictures
 from vae.progress import EpochProgress
 from vae.resume import restore_rng, rng_state
 from vae.run_plan import Plan, claimed, plan_run
-from vae.schedule import kl_weight, learning_rate, stops_early
+from vae.schedule import kl_weight, learning_rate, seconds_spent, stops_early
 from vae.step import Batches, EagerStep, GraphedStep, Step, StepOptions, uses_bf16
 from vae.tblog import TensorBoardLog
 from vae.viz import plot_loss_curves
@@ -125,7 +125,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             progress = run.progress or EpochProgress.begin(len(splits.train), run.gen)
             run.progress = None
             for group in run.opt.param_groups:
-                group["lr"] = learning_rate(cfg.train, epoch)
+                group["lr"] = learning_rate(cfg.train, epoch, seconds_spent(run.rows))
             if run_epoch(step, progress, run.gen, cfg.loss, epoch, cfg.train, world, stop,
                          save=partial(run.save_inside, epoch)):
                 raise stopped(stop, f"in epoch {epoch} after step {progress.step}", run.run_dir, world)
@@ -243,15 +243,19 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
     if not math.isfinite(test["loss"]):  # the last step's update broke the weights
         raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
                         f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
+    # The slowest process's seconds, so that under torchrun all follow one time budget (train.budget_minutes).
+    seconds = all_reduce(torch.tensor(progress.seconds + time.perf_counter() - t0, dtype=torch.float64,
+                                   device=run.device), "max")
     run.rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in progress.means().items()},
                      **{f"val_{k}": v for k, v in val.items() if k in ("loss", "recon", "kl")},
                      **{f"test_{k}": v for k, v in test.items()},
-                     "seconds": progress.seconds + time.perf_counter() - t0})
+                     "seconds": seconds.item()})
     # Best and early stop: chosen on the validation split, on the test split only without one.
     is_best = (val or test)["loss"] < run.best["loss"]
     if is_best:
         run.best = {"loss": (val or test)["loss"], "epoch": epoch}
-    early_stop = stops_early(cfg.train, run.best, epoch) if epoch < cfg.train.epochs else ""
+    spent = seconds_spent(run.rows)
+    early_stop = stops_early(cfg.train, run.best, epoch, spent) if epoch < cfg.train.epochs else ""
     if world.any(bool(early_stop), run.device):  # under torchrun, all processes stop together
         early_stop = early_stop or "another process's validation loss stopped improving"
     if world.main:
@@ -260,7 +264,8 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
         write_epoch(run, final=bool(early_stop))
         last, best = run.run_dir / "checkpoints" / "last.pt", run.run_dir / "checkpoints" / "best.pt"
         save_checkpoint(run.checkpoint(epoch), *([best] if is_best else []), last)
-        print(epoch_line(run.rows[-1], cfg.train.epochs, is_best), flush=True)  # also when piped to a log
+        budget = f"  {spent / 60:.1f}/{cfg.train.budget_minutes:g} min" if cfg.train.budget_minutes else ""
+        print(epoch_line(run.rows[-1], cfg.train.epochs, is_best) + budget, flush=True)  # also when piped to a log
         warning = collapse_warning(run.rows, iwae=cfg.loss.iwae_k > 1)
         if warning:
             print(warning, file=sys.stderr)
