@@ -5,7 +5,8 @@ import zipfile
 import pytest
 import torch
 
-from vae.checkpoint import (FORMAT_VERSION, load_checkpoint, load_state, resolve_checkpoint, run_dir_of,
+from vae.checkpoint import (FORMAT_VERSION, evaluated_weights, load_checkpoint, load_state, resolve_checkpoint,
+                            run_dir_of,
                             save_checkpoint)
 from vae.config import Config, ModelConfig, to_dict
 from vae.errors import UserError
@@ -19,7 +20,7 @@ def make_state(epoch=3, cfg=Config()):
             "best": {"loss": 101.5, "epoch": 2}, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": {"device_type": "cpu", "generator": torch.Generator().get_state(),
                     "torch": torch.get_rng_state(), "cuda": []},
-            "progress": None}
+            "progress": None, "average": None}
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -45,8 +46,16 @@ def test_a_format_2_checkpoint_is_upgraded_on_load(tmp_path):
     torch.save({**old, "format_version": 2, "best_test_loss": 99.5}, tmp_path / "v2.pt")
     state, _ = load_checkpoint(tmp_path / "v2.pt")
     # v2 chose best.pt on the test loss and did not record its epoch
-    assert state["format_version"] == FORMAT_VERSION == 3 and state["best"] == {"loss": 99.5, "epoch": None}
+    assert state["format_version"] == FORMAT_VERSION == 4 and state["best"] == {"loss": 99.5, "epoch": None}
     assert "best_test_loss" not in state
+
+
+def test_a_format_3_checkpoint_is_upgraded_to_one_without_an_average(tmp_path):
+    old = {k: v for k, v in make_state().items() if k != "average"}
+    torch.save({**old, "format_version": 3}, tmp_path / "v3.pt")
+    state, _ = load_checkpoint(tmp_path / "v3.pt")
+    assert state["format_version"] == FORMAT_VERSION and state["average"] is None
+    assert evaluated_weights(state) is state["model"]
 
 
 def test_save_leaves_no_temporary_files(tmp_path):

@@ -99,6 +99,8 @@ def test_the_memory_estimate_counts_the_state_and_each_layers_activations():
     parts = estimate_bytes(cfg)
     weights = (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
     assert parts["weights, gradients and Adam's moments"] == 4 * 4 * weights  # 4 copies of fp32
+    assert "the average of the weights" not in parts
+    assert estimate_bytes(with_(cfg, train={"ema_decay": 0.999}))["the average of the weights"] == 4 * weights
     # each layer's output per example, kept for backward and matched by its gradient, + the loss over 784 logits
     per_example = (400 + 400 + 40) + (400 + 400 + 784)
     assert parts["one batch's activations"] == 100 * 4 * (2 * per_example + 3 * 784)

@@ -102,6 +102,7 @@ def test_a_timed_run_stops_on_its_budget_and_its_resume_counts_the_time_already_
     out = capsys.readouterr().out
     assert "early stop after epoch 5: the time budget is spent (0.17 minutes of training" in out
     assert "  0.1/0.166667 min" in out and "  0.2/0.166667 min" in out  # epochs 4 and 5's lines
+    assert "epochs 1..3 or 0.166667 minutes in all" in out and "epochs 4..100 or 0.166667 minutes in all" in out
 
     again = train(with_(cfg, train={"epochs": 100}), resume=first.run_dir)
     assert len(again.rows) == 5 and "(epoch 5) stopped early: the time budget is spent" in capsys.readouterr().out

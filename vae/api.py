@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint
+from vae.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 from vae.checkpoint_eval import IWAE_EXAMPLES, iwae_batch
 from vae.config import Config
 from vae.data import IMAGE_SHAPE, PIXELS
@@ -100,5 +100,5 @@ def load(path: str | Path, device: str = "auto") -> Model:
     except (RuntimeError, ValueError):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
     module = build_model(cfg.model)
-    load_state(module, state["model"], checkpoint)
+    load_state(module, evaluated_weights(state), checkpoint)
     return Model(module.to(where).eval(), cfg, where, checkpoint)

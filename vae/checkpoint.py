@@ -11,8 +11,8 @@ from vae.config import Config, from_dict
 from vae.errors import UserError
 from vae.files import atomic_write
 
-FORMAT_VERSION = 3
-REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress")
+FORMAT_VERSION = 4
+REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress", "average")
 
 
 def _best_of_v2(state: dict) -> dict:
@@ -27,6 +27,7 @@ def _best_of_v2(state: dict) -> dict:
 UPGRADES = {
     1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
     2: _best_of_v2,
+    3: lambda state: {**state, "format_version": 4, "average": None},  # v3 kept no average of the weights
 }
 
 
@@ -87,6 +88,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
     except UserError as e:
         raise UserError(f"{path} holds an invalid config: {e}") from None
     return state, cfg
+
+
+def evaluated_weights(state: dict) -> dict:
+    """The weights every evaluation uses: their average over the steps where the run kept one
+    (train.ema_decay), else the model's own."""
+    return state["average"]["model"] if state["average"] else state["model"]
 
 
 def load_state(target, state_dict: dict, source: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from vae import rundir
-from vae.checkpoint import load_checkpoint, load_state, resolve_checkpoint, run_dir_of
+from vae.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint, run_dir_of
 from vae.config import Config, load_config, to_dict
 from vae.data import PIXELS, TRAIN_DRAW, Split, load_data
 from vae.device import resolve_device
@@ -136,7 +136,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     device = resolve_device(cfg.train.device)
     splits = load_data(cfg.data, device)
     model = build_model(cfg.model).to(device)
-    load_state(model, state["model"], path)
+    load_state(model, evaluated_weights(state), path)
     model.eval()
 
     run_dir = run_dir_of(path) or path.resolve().parent

@@ -124,6 +124,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training
     cuda_graph: bool = True  # on CUDA, in one process: replay each full batch's step as one CUDA graph
     patience: int = 0  # stop once the validation loss has not improved for this many epochs; 0 = never
+    ema_decay: float = 0.0  # keep an average of the weights, 1 - ema_decay of the way to them a step; 0 = off
     budget_minutes: float = 0.0  # time budget: stop once the epochs' seconds reach it, lr schedule over it; 0 = none
 
     def __post_init__(self):
@@ -144,6 +145,7 @@ class TrainConfig:
         _require(self.precision in ("fp32", "bf16", "auto"), "train.precision", self.precision,
                  "must be fp32, bf16 or auto")
         _require(0 <= self.patience <= 1_000_000, "train.patience", self.patience, "must be in 0..1000000 (0 = off)")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "must be a number in [0, 1) (0 = off)")
         _require(math.isfinite(self.budget_minutes) and 0 <= self.budget_minutes <= 1_000_000,
                  "train.budget_minutes", self.budget_minutes, "must be a number in [0, 1000000] (0 = no time budget)")
         _require(not self.budget_minutes or self.lr_schedule != "burda", "train.budget_minutes", self.budget_minutes,

@@ -34,6 +34,7 @@ def estimate_bytes(cfg: Config) -> dict[str, int]:
         hook.remove()
     n_params = sum(p.numel() for p in model.parameters())
     return {"weights, gradients and Adam's moments": 4 * FLOAT * n_params,
+            **({"the average of the weights": FLOAT * n_params} if cfg.train.ema_decay else {}),
             "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * PIXELS,
             "the images": DATA_BYTES}
 

@@ -97,9 +97,11 @@ def check_machine(cfg: Config, run_dir: Path, device: torch.device) -> None:
     """Disk, memory and the tools the config asks for."""
     with torch.device("meta"):  # sizes only: no memory, no random numbers
         n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
-    # last.pt, best.pt and a temp file (weights + Adam's two moments), plus the images of every viz.every-th epoch
+    # last.pt, best.pt and a temp file (weights, Adam's two moments and the average, if kept), plus the
+    # images of every viz.every-th epoch
+    copies = 3 + bool(cfg.train.ema_decay)
     pictures = (cfg.train.epochs // cfg.viz.every + 1) * IMAGE_BYTES_PER_EPOCH
-    rundir.check_space(run_dir, 3 * 3 * 4 * n_params + pictures + 10 * 2**20)
+    rundir.check_space(run_dir, 3 * copies * 4 * n_params + pictures + 10 * 2**20)
     check_memory(cfg, device)
     compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
     if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):

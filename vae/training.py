@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vae import rundir
+from vae.averaging import WeightAverage
 from vae.checkpoint import FORMAT_VERSION, load_state, save_checkpoint
 from vae.config import Config, LossConfig, TrainConfig, to_dict
 from vae.data import Splits, load_data
@@ -64,8 +65,14 @@ class Run:
     gen: torch.Generator  # the training stream: batch order, binarization, noise
     rows: list[dict]
     best: dict
+    average: WeightAverage | None = None  # the weights averaged over the steps (train.ema_decay)
     progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
     tensorboard: TensorBoardLog | None = None
+
+    @property
+    def evaluated(self) -> VAE:
+        """The model every evaluation and picture uses: the average of the weights, when there is one."""
+        return self.average.model if self.average else self.model
 
     @property
     def run_dir(self) -> Path:
@@ -75,7 +82,8 @@ class Run:
         """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
         return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "epoch": epochs_done,
                 "best": self.best, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "rng": rng_state(self.gen), "progress": inside.state() if inside else None}
+                "rng": rng_state(self.gen), "progress": inside.state() if inside else None,
+                "average": self.average.state() if self.average else None}
 
     def save_inside(self, epoch: int, progress: EpochProgress) -> None:
         """last.pt in the middle of `epoch` (rank 0 writes)."""
@@ -127,7 +135,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             for group in run.opt.param_groups:
                 group["lr"] = learning_rate(cfg.train, epoch, seconds_spent(run.rows))
             if run_epoch(step, progress, run.gen, cfg.loss, epoch, cfg.train, world, stop,
-                         save=partial(run.save_inside, epoch)):
+                         save=partial(run.save_inside, epoch), average=run.average):
                 raise stopped(stop, f"in epoch {epoch} after step {progress.step}", run.run_dir, world)
             early_stop = end_epoch(run, epoch, progress)
             if after_epoch:
@@ -163,10 +171,14 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
         init_output_bias(model, splits.train.images.float().mean(0).flatten() / 255)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best)
+    run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best,
+              WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
     if plan.state is not None:
         load_state(model, plan.state["model"], plan.resume)
         load_state(opt, plan.state["optimizer"], plan.resume)
+        if run.average:
+            load_state(run.average.model, plan.state["average"]["model"], plan.resume)
+            run.average.updates = plan.state["average"]["updates"]
         restore_rng(plan.state["rng"], gen)
         if plan.state["progress"] is not None:  # stopped inside epoch plan.start
             run.progress = EpochProgress.from_state(plan.state["progress"], device)
@@ -190,8 +202,10 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
 
 def run_epoch(step: Step, progress: EpochProgress, gen: torch.Generator, loss: LossConfig, epoch: int,
               train_cfg: TrainConfig, world: World = World(), stop: StopRequest | None = None,
-              save: Callable[[EpochProgress], object] = lambda progress: None) -> bool:
-    """Train the batches of `epoch` that `progress` has left, one step each.
+              save: Callable[[EpochProgress], object] = lambda progress: None,
+              average: WeightAverage | None = None) -> bool:
+    """Train the batches of `epoch` that `progress` has left, one step each, each step followed by an
+    update of the weights' `average` when there is one.
 
     Every SYNC_EVERY steps (and before a save) the processes merge their sums, check them and agree
     on a stop; a stop, or every train.checkpoint_every_steps steps, saves the epoch so far. Returns
@@ -203,6 +217,8 @@ def run_epoch(step: Step, progress: EpochProgress, gen: torch.Generator, loss: L
               disable=None if world.main else True, unit="batch") as bar:
         for idx in progress.remaining(train_cfg.batch_size):
             step(idx, gen, kl_weight(loss, epoch, progress.step, n_batches), progress)
+            if average:
+                average.update()
             bar.update()
             signalled = bool(stop and stop.signum)
             save_due = progress.step < n_batches and (
@@ -238,8 +254,8 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
     cfg, world = run.cfg, run.world
     # Evaluate, on every rank: all take the same branches.
     t0 = time.perf_counter()
-    val = evaluate(run.model, run.splits.val, cfg.train.seed) if run.splits.val is not None else {}
-    test = evaluate(run.model, run.splits.test, cfg.train.seed)
+    val = evaluate(run.evaluated, run.splits.val, cfg.train.seed) if run.splits.val is not None else {}
+    test = evaluate(run.evaluated, run.splits.test, cfg.train.seed)
     if not math.isfinite(test["loss"]):  # the last step's update broke the weights
         raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
                         f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
@@ -280,7 +296,7 @@ def write_epoch(run: Run, final: bool) -> None:
     pictures = []
     if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or final:
         fixed_z = fixed_latents(run.model.noise_dim, cfg.train.seed, run.device)
-        pictures = save_pictures(run.model, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
+        pictures = save_pictures(run.evaluated, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs
     if run.tensorboard:
@@ -293,8 +309,10 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     how = (f" x {run.world.size} processes" if run.world.size > 1 else
            " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
     how += " under bf16 autocast" if uses_bf16(run.cfg.train.precision, run.device) else ""
+    budget = f" or {run.cfg.train.budget_minutes:g} minutes in all" if run.cfg.train.budget_minutes else ""
+    average = f", averaging the weights (decay {run.cfg.train.ema_decay:g})" if run.average else ""
     return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"
-            f"{at}, writing to {run.run_dir}")
+            f"{budget}{at}{average}, writing to {run.run_dir}")
 
 
 def stopped(stop: StopRequest, where: str, run_dir: Path, world: World) -> Interrupted:
