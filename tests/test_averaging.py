@@ -6,6 +6,7 @@ from torch import nn
 from vae import load
 from vae.averaging import WeightAverage
 from vae.checkpoint import load_checkpoint
+from vae.checkpoint_eval import evaluate_checkpoint
 from vae.data import load_data
 from vae.heldout import evaluate
 from vae.model import build_model
@@ -75,7 +76,9 @@ def test_a_run_averages_every_steps_weights_and_evaluates_saves_and_loads_the_av
     assert evaluate(averaged, splits.test, averaged_cfg.train.seed)["loss"] == pytest.approx(row["test_loss"],
                                                                                              rel=1e-12)
     assert evaluate(last, splits.test, averaged_cfg.train.seed)["loss"] != pytest.approx(row["test_loss"], rel=1e-4)
-    # and so are the Python API's (as evaluate.py's, which loads the same way)
+    # and so are evaluate.py's and the Python API's
+    metrics = evaluate_checkpoint(result.run_dir / "checkpoints" / "last.pt", ["eval.iwae_samples=2", "eval.seed=5"])
+    assert metrics["negative_elbo"] == pytest.approx(evaluate(averaged, splits.test, 5)["loss"], rel=1e-12)
     assert_same_parameters(load(result.run_dir, device="cpu").module.state_dict(), state["average"]["model"])
 
 

@@ -8,7 +8,7 @@ import torch
 from vae.checkpoint import (FORMAT_VERSION, evaluated_weights, load_checkpoint, load_state, resolve_checkpoint,
                             run_dir_of,
                             save_checkpoint)
-from vae.config import Config, ModelConfig, to_dict
+from vae.config import Config, ModelConfig, TrainConfig, to_dict
 from vae.errors import UserError
 from vae.model import VAE
 
@@ -109,11 +109,16 @@ def bad_files(tmp_path):
         "missing keys": lambda p: torch.save({"format_version": FORMAT_VERSION, "config": {}}, p),
         "bad config": lambda p: torch.save({**make_state(), "config": {"model": {"latent_dim": -1}}}, p),
         "empty zip": lambda p: zipfile.ZipFile(p, "w").close(),
+        "stray average": lambda p: torch.save({**make_state(), "average": {"model": {}, "updates": 1}}, p),
+        "missing average": lambda p: torch.save(make_state(cfg=Config(train=TrainConfig(ema_decay=0.9))), p),
+        "broken average": lambda p: torch.save({**make_state(cfg=Config(train=TrainConfig(ema_decay=0.9))),
+                                                "average": {"model": {}}}, p),
     }
 
 
 @pytest.mark.parametrize("kind", ["zero bytes", "truncated", "random bytes", "text", "not a dict",
-                                  "no version", "future version", "missing keys", "bad config", "empty zip"])
+                                  "no version", "future version", "missing keys", "bad config", "empty zip",
+                                  "stray average", "missing average", "broken average"])
 def test_bad_checkpoints_are_refused_in_one_line(tmp_path, kind):
     path = tmp_path / "bad.pt"
     bad_files(tmp_path)[kind](path)

@@ -109,6 +109,9 @@ def test_wrong_types_are_refused(override, message):
     ("model.res_blocks=-1", "model.res_blocks"),
     ("train.patience=-1", "train.patience"),
     ("train.budget_minutes=-5", "train.budget_minutes"),
+    ("train.ema_decay=1", "train.ema_decay"),
+    ("train.ema_decay=-0.1", "train.ema_decay"),
+    ("train.ema_decay=.nan", "train.ema_decay"),
     ("train.budget_minutes=.nan", "train.budget_minutes"),
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):

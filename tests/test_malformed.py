@@ -121,6 +121,7 @@ def corrupt_checkpoints(good: bytes, tmp_path):
         "invalid stored config": ({**state, "config": {"train": {"epochs": "x"}}}, "invalid config"),
         "code on load": ({**state, "extra": Payload()}, "would run on load"),
         "not a dict": ([1, 2, 3], "not a checkpoint of this project"),
+        "stray average": ({**state, "average": {"model": state["model"], "updates": 3}}, "average of the weights"),
     }
     paths = {}
     for name, (content, expected) in bad.items():
@@ -134,7 +135,7 @@ def corrupt_checkpoints(good: bytes, tmp_path):
 
 
 CHECKPOINT_CASES = ["zero bytes", "truncated", "random bytes", "yaml text", "future version", "missing keys",
-                    "wrong tensor shapes", "invalid stored config", "code on load", "not a dict"]
+                    "wrong tensor shapes", "invalid stored config", "code on load", "not a dict", "stray average"]
 
 
 @pytest.mark.parametrize("script", ["train", "evaluate"])

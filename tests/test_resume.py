@@ -106,8 +106,9 @@ def test_a_signal_mid_epoch_saves_and_the_resume_is_bitwise_exact(tiny_cfg, tmp_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_a_crash_resumes_from_the_last_step_checkpoint_exactly(tiny_cfg, tmp_path, monkeypatch):
-    cfg = with_(tiny_cfg, train={"checkpoint_every_steps": 4})
+@pytest.mark.parametrize("ema_decay", [0.0, 0.95])
+def test_a_crash_resumes_from_the_last_step_checkpoint_exactly(tiny_cfg, tmp_path, monkeypatch, ema_decay):
+    cfg = with_(tiny_cfg, train={"checkpoint_every_steps": 4, "ema_decay": ema_decay})
     straight = train(with_(cfg, output={"dir": str(tmp_path / "straight")}))
     real, steps = EagerStep.__call__, iter(range(1000))
 
@@ -123,7 +124,12 @@ def test_a_crash_resumes_from_the_last_step_checkpoint_exactly(tiny_cfg, tmp_pat
     assert state["epoch"] == 1 and state["progress"]["step"] == 4
     resumed = train(cfg, resume=tmp_path / "run")
     assert_same_parameters(straight.model.state_dict(), resumed.model.state_dict())
-    assert without_timing(resumed.rows) == without_timing(straight.rows)
+    assert without_timing(resumed.rows) == without_timing(straight.rows)  # the average's numbers, when kept
+    if ema_decay:  # the average went on from the step-4 checkpoint of epoch 2, as if nothing had happened
+        a = load_checkpoint(tmp_path / "straight")[0]["average"]
+        b = load_checkpoint(tmp_path / "run")[0]["average"]
+        assert a["updates"] == b["updates"] == 20
+        assert_same_parameters(a["model"], b["model"])
 
 
 def test_resume_truncates_rows_written_after_the_checkpoint(tiny_cfg, tmp_path):

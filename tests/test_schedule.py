@@ -91,18 +91,23 @@ def test_a_timed_run_stops_on_its_budget_and_its_resume_counts_the_time_already_
     monkeypatch.setattr(EagerStep, "__call__", recording)
     lr, budget = tiny_cfg.train.lr, 10 / 60  # 10 s: five 2-second epochs
     cfg = with_(tiny_cfg, train={"epochs": 3, "lr_schedule": "cosine", "budget_minutes": budget})
-    first = train(cfg)  # the epochs run out first: cosine over 3 epochs
+    ends = []  # (epoch, whether it is the run's last) as a sweep's pruner is told
+    first = train(cfg, after_epoch=lambda row, last: ends.append((row["epoch"], last)))  # cosine over 3 epochs
     assert [r["seconds"] for r in first.rows] == [2.0] * 3
     assert seen == pytest.approx([cosine(t, lr) for t in (0, 0.5, 1) for _ in range(10)], rel=1e-12)
+    assert "epochs 1..3 or 0.166667 minutes in all" in capsys.readouterr().out
 
     seen.clear()  # resumed with room for 100 epochs: the 6 s spent count, and 4 s are left
-    longer = train(with_(cfg, train={"epochs": 100}), resume=first.run_dir)
+    longer = train(with_(cfg, train={"epochs": 100}), resume=first.run_dir,
+                   after_epoch=lambda row, last: ends.append((row["epoch"], last)))
     assert [r["epoch"] for r in longer.rows] == [1, 2, 3, 4, 5]
     assert seen == pytest.approx([cosine(t, lr) for t in (0.6, 0.8) for _ in range(10)], rel=1e-12)
-    out = capsys.readouterr().out
-    assert "early stop after epoch 5: the time budget is spent (0.17 minutes of training" in out
-    assert "  0.1/0.166667 min" in out and "  0.2/0.166667 min" in out  # epochs 4 and 5's lines
-    assert "epochs 1..3 or 0.166667 minutes in all" in out and "epochs 4..100 or 0.166667 minutes in all" in out
+    assert ends == [(1, False), (2, False), (3, True), (4, False), (5, True)]  # a pruner spares a finished run
+    lines = capsys.readouterr().out.splitlines()
+    assert "early stop after epoch 5: the time budget is spent (0.17 minutes of training" in "\n".join(lines)
+    assert [line.rsplit("  ", 1)[-1] for line in lines if line.startswith("epoch ")] == \
+        ["0.1/0.166667 min", "0.2/0.166667 min"]  # epochs 4 (8 s) and 5 (10 s)
+    assert "epochs 4..100 or 0.166667 minutes in all" in lines[0]
 
     again = train(with_(cfg, train={"epochs": 100}), resume=first.run_dir)
     assert len(again.rows) == 5 and "(epoch 5) stopped early: the time budget is spent" in capsys.readouterr().out

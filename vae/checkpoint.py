@@ -87,6 +87,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
         cfg = from_dict(state["config"])
     except UserError as e:
         raise UserError(f"{path} holds an invalid config: {e}") from None
+    average = state["average"]
+    whole = isinstance(average, dict) and isinstance(average.get("model"), dict) \
+        and isinstance(average.get("updates"), int)
+    if not (whole and cfg.train.ema_decay or average is None and not cfg.train.ema_decay):
+        raise UserError(f"{path} is inconsistent: its average of the weights ({type(average).__name__}) does not "
+                        f"fit its config's train.ema_decay={cfg.train.ema_decay:g}")
     return state, cfg
 
 

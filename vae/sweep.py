@@ -306,10 +306,10 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial) -> float:
     trial.set_user_attr("pid", os.getpid())
     cfg = trial_config(sweep, values, run_dir)
 
-    def report(row: dict) -> None:
+    def report(row: dict, last: bool) -> None:
         if sweep.search:
             trial.report(row["val_loss"], row["epoch"])
-            if row["epoch"] < cfg.train.epochs and trial.should_prune():  # a finished run is complete
+            if not last and trial.should_prune():  # a finished run (train.epochs, its budget or patience) is complete
                 raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
     from vae.training import train  # here, not at the top: see configure_worker
     resume = run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None

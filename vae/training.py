@@ -49,7 +49,7 @@ class TrainResult:
     run_dir: Path
     rows: list[dict]  # metrics.csv, one dict per epoch
     best: dict  # {"loss", "epoch"}: best.pt's, on the validation split when there is one, else the test split
-    model: VAE
+    model: VAE  # the trained weights; with train.ema_decay the evaluated average is last.pt's "average"
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Run:
 
 
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
-          argv: list[str] | None = None, after_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          argv: list[str] | None = None, after_epoch: Callable[[dict, bool], None] | None = None) -> TrainResult:
     """Train from scratch, or continue the checkpoint `resume` (a file or a run directory).
 
     A checkpoint continues in place when output.dir is the run directory it belongs to; anywhere
@@ -100,7 +100,8 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     supplied is checked before anything in a run directory is written. On SIGINT/SIGTERM the
     current step finishes, last.pt is saved, and Interrupted is raised. Started by torchrun, it
     trains data-parallel over all its processes. `after_epoch` is called with each epoch's metrics
-    row once its checkpoint is written (a sweep reports it to its pruner, which may stop the run).
+    row once its checkpoint is written, and whether it is the run's last epoch (a sweep reports it
+    to its pruner, which may stop the run).
     """
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
@@ -111,7 +112,7 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
 
 
 def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
-           device: torch.device, after_epoch: Callable[[dict], None] | None) -> TrainResult:
+           device: torch.device, after_epoch: Callable[[dict, bool], None] | None) -> TrainResult:
     # 1. Plan: what the run continues, and every check that can fail before a file is written.
     plan = plan_run(cfg, resume, overwrite, device)
     for warning in plan.warnings:
@@ -139,7 +140,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
                 raise stopped(stop, f"in epoch {epoch} after step {progress.step}", run.run_dir, world)
             early_stop = end_epoch(run, epoch, progress)
             if after_epoch:
-                after_epoch(run.rows[-1])
+                after_epoch(run.rows[-1], bool(early_stop) or epoch == cfg.train.epochs)
             if early_stop:
                 log(world, f"early stop after epoch {epoch}: {early_stop}; best.pt holds epoch {run.best['epoch']}")
                 break
