@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from vae.cli import ArgumentParser, run
-from vae.report import metric_rows
+from vae.evaluate.report import metric_rows
 
 
 def main(argv: list[str]) -> None:
@@ -25,8 +25,8 @@ def main(argv: list[str]) -> None:
                         help="e.g. data.root=DIR eval.iwae_samples=500 eval.split=train viz.digit=7")
     args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
     # torch (about 5 s to import) loads only once the arguments are checked
-    from vae.checkpoint_eval import evaluate_checkpoint
-    from vae.compare import compare, default_out
+    from vae.compare.compare import compare, default_out
+    from vae.evaluate.analyze import evaluate_checkpoint
     if args.compare:
         # --compare takes the words after it; the overrides among them look like section.key=value
         overrides = args.overrides + [str(p) for p in args.compare if re.match(r"^\w+\.\w+=", str(p))]

@@ -5,9 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from vae import sweep
 from vae.cli import ArgumentParser, run
-from vae.config import load_config, to_dict
+from vae.config.load import load_config, to_dict
+from vae.sweep.pool import configure_worker, run_workers
+from vae.sweep.spec import HEARTBEAT_SECONDS, Sweep, load, parse_grid, parse_search
+from vae.sweep.study import create, summary, work
 
 
 def main(argv: list[str]) -> None:
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--study", default="sweep", metavar="NAME",
                         help="the study's name in --storage: the machines of one sweep give the same one")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (the cores are shared out)")
-    parser.add_argument("--heartbeat", type=int, default=sweep.HEARTBEAT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
                         help="seconds between a running trial's heartbeats; a trial silent for 3 of them is "
                              "taken as dead and retried from its last.pt")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep (after Ctrl-C, kill -9 or a reboot)")
@@ -39,24 +41,24 @@ def main(argv: list[str]) -> None:
     if args.workers < 1 or args.seeds < 1 or args.heartbeat < 1:
         parser.error("--workers, --seeds and --heartbeat take whole numbers >= 1")
     if args.worker:  # one of the processes that --workers started
-        sweep.configure_worker(args.workers)
-        sweep.work(sweep.load(Path(args.worker)), Path(args.worker))
+        configure_worker(args.workers)
+        work(load(Path(args.worker)), Path(args.worker))
         return
     if args.resume:
         sweep_dir = Path(args.resume)
-        sweep.load(sweep_dir)
+        load(sweep_dir)
     else:
         if args.config is None:
             parser.error("give --config FILE to start a sweep, or --resume SWEEP_DIR to continue one")
         base = load_config(args.config, args.overrides)
         sweep_dir = Path(args.dir or f"outputs/{Path(args.config).stem}_sweep")
-        spec = sweep.Sweep(config=to_dict(base), grid=sweep.parse_grid(args.grid),
-                           search=sweep.parse_search(args.search), seeds=args.seeds, trials=args.trials,
+        spec = Sweep(config=to_dict(base), grid=parse_grid(args.grid),
+                           search=parse_search(args.search), seeds=args.seeds, trials=args.trials,
                            prune=args.prune, storage=args.storage, heartbeat=args.heartbeat, study=args.study,
                            argv=sys.argv)
-        sweep.create(spec, sweep_dir)
-    sweep.run_workers(sweep_dir, args.workers, Path(__file__).resolve())
-    print(sweep.summary(sweep_dir))
+        create(spec, sweep_dir)
+    run_workers(sweep_dir, args.workers, Path(__file__).resolve())
+    print(summary(sweep_dir))
 
 
 if __name__ == "__main__":

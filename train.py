@@ -5,7 +5,8 @@ import dataclasses
 import sys
 
 from vae.cli import ArgumentParser, run
-from vae.config import OutputConfig, load_config, split_override, to_dict
+from vae.config.load import load_config, split_override, to_dict
+from vae.config.schema import OutputConfig
 from vae.errors import UserError
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> None:
     # torch (about 5 s to import) loads only once the arguments and a new run's config are checked
     resume, base = None, None
     if args.resume is not None:
-        from vae.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
+        from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
         resume = resolve_checkpoint(args.resume)
         base = to_dict(load_checkpoint(resume)[1])
     cfg = load_config(args.config, args.overrides, base)
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"{resume} is not in a run's checkpoints/ folder: give output.dir=DIR "
                             f"to continue it there")
         cfg = dataclasses.replace(cfg, output=OutputConfig(dir=str(home)))
-    from vae.training import train
+    from vae.train.loop import train
     train(cfg, resume=resume, overwrite=args.overwrite, argv=sys.argv)
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config import load_config  # noqa: E402
-from vae.data import PIXELS  # noqa: E402
-from vae.model import build_model  # noqa: E402
-from vae.step import StepOptions, optimizer_step  # noqa: E402
+from vae.config.load import load_config  # noqa: E402
+from vae.data.split import PIXELS  # noqa: E402
+from vae.model.vae import build_model  # noqa: E402
+from vae.train.step import StepOptions, optimizer_step  # noqa: E402
 
 
 def ms_per_call(run, calls: int) -> float:

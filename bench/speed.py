@@ -33,13 +33,14 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from vae.data import PIXELS, load_dataset  # noqa: E402
-from vae.heldout import evaluate  # noqa: E402
-from vae.model import VAE  # noqa: E402
-from vae.progress import EpochProgress  # noqa: E402
-from vae.step import Batches, EagerStep, GraphedStep, StepOptions  # noqa: E402
-from vae.training import run_epoch  # noqa: E402
+from vae.config.schema import LossConfig, ModelConfig, TrainConfig  # noqa: E402
+from vae.data.mnist import load_dataset
+from vae.data.split import PIXELS  # noqa: E402
+from vae.evaluate.heldout import evaluate  # noqa: E402
+from vae.model.vae import VAE  # noqa: E402
+from vae.train.loop import run_epoch  # noqa: E402
+from vae.train.progress import EpochProgress  # noqa: E402
+from vae.train.step import Batches, EagerStep, GraphedStep, StepOptions  # noqa: E402
 
 TARGET_NATS = 106.0
 

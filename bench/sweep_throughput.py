@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from vae.sweep import threads_per_worker  # noqa: E402 - the share each worker gets, as sweep.py gives it
+from vae.sweep.pool import threads_per_worker  # noqa: E402 - the share each worker gets, as sweep.py gives it
 
 
 def timed_sweep(folder: Path, data: str, points: int, epochs: int, workers: int) -> float:

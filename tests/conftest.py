@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from vae.checkpoint_eval import evaluate_checkpoint
-from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
-from vae.estimators import importance_weighted_bound
-from vae.loss import gaussian_rate
-from vae.training import train
+from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.evaluate.analyze import evaluate_checkpoint
+from vae.evaluate.estimators import importance_weighted_bound
+from vae.model.distributions import gaussian_rate
+from vae.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
 from vae import UserError, load
-from vae.data import load_data
-
-from conftest import REPO
+from vae.data.load import load_data
 
 
 def hand_mlp(state: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,18 @@
 """The average of the weights (train.ema_decay): its recursion by hand, what a run evaluates and saves, resume."""
 import pytest
 import torch
+from conftest import assert_same_parameters, with_, without_timing
 from torch import nn
 
 from vae import load
-from vae.averaging import WeightAverage
-from vae.checkpoint import load_checkpoint
-from vae.checkpoint_eval import evaluate_checkpoint
-from vae.data import load_data
-from vae.heldout import evaluate
-from vae.model import build_model
-from vae.step import EagerStep
-from vae.training import train
-
-from conftest import assert_same_parameters, with_, without_timing
+from vae.data.load import load_data
+from vae.evaluate.analyze import evaluate_checkpoint
+from vae.evaluate.heldout import evaluate
+from vae.model.vae import build_model
+from vae.run.checkpoint import load_checkpoint
+from vae.train.averaging import WeightAverage
+from vae.train.loop import train
+from vae.train.step import EagerStep
 
 
 def averaged_by_hand(start: dict, states: list[dict], decay: float) -> dict:

@@ -5,12 +5,19 @@ import zipfile
 import pytest
 import torch
 
-from vae.checkpoint import (FORMAT_VERSION, evaluated_weights, load_checkpoint, load_state, resolve_checkpoint,
-                            run_dir_of,
-                            save_checkpoint)
-from vae.config import Config, ModelConfig, TrainConfig, to_dict
+from vae.config.load import to_dict
+from vae.config.schema import Config, ModelConfig, TrainConfig
 from vae.errors import UserError
-from vae.model import VAE
+from vae.model.vae import VAE
+from vae.run.checkpoint import (
+    FORMAT_VERSION,
+    evaluated_weights,
+    load_checkpoint,
+    load_state,
+    resolve_checkpoint,
+    run_dir_of,
+    save_checkpoint,
+)
 
 
 def make_state(epoch=3, cfg=Config()):

@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ImageCollector, make_mnist
 from matplotlib.image import imread
 
-from vae.checkpoint import load_checkpoint
-from vae.checkpoint_eval import evaluate_checkpoint
-from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig, load_config
-from vae.data import load_data
-from vae.model import build_model
-from vae.training import train
-
-from conftest import ImageCollector, make_mnist
+from vae.config.load import load_config
+from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.data.load import load_data
+from vae.evaluate.analyze import evaluate_checkpoint
+from vae.model.vae import build_model
+from vae.run.checkpoint import load_checkpoint
+from vae.train.loop import train
 
 
 @torch.no_grad()

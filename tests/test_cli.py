@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-
-from vae import rundir
-
 from conftest import REPO, write_config
+
+from vae.run import rundir
 
 
 def cli(script, *args, cwd=REPO):

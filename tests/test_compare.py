@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, ImageCollector
 from matplotlib.image import imread
 
-from vae.compare import compare
-from vae.config import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.compare.compare import compare
+from vae.config.schema import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
 from vae.errors import UserError
-from vae.training import train
-
-from conftest import REPO, ImageCollector
+from vae.train.loop import train
 
 K = ["eval.iwae_samples=16"]
 

@@ -1,11 +1,11 @@
 from pathlib import Path
 
 import pytest
-
-from vae.config import Config, ModelConfig, TrainConfig, from_dict, load_config, to_dict, valid_keys
-from vae.errors import UserError
-
 from conftest import REPO
+
+from vae.config.load import from_dict, load_config, to_dict
+from vae.config.schema import Config, ModelConfig, TrainConfig, valid_keys
+from vae.errors import UserError
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:

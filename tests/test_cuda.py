@@ -3,9 +3,9 @@ import pytest
 import torch
 from conftest import with_, without_timing
 
-from vae.checkpoint import load_checkpoint
-from vae.step import GraphedStep
-from vae.training import train
+from vae.run.checkpoint import load_checkpoint
+from vae.train.loop import train
+from vae.train.step import GraphedStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

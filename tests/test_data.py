@@ -3,13 +3,14 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import make_mnist, synthetic_digits, write_idx
 from torchvision.datasets import MNIST
 
-from vae.config import CLASS_NAMES, DataConfig
-from vae.data import Split, load_data, load_dataset
+from vae.config.schema import CLASS_NAMES, DataConfig
+from vae.data.load import load_data
+from vae.data.mnist import load_dataset
+from vae.data.split import Split
 from vae.errors import UserError
-
-from conftest import make_mnist, synthetic_digits, write_idx
 
 CPU = torch.device("cpu")
 

@@ -5,14 +5,13 @@ import sys
 
 import pytest
 import torch
-
-from vae import rundir
-from vae.checkpoint import load_checkpoint
-from vae.distributed import World
-from vae.training import train
-
 from conftest import REPO, write_config
 from test_training import with_
+
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.train.distributed import World
+from vae.train.loop import train
 
 pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
 

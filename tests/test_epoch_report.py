@@ -1,5 +1,5 @@
 """What an epoch prints: the posterior-collapse warning and its remedies."""
-from vae.epoch_report import collapse_warning
+from vae.train.epoch_report import collapse_warning
 
 
 def test_collapse_warning_names_the_numbers_and_the_remedies():

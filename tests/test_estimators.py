@@ -2,15 +2,14 @@ import math
 
 import pytest
 import torch
-
-from vae.config import ModelConfig
-from vae.data import load_dataset
-from vae.estimators import LOG_2PI, active_units, log_normal, rate_split
-from vae.heldout import encode_split
-from vae.loss import kl_per_dim
-from vae.model import VAE
-
 from conftest import gaussian_bound
+
+from vae.config.schema import ModelConfig
+from vae.data.mnist import load_dataset
+from vae.evaluate.estimators import active_units, rate_split
+from vae.evaluate.heldout import encode_split
+from vae.model.distributions import LOG_2PI, kl_per_dim, log_normal
+from vae.model.vae import VAE
 
 
 class LinearGaussian:

@@ -4,15 +4,14 @@ import json
 
 import numpy as np
 import torch
-
-from vae.config import Config, ModelConfig
-from vae.data import Split
-from vae.explorer import explorer_data, save_explorer
-from vae.heldout import encode_split
-from vae.model import build_model
-from vae.report import explorer_section
-
 from conftest import synthetic_digits
+
+from vae.config.schema import Config, ModelConfig
+from vae.data.split import Split
+from vae.evaluate.explorer import explorer_data, save_explorer
+from vae.evaluate.heldout import encode_split
+from vae.evaluate.report import explorer_section
+from vae.model.vae import build_model
 
 
 def payload(model_cfg, n=200):

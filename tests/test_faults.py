@@ -8,16 +8,15 @@ import time
 
 import pytest
 import torch
-
-from vae import rundir
-from vae.checkpoint import load_checkpoint
-from vae.config import load_config
-from vae.errors import Interrupted
-from vae.interrupt import StopRequest
-from vae.resume import last_position
-from vae.training import train
-
 from conftest import REPO, write_config
+
+from vae.config.load import load_config
+from vae.errors import Interrupted
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.run.resume import last_position
+from vae.train.interrupt import StopRequest
+from vae.train.loop import train
 
 pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
 

@@ -2,14 +2,15 @@
 per-sample hand expansion and against the standard estimator's mean; the decoder's output bias."""
 import pytest
 import torch
+from conftest import make_mnist
 from torch.distributions import Normal
 
-from vae.config import LossConfig, ModelConfig, load_config
-from vae.loss import bernoulli_log_likelihood, objective_nats
-from vae.model import VAE, init_output_bias
-from vae.training import train
-
-from conftest import make_mnist
+from vae.config.load import load_config
+from vae.config.schema import LossConfig, ModelConfig
+from vae.model.distributions import bernoulli_log_likelihood
+from vae.model.vae import VAE, init_output_bias
+from vae.train.loop import train
+from vae.train.objective import objective_nats
 
 
 def tiny_vae(seed=0):

@@ -1,10 +1,9 @@
 """The default config on the genuine MNIST files (../shared/data), when they are present."""
 import pytest
-
-from vae.config import load_config
-from vae.training import train
-
 from conftest import REPO, SHARED_DATA
+
+from vae.config.load import load_config
+from vae.train.loop import train
 
 TRAIN_IMAGES = SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte"
 pytestmark = [pytest.mark.slow,

@@ -2,13 +2,19 @@ import math
 
 import pytest
 import torch
+from conftest import gaussian_bound
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from vae.config import LossConfig
-from vae.estimators import log_normal, log_standard_normal
-from vae.loss import bernoulli_log_likelihood, gaussian_rate, iwae_nats, kl_per_dim, objective_nats, vae_loss
-
-from conftest import gaussian_bound
+from vae.config.schema import LossConfig
+from vae.model.distributions import (
+    bernoulli_log_likelihood,
+    gaussian_rate,
+    kl_per_dim,
+    log_normal,
+    log_standard_normal,
+    vae_loss,
+)
+from vae.train.objective import iwae_nats, objective_nats
 
 
 def random_posterior(batch=16, latent=5, seed=0):

@@ -11,12 +11,11 @@ import sys
 
 import pytest
 import torch
+from conftest import make_mnist, write_idx
 
 from vae.cli import run
-from vae.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
-from vae.training import train
-
-from conftest import make_mnist, write_idx
+from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.train.loop import train
 
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
                  "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vae.config import ModelConfig
-from vae.model import VAE, TwoLayerVAE, build_model
+from vae.config.schema import ModelConfig
+from vae.model.vae import VAE, TwoLayerVAE, build_model
 
 
 @pytest.mark.parametrize("hidden", [(), (64,), (64, 32)])
@@ -73,7 +73,7 @@ def test_conv_stages_halve_the_side_and_the_decoder_mirrors_them(channels, sides
 
 
 def test_a_residual_block_adds_its_branch_to_the_input():
-    from vae.conv import ResidualBlock
+    from vae.model.conv import ResidualBlock
     block = ResidualBlock(4, torch.nn.ReLU)
     x = torch.randn(2, 4, 7, 7)
     assert not torch.allclose(block(x), x)

@@ -4,16 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from vae import rundir
-from vae.checkpoint import load_checkpoint
-from vae.data import load_data
-from vae.errors import UserError
-from vae.heldout import evaluate
-from vae.run_plan import plan_run
-from vae.training import train
-
 from conftest import with_, without_timing
+
+from vae.data.load import load_data
+from vae.errors import UserError
+from vae.evaluate.heldout import evaluate
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.train.loop import train
+from vae.train.plan import plan_run
 
 
 @pytest.mark.parametrize("option", [{"precision": "bf16"}, {"compile": True}])
@@ -99,8 +98,8 @@ def test_two_stochastic_layers_train_and_resume(tiny_cfg, tmp_path, loss):
 
 
 def test_free_bits_apply_to_both_stochastic_layers(tiny_cfg):
-    from vae.loss import objective_nats
-    from vae.model import build_model
+    from vae.model.vae import build_model
+    from vae.train.objective import objective_nats
     cfg = with_(tiny_cfg, model={"latent2_dim": 3, "hidden2_dims": (16,)}, loss={"free_bits": 50.0})
     model = build_model(cfg.model)
     x = torch.rand(8, 784)

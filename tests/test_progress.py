@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vae.errors import UserError
-from vae.progress import EpochProgress
+from vae.train.progress import EpochProgress
 
 
 def begin(n, seed):

@@ -5,18 +5,17 @@ import json
 
 import pytest
 import torch
-from matplotlib.image import imread
-
-from vae.checkpoint import load_checkpoint
-from vae.config import Config, ModelConfig
-from vae.data import Split
-from vae.explorer import save_explorer
-from vae.heldout import encode_split
-from vae.model import build_model
-from vae.report import explorer_section
-
 from chromium import Chromium, chromium_binary
 from conftest import synthetic_digits
+from matplotlib.image import imread
+
+from vae.config.schema import Config, ModelConfig
+from vae.data.split import Split
+from vae.evaluate.explorer import save_explorer
+from vae.evaluate.heldout import encode_split
+from vae.evaluate.report import explorer_section
+from vae.model.vae import build_model
+from vae.run.checkpoint import load_checkpoint
 
 BINARY = chromium_binary()
 pytestmark = pytest.mark.skipif(BINARY is None, reason="no chromium here: `apt-get install -y chromium` (.ci/run "

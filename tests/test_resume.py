@@ -3,16 +3,16 @@ import shutil
 
 import pytest
 import torch
-
-from vae import rundir
-from vae.checkpoint import load_checkpoint
-from vae.config import Config, from_dict
-from vae.errors import UserError
-from vae.resume import check_same_run
-from vae.step import EagerStep
-from vae.training import train
-
 from conftest import assert_same_parameters, with_, without_timing
+
+from vae.config.load import from_dict
+from vae.config.schema import Config
+from vae.errors import UserError
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.run.resume import check_same_run
+from vae.train.loop import train
+from vae.train.step import EagerStep
 
 
 def test_resume_is_bitwise_identical_to_uninterrupted_run(tiny_cfg, tmp_path):

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from vae import memory, rundir
-from vae.config import Config, TrainConfig
-from vae.errors import UserError
-from vae.memory import estimate_bytes
-from vae.step import EagerStep
-from vae.training import train
-
 from conftest import REPO, with_, write_config
+
+from vae.config.schema import Config, TrainConfig
+from vae.errors import UserError
+from vae.run import rundir
+from vae.train import memory
+from vae.train.loop import train
+from vae.train.memory import estimate_bytes
+from vae.train.step import EagerStep
 
 
 def test_a_new_run_never_clobbers_an_existing_one(tiny_cfg):
@@ -83,7 +83,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_resume(tiny_cfg):
     run = Path(tiny_cfg.output.dir)
     train(tiny_cfg)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from vae.rundir import locked\nwith locked(Path(sys.argv[1])):\n"
+                               "from vae.run.rundir import locked\nwith locked(Path(sys.argv[1])):\n"
                                "    print('held', flush=True)\n    time.sleep(300)\n", str(run)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout.readline() == "held\n"

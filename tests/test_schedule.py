@@ -2,13 +2,12 @@
 import math
 
 import pytest
-
-from vae.config import LossConfig, TrainConfig
-from vae.schedule import kl_weight, learning_rate, stops_early
-from vae.step import EagerStep
-from vae.training import train
-
 from conftest import with_
+
+from vae.config.schema import LossConfig, TrainConfig
+from vae.train.loop import train
+from vae.train.schedule import kl_weight, learning_rate, stops_early
+from vae.train.step import EagerStep
 
 
 def test_learning_rate_schedules():
@@ -68,7 +67,7 @@ def test_the_time_budget_stops_once_the_epochs_seconds_reach_it():
 
 
 class TwoSecondEpochs:
-    """A stand-in for the time module of vae.training whose clock moves 1 s at every reading: the
+    """A stand-in for the time module of vae.train.loop whose clock moves 1 s at every reading: the
     loop reads it twice in an epoch's steps and twice in its evaluation, so each epoch takes 2 s."""
 
     def __init__(self):
@@ -81,8 +80,8 @@ class TwoSecondEpochs:
 
 def test_a_timed_run_stops_on_its_budget_and_its_resume_counts_the_time_already_spent(
         tiny_cfg, monkeypatch, capsys):
-    import vae.training
-    monkeypatch.setattr(vae.training, "time", TwoSecondEpochs())
+    import vae.train.loop
+    monkeypatch.setattr(vae.train.loop, "time", TwoSecondEpochs())
     seen, real = [], EagerStep.__call__
 
     def recording(self, *args):

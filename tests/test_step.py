@@ -1,15 +1,14 @@
 """The training step: an update changes every weight, evaluation none; gradient clipping."""
 import pytest
 import torch
-
-from vae.data import load_dataset
-from vae.heldout import evaluate
-from vae.loss import vae_loss
-from vae.model import VAE
-from vae.progress import EpochProgress
-from vae.step import Batches, EagerStep, StepOptions
-
 from conftest import assert_same_parameters, with_
+
+from vae.data.mnist import load_dataset
+from vae.evaluate.heldout import evaluate
+from vae.model.distributions import vae_loss
+from vae.model.vae import VAE
+from vae.train.progress import EpochProgress
+from vae.train.step import Batches, EagerStep, StepOptions
 
 
 def eager_step(model, opt, split, cfg):

@@ -12,27 +12,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from vae import rundir, sweep
-from vae.compare import compare
-from vae.checkpoint import load_checkpoint
-from vae.config import from_dict, load_config, to_dict
-from vae.errors import UserError
-
 from conftest import REPO, write_config
+
+from vae.compare.compare import compare
+from vae.config.load import from_dict, load_config, to_dict
+from vae.errors import UserError
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.sweep.pool import run_workers
+from vae.sweep.spec import Sweep, load, parse_grid, parse_search
+from vae.sweep.study import create, open_study, summary
 
 SWEEP = [sys.executable, str(REPO / "sweep.py")]
 
 
 def make(tmp_path, mnist_root, grid, seeds=1, **train):
     cfg = load_config(write_config(tmp_path / "base.yaml", mnist_root, **train))
-    spec = sweep.Sweep(config=to_dict(cfg), grid=sweep.parse_grid(grid), seeds=seeds, heartbeat=1)
-    sweep.create(spec, tmp_path / "sweep")
+    spec = Sweep(config=to_dict(cfg), grid=parse_grid(grid), seeds=seeds, heartbeat=1)
+    create(spec, tmp_path / "sweep")
     return spec, tmp_path / "sweep"
 
 
 def trials(sweep_dir):
-    study = sweep.open_study(sweep.load(sweep_dir), sweep_dir)
+    study = open_study(load(sweep_dir), sweep_dir)
     return study.get_trials(deepcopy=False)
 
 
@@ -44,7 +46,7 @@ def final_weights(sweep_dir):
 def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, mnist_root):
     spec, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=0.5,2", "model.hidden_dims=[16],[8,8]"], seeds=2)
     assert spec.size() == 8
-    sweep.run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1, REPO / "sweep.py")
     done = trials(sweep_dir)
     assert [t.state.name for t in done] == ["COMPLETE"] * 8
     points = sorted((t.params["loss.beta"], t.params["model.hidden_dims"], t.params["train.seed"]) for t in done)
@@ -61,7 +63,7 @@ def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, 
     stored = json.loads((sweep_dir / "sweep.json").read_text())
     assert stored["grid"] == {"loss.beta": ["0.5", "2"], "model.hidden_dims": ["[16]", "[8,8]"]}
     assert stored["seeds"] == 2 and "created_at" in stored
-    assert "8 of 8 trials complete" in sweep.summary(sweep_dir)
+    assert "8 of 8 trials complete" in summary(sweep_dir)
 
 
 @pytest.mark.parametrize("grid, search, options, overrides, message", [
@@ -79,8 +81,8 @@ def test_a_bad_sweep_is_refused_before_anything_trains(tmp_path, mnist_root, gri
                                                         message):
     base = load_config(write_config(tmp_path / "c.yaml", mnist_root), overrides)
     with pytest.raises(UserError, match=message):
-        sweep.create(sweep.Sweep(config=to_dict(base), grid=sweep.parse_grid(grid),
-                                 search=sweep.parse_search(search), **options), tmp_path / "s")
+        create(Sweep(config=to_dict(base), grid=parse_grid(grid),
+                                 search=parse_search(search), **options), tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
@@ -102,12 +104,12 @@ def test_an_existing_sweep_directory_is_refused(tmp_path, mnist_root):
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, mnist_root):
     # 700 validation images leave none of the 640 to train on: a UserError inside that trial only
     _, sweep_dir = make(tmp_path, mnist_root, ["data.val_size=100,700"])
-    sweep.run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1, REPO / "sweep.py")
     by_size = {t.params["data.val_size"]: t for t in trials(sweep_dir)}
     assert by_size["100"].state.name == "COMPLETE"
     assert by_size["700"].state.name == "FAIL"
     assert "data.val_size=700 leaves no training images" in by_size["700"].user_attrs["error"]
-    assert "failed: data.val_size=700 leaves no training images" in sweep.summary(sweep_dir)
+    assert "failed: data.val_size=700 leaves no training images" in summary(sweep_dir)
 
 
 @pytest.mark.slow
@@ -176,11 +178,11 @@ def test_ctrl_c_stops_the_workers_saves_and_says_how_to_resume(tmp_path, mnist_r
 
 def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path, mnist_root):
     cfg = load_config(write_config(tmp_path / "base.yaml", mnist_root, epochs=3), ["data.val_size=100"])
-    spec = sweep.Sweep(config=to_dict(cfg), search=sweep.parse_search(["train.lr=log(1e-3,1e-2)",
+    spec = Sweep(config=to_dict(cfg), search=parse_search(["train.lr=log(1e-3,1e-2)",
                                                                        "model.latent_dim=int(2,6)"]),
                        trials=4, prune="median", heartbeat=1)
-    sweep.create(spec, tmp_path / "s")
-    sweep.run_workers(tmp_path / "s", 1, REPO / "sweep.py")
+    create(spec, tmp_path / "s")
+    run_workers(tmp_path / "s", 1, REPO / "sweep.py")
     done = trials(tmp_path / "s")
     assert len(done) == 4 and {t.state.name for t in done} <= {"COMPLETE", "PRUNED"}
     for t in done:
@@ -207,7 +209,7 @@ def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and two usable cores")
 def test_a_worker_pinned_to_one_core_gets_one_thread():
-    code = ("import os; from vae.sweep import threads_per_worker; "
+    code = ("import os; from vae.sweep.pool import threads_per_worker; "
             "print(threads_per_worker(1)); os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "print(threads_per_worker(1))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout

@@ -6,10 +6,9 @@ import sys
 import uuid
 
 import pytest
-
-from vae import rundir
-
 from conftest import REPO, write_config
+
+from vae.run import rundir
 
 URL = os.environ.get("VAE_TEST_POSTGRES", "")
 pytestmark = [pytest.mark.slow,

@@ -1,11 +1,10 @@
 import sys
 
 import pytest
+from test_training import with_
 
 from vae.errors import UserError
-from vae.training import train
-
-from test_training import with_
+from vae.train.loop import train
 
 
 def test_missing_tensorboard_is_one_clear_error_before_anything_is_written(tiny_cfg, monkeypatch, tmp_path):

@@ -4,18 +4,18 @@ import json
 import pytest
 import torch
 import yaml
-
-from vae import rundir
-from vae.checkpoint import load_checkpoint
-from vae.config import from_dict, to_dict
-from vae.data import load_data, load_dataset
-from vae.errors import UserError
-from vae.heldout import evaluate
-from vae.loss import vae_loss
-from vae.model import VAE
-from vae.training import train
-
 from conftest import TIMING, assert_same_parameters, with_, without_timing
+
+from vae.config.load import from_dict, to_dict
+from vae.data.load import load_data
+from vae.data.mnist import load_dataset
+from vae.errors import UserError
+from vae.evaluate.heldout import evaluate
+from vae.model.distributions import vae_loss
+from vae.model.vae import VAE
+from vae.run import rundir
+from vae.run.checkpoint import load_checkpoint
+from vae.train.loop import train
 
 
 def test_a_run_writes_its_whole_directory(tiny_cfg):
@@ -77,12 +77,12 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(tiny_cfg, tmp_pa
 
 
 def test_best_checkpoint_is_one_consistent_moment(tiny_cfg, tmp_path, monkeypatch):
-    import vae.training
+    import vae.train.loop
     scripted = iter([5.0, 1.0, 3.0])  # test losses per epoch: the best epoch (2) is not the last
 
     def evaluate_scripted(*args):
         return {**evaluate(*args), "loss": next(scripted)}
-    monkeypatch.setattr(vae.training, "evaluate", evaluate_scripted)
+    monkeypatch.setattr(vae.train.loop, "evaluate", evaluate_scripted)
     result = train(with_(tiny_cfg, train={"epochs": 3}))
     monkeypatch.undo()
     best, _ = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
@@ -95,7 +95,7 @@ def test_best_checkpoint_is_one_consistent_moment(tiny_cfg, tmp_path, monkeypatc
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
-    import vae.loss
+    import vae.train.objective
     run = train(tiny_cfg).run_dir
     good = (run / "checkpoints" / "last.pt").read_bytes()
     calls = iter(range(1000))
@@ -103,7 +103,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tin
     def poisoned(*args):  # the 4th step of the resumed epoch 3 gets a NaN KL
         terms = vae_loss(*args)
         return terms._replace(kl=terms.kl * float("nan")) if next(calls) == 3 else terms
-    monkeypatch.setattr(vae.loss, "vae_loss", poisoned)  # the training objective's, not evaluation's
+    monkeypatch.setattr(vae.train.objective, "vae_loss", poisoned)  # the training objective's, not evaluation's
     with pytest.raises(UserError, match="diverged at epoch 3, step 4: KL not finite"):
         train(with_(tiny_cfg, train={"epochs": 3}), resume=run)
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
@@ -117,14 +117,14 @@ def test_config_yaml_records_overrides_for_a_later_resume(tiny_cfg):
 
 
 def test_a_validation_split_chooses_best_pt_and_stops_early(tiny_cfg, tmp_path, monkeypatch, capsys):
-    import vae.training
+    import vae.train.loop
     cfg = with_(tiny_cfg, data={"val_size": 100}, train={"epochs": 8, "patience": 2})
     val_losses = iter([5.0, 1.0, 3.0, 2.0, 0.5, 0.4, 0.6, 0.7])  # best at epoch 2, then 2 epochs without a better one
     test_losses = iter([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0])  # always improving: must not decide anything
 
     def evaluate_scripted(model, split, seed):
         return {**evaluate(model, split, seed), "loss": next(val_losses if len(split) == 100 else test_losses)}
-    monkeypatch.setattr(vae.training, "evaluate", evaluate_scripted)
+    monkeypatch.setattr(vae.train.loop, "evaluate", evaluate_scripted)
     result = train(cfg)
     assert [r["epoch"] for r in result.rows] == [1, 2, 3, 4]
     assert [r["val_loss"] for r in result.rows] == [5.0, 1.0, 3.0, 2.0]

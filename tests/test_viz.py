@@ -1,11 +1,11 @@
 import torch
 from matplotlib.image import imread
 
-from vae.config import ModelConfig
-from vae.data import load_dataset
-from vae.pictures import fixed_latents, save_pictures
-from vae.model import VAE
-from vae.viz import plot_loss_curves, save_grid, save_pairs
+from vae.config.schema import ModelConfig
+from vae.data.mnist import load_dataset
+from vae.evaluate.pictures import fixed_latents, save_pictures
+from vae.evaluate.plots import plot_loss_curves, save_grid, save_pairs
+from vae.model.vae import VAE
 
 
 def grey(path) -> torch.Tensor:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from vae.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
-from vae.checkpoint_eval import IWAE_EXAMPLES, iwae_batch
-from vae.config import Config
-from vae.data import IMAGE_SHAPE, PIXELS
+from vae.config.schema import Config
+from vae.data.split import IMAGE_SHAPE, PIXELS
 from vae.device import resolve_device
 from vae.errors import UserError
-from vae.model import VAE, build_model
+from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
+from vae.model.vae import VAE, build_model
+from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 
 SHAPES = "(28, 28), (N, 28, 28), (N, 1, 28, 28), (784,) or (N, 784)"
 

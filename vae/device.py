@@ -1,4 +1,5 @@
-"""Turn the config's device name into a torch.device, or say clearly why it cannot be had."""
+"""The machine: the config's device name as a torch.device (or why it cannot be had), and whether it has
+bf16 products."""
 from __future__ import annotations
 
 import torch
@@ -16,3 +17,14 @@ def resolve_device(name: str) -> torch.device:
             raise UserError(f"train.device={name} but this machine has no such CUDA device; "
                             f"use train.device=cpu or auto")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` has bf16 products in hardware (a CPU with AVX512-BF16 or AMX, a GPU with bf16)."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether train.precision puts the forward pass under bf16 autocast on `device`: always for bf16,
+    and for auto where the hardware has bf16 products."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))

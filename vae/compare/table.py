@@ -1,0 +1,78 @@
+"""The comparison's numbers: which keys differ, seed groups as mean ± std, the chosen group, the CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from vae.config.schema import NOT_COMPARED
+from vae.files import atomic_write_text
+
+# (metrics key, heading): the numbers compared, in nats per example unless named otherwise
+COLUMNS = (("negative_elbo", "−ELBO"), ("distortion", "distortion"), ("rate", "rate"),
+           ("nll_iwae", "NLL"), ("inference_gap", "inference gap"), ("active_units", "active units"),
+           ("mutual_information", "I(x; z)"), ("marginal_kl", "KL(q(z) ‖ p(z))"), ("epochs", "epochs"),
+           ("seconds", "seconds"), ("best_val", "validation −ELBO (best epoch)"))
+def flat(config: dict) -> dict:
+    return {f"{s}.{k}": v for s, keys in config.items() for k, v in keys.items()}
+
+
+def differing_keys(rows: list[dict]) -> list[str]:
+    """Config keys whose values are not the same in every run (but train.seed), in config order."""
+    keys = [k for k in rows[0]["config"] if k not in NOT_COMPARED and k != "train.seed"]
+    return [k for k in keys if len({json.dumps(r["config"].get(k)) for r in rows}) > 1]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (n - 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def groups(rows: list[dict], keys: list[str]) -> list[dict]:
+    """Runs that differ only in train.seed, with each number's mean and standard deviation over them."""
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        found.setdefault(json.dumps([row["config"].get(k) for k in keys]), []).append(row)
+    out = []
+    for members in found.values():
+        stats = {}
+        for key, _ in COLUMNS:
+            values = [m[key] for m in members if m[key] is not None]
+            stats[key] = dict(zip(("mean", "std"), mean_std(values))) if values else None
+        out.append({"values": {k: members[0]["config"].get(k) for k in keys}, "runs": [m["run"] for m in members],
+                    "seeds": [m["config"].get("train.seed") for m in members], **stats})
+    return out
+
+
+def label(values: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()) or "all runs"
+
+
+def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", *keys, "train.seed", *(key for key, _ in COLUMNS)])
+    for r in rows:
+        writer.writerow([r["run"], *(json.dumps(r["config"].get(k)) for k in keys), r["config"].get("train.seed"),
+                         *("" if r[key] is None else r[key] for key, _ in COLUMNS)])
+    atomic_write_text(path, buf.getvalue())
+
+
+def cell(stat: dict | None, key: str) -> str:
+    """mean ± std, to 3 decimals (whole numbers for counts)."""
+    if stat is None:
+        return "—"
+    digits = 0 if key in ("active_units", "epochs") else 1 if key == "seconds" else 3
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] else "")
+
+
+def chosen(found: list[dict]) -> tuple[int, str]:
+    """The group to pick, and on what: the best validation loss when every run has a validation split
+    (the test numbers of that group are then honest), else the best test NLL (which flatters it)."""
+    if all(g["best_val"] for g in found):
+        return min(range(len(found)), key=lambda i: found[i]["best_val"]["mean"]), "validation"
+    return min(range(len(found)), key=lambda i: found[i]["nll_iwae"]["mean"]), "test"

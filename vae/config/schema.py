@@ -1,0 +1,320 @@
+"""The run configuration's keys: typed frozen dataclasses, one section each, every key declared once.
+
+A key's field (`key(...)`) holds its type, default, allowed values, meaning and role. Validation,
+the lists of keys that may change on resume or that a comparison leaves out, and docs/config.md
+(vae.config.docs) are derived from there. A value a key does not allow is a `UserError` naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vae.errors import UserError
+
+# data.dataset -> the names of its classes 0..9 (those of torchvision's MNIST, FashionMNIST and KMNIST)
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}
+
+# A key's role: what changing it means for a run.
+EXPERIMENT = "experiment"  # what is trained: fixed for a run's life (resume refuses a change); compared
+DURATION = "duration"  # how long, and in what arithmetic, it trains: may change on resume; compared
+SETTING = "setting"  # where it runs, what it draws and measures: may change on resume; not compared
+ROLE_TEXT = {EXPERIMENT: "fixed", DURATION: "may change on resume", SETTING: "may change on resume; not compared"}
+
+
+def key(default: Any, meaning: str, *, choices: tuple = (), within: tuple | None = None, rule: str = "",
+        ok: Callable[[Any], bool] | None = None, role: str = EXPERIMENT) -> Any:
+    """A config field: its default, its meaning, the values it takes and its role, declared once.
+
+    `choices` lists the values it takes; `within=(low, high)` bounds a number (a float must also be
+    finite); `ok` is any other test, `rule` what it demands ("must be ...", also said on a refusal).
+    """
+    return dataclasses.field(default=default, metadata={"meaning": meaning, "choices": choices, "within": within,
+                                                        "rule": rule, "ok": ok, "role": role})
+
+
+def rule_text(f: dataclasses.Field) -> str:
+    """What a field's value must be, as said in an error ('' when any value of its type goes)."""
+    m = f.metadata
+    if m["rule"]:
+        return m["rule"]
+    if m["choices"]:
+        return f"must be one of {', '.join(map(str, m['choices']))}"
+    if m["within"]:
+        low, high = m["within"]
+        return f"must be a number in [{low:g}, {high:g}]" if f.type in ("float", float) else f"must be in {low}..{high}"
+    return ""
+
+
+def _allowed(f: dataclasses.Field, value: Any) -> bool:
+    m = f.metadata
+    if m["choices"] and value not in m["choices"]:
+        return False
+    if m["within"]:
+        low, high = m["within"]
+        if not (low <= value <= high) or isinstance(value, float) and not math.isfinite(value):
+            return False
+    return m["ok"] is None or m["ok"](value)
+
+
+def check_fields(section: Any, name: str) -> None:
+    """Refuse a value its field does not allow, naming the key and the rule."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not _allowed(f, value):
+            raise UserError(f"{name}.{f.name} {rule_text(f)}, got {list(value) if isinstance(value, tuple) else value!r}")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """A check that involves more than one key."""
+    if not ok:
+        raise UserError(f"{key} {rule}, got {value!r}")
+
+
+def _sizes(low: int, high: int, most: int | None = None) -> Callable[[tuple], bool]:
+    return lambda v: (most is None or 1 <= len(v) <= most) and all(low <= h <= high for h in v)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = key("mnist", "28x28 grey images of 10 classes, read by torchvision's `MNIST`, `FashionMNIST` "
+                       "(Zalando's Fashion-MNIST) or `KMNIST` (Kuzushiji-MNIST) from `<data.root>/MNIST/raw/`, "
+                       "`FashionMNIST/raw/` or `KMNIST/raw/` (the same four IDX file names)",
+                       choices=tuple(CLASS_NAMES))
+    root: str = key("data", "the folder holding the dataset's folder (`MNIST/raw/`, ...: torchvision's layout)",
+                    role=SETTING)
+    download: bool = key(True, "let torchvision download the dataset when its files are missing", role=SETTING)
+    binarize: str = key("none", "`none`: pixel intensities in [0, 1] are the Bernoulli targets; `dynamic`: each "
+                        "training image is drawn as Bernoulli(intensity) every time it is used, the test and "
+                        "validation images once (seeded by `data.seed`); `static`: every split drawn once",
+                        choices=("none", "dynamic", "static"))
+    seed: int = key(0, "seeds the binarizations and the choice of the validation images, so every run with the "
+                    "same `data.seed` is measured on the same test and validation sets",
+                    within=(0, 2**62 - 1), rule="must be in 0..2**62-1")
+    val_size: int = key(0, "training images held out as a validation split (a permutation seeded by `data.seed`; "
+                        "binarized once, like the test set): measured every epoch (`val_*` columns), it chooses "
+                        "`best.pt` and drives early stopping. `0` = no validation split", within=(0, 1_000_000))
+
+    def __post_init__(self):
+        check_fields(self, "data")
+
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_dims: tuple[int, ...] = key((400,), "`mlp`: the encoder's hidden widths; the decoder mirrors them; "
+                                       "`[]` is a linear encoder and decoder",
+                                       ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
+    latent_dim: int = key(20, "the size of z (of z1, the layer next to x, with two stochastic layers)",
+                          within=(1, 4096))
+    activation: str = key("relu", "the nonlinearity between hidden layers (`tanh`: Burda et al.'s networks)",
+                          choices=ACTIVATIONS)
+    arch: str = key("mlp", "`mlp`: fully connected encoder and decoder (`model.hidden_dims`); `conv`: "
+                    "convolutional ones with residual blocks (`model.channels`, `model.res_blocks`)",
+                    choices=("mlp", "conv"))
+    channels: tuple[int, ...] = key((32, 64), "`conv`: the channels of each stage, 1 to 3 stages at 28, 14 and 7 "
+                                    "pixels a side (stride-2 4x4 convolutions between stages, mirrored by "
+                                    "transposed ones in the decoder)", ok=_sizes(1, 4096, most=3),
+                                    rule="must hold 1 to 3 sizes in 1..4096 (one stage per halving of 28 pixels)")
+    res_blocks: int = key(1, "`conv`: residual blocks per stage, each x + conv3x3(act(conv3x3(act(x))))",
+                          within=(0, 64))
+    latent2_dim: int = key(0, "units of a second stochastic layer z2 above z1 (Burda et al.): q(z1|x) q(z2|z1), "
+                           "p(z2) = N(0, I), p(z1|z2), p(x|z1); the rate of z2 is analytic given z1, that of z1 a "
+                           "one-sample estimate. `0` = one stochastic layer", within=(0, 4096))
+    hidden2_dims: tuple[int, ...] = key((50, 50), "with `model.latent2_dim`: the MLP widths of q(z2|z1); p(z1|z2) "
+                                        "mirrors them", ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
+    output_bias_init: str = key("torch", "`pixel_means`: the decoder's last bias starts at logit(mean of each "
+                                "training pixel) (clamped to [0.001, 0.999]), so that before training p(x|z) is the "
+                                "data's pixel marginals, not a coin flip per pixel (`mlp` only); `torch`: torch's "
+                                "default initialization", choices=("torch", "pixel_means"))
+
+    def __post_init__(self):
+        check_fields(self, "model")
+        _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
+                 self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in one shared bias)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    beta: float = key(1.0, "the weight of the rate (KL) in the training objective: 1 is the ELBO, else a beta-VAE",
+                      within=(0, 1000))
+    kl_warmup_epochs: int = key(0, "the KL weight rises linearly, step by step, from 0 to `loss.beta` over this many "
+                                "epochs (under the IWAE bound it weights the latent part of each log-weight)",
+                                within=(0, 1_000_000))
+    free_bits: float = key(0.0, "free bits (Kingma et al. 2016): each latent dimension's rate, as a batch mean (the "
+                           "whole batch under torchrun), counts as at least this many nats. `0` = off",
+                           within=(0, 100))
+    iwae_k: int = key(1, "train on the IWAE bound with k importance samples per example (Burda et al. 2015); 1 is "
+                      "the VAE. It takes no beta or free bits", within=(1, 100_000))
+    gradient: str = key("standard", "`dreg`: the doubly reparameterized gradient (Tucker et al. 2019) for the "
+                        "encoder, with the same value and decoder gradient, reaching the encoder only through the "
+                        "samples z; at `loss.iwae_k=1` it is STL (Roeder et al. 2017). One stochastic layer, no free "
+                        "bits. `standard`: autograd of the objective", choices=("standard", "dreg"))
+
+    def __post_init__(self):
+        check_fields(self, "loss")
+        _require(self.iwae_k == 1 or (self.beta == 1 and not self.free_bits),
+                 "loss.iwae_k", self.iwae_k, "> 1 is the IWAE bound, which takes no beta or free bits "
+                 "(set loss.iwae_k=1 for those)")
+        _require(self.gradient == "standard" or not self.free_bits, "loss.gradient", self.gradient,
+                 "dreg takes no free bits (its rate is sampled, not the analytic per-dimension KL)")
+
+
+LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = key(10, "train up to this epoch (a resumed run continues to it)", within=(1, 1_000_000),
+                      role=DURATION)
+    batch_size: int = key(128, "examples per step; the last batch of an epoch may be smaller", within=(1, 1_000_000))
+    lr: float = key(1e-3, "Adam's learning rate (of the first epoch, under a schedule)",
+                    ok=lambda v: math.isfinite(v) and 0 < v <= 10, rule="must be a finite number in (0, 10]")
+    lr_schedule: str = key("constant", "the learning rate by epoch: `cosine` from `train.lr` down to `train.lr * "
+                           "train.lr_decay_to` in the last epoch; `exponential`, the same ends joined geometrically; "
+                           "`burda`, Burda et al.'s 3^i epochs at `train.lr * 10^(-i/7)`, i = 0..7 (3280 epochs). It "
+                           "follows `train.epochs` (and `train.budget_minutes`): raising it on resume stretches the "
+                           "rest", choices=LR_SCHEDULES)
+    lr_decay_to: float = key(0.1, "`cosine`/`exponential`: the last epoch's learning rate as a fraction of `train.lr`",
+                             ok=lambda v: math.isfinite(v) and 0 < v <= 1, rule="must be a number in (0, 1]")
+    seed: int = key(0, "seeds the initialization, the batch order, the noise and the fixed sample batch",
+                    within=(0, 2**63 - 1), rule="must be in 0..2**63-1")
+    device: str = key("auto", "`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`", role=SETTING,
+                      ok=lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                      rule="must be auto, cpu, cuda or cuda:N")
+    grad_clip: float = key(0.0, "clip the gradient norm to this before each step. `0` = off",
+                           ok=lambda v: math.isfinite(v) and v >= 0, rule="must be a finite number >= 0 (0 = off)")
+    checkpoint_every_steps: int = key(0, "also write `last.pt` every N steps inside an epoch (for long epochs). `0` = "
+                                      "at epoch ends only", ok=lambda v: v >= 0, role=SETTING,
+                                      rule="must be >= 0 (0 = at epoch ends only)")
+    deterministic: bool = key(False, "torch's deterministic algorithms (sets `CUBLAS_WORKSPACE_CONFIG` on a GPU)",
+                              role=SETTING)
+    precision: str = key("fp32", "`bf16` runs the training forward pass under bf16 autocast (the loss, the weights, "
+                         "Adam and every evaluation stay fp32): worth it on GPUs and on CPUs with AVX512-BF16 or AMX, "
+                         "emulated and far slower elsewhere (a warning says so); `auto` is `bf16` exactly where the "
+                         "hardware has bf16 products, and `run.json` records which one ran",
+                         choices=("fp32", "bf16", "auto"), role=DURATION)
+    compile: bool = key(False, "`torch.compile` the model for training (seconds of compiling at the start; "
+                        "docs/benchmarks.md says when it pays); needs a C++ compiler, checked before training",
+                        role=SETTING)
+    cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
+                           "Adam) as one CUDA graph after three eager steps and replay it (again after each "
+                           "learning-rate change); ignored on the CPU and under torchrun", role=SETTING)
+    patience: int = key(0, "early stopping: stop once the validation loss has not improved for this many epochs "
+                        "(needs `data.val_size`; a run that stopped stays stopped unless it is raised). `0` = never",
+                        within=(0, 1_000_000), rule="must be in 0..1000000 (0 = off)", role=DURATION)
+    ema_decay: float = key(0.0, "keep an exponential moving average of the weights, moving 1 - d of the way to them "
+                           "after each step, d rising as (1 + n) / (10 + n) up to this; every evaluation (the "
+                           "`val_*`/`test_*` columns, `best.pt`, pictures, evaluate.py, the API) uses it. `0` = off",
+                           ok=lambda v: 0 <= v < 1, rule="must be a number in [0, 1) (0 = off)")
+    budget_minutes: float = key(0.0, "a time budget: stop after the epoch that brings the training time (the sum of "
+                                "`metrics.csv`'s `seconds`: steps and per-epoch evaluations) to this, and run the "
+                                "learning-rate schedule over whichever budget, time or epochs, is the more used up. "
+                                "A resume counts the time spent; not with `burda`. `0` = none",
+                                within=(0, 1_000_000), rule="must be a number in [0, 1000000] (0 = no time budget)",
+                                role=DURATION)
+
+    def __post_init__(self):
+        check_fields(self, "train")
+        _require(not self.budget_minutes or self.lr_schedule != "burda", "train.budget_minutes", self.budget_minutes,
+                 "cannot time Burda's schedule, whose stages are fixed epoch counts (use cosine or exponential)")
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    every: int = key(1, "write the image grids and the loss curves every N epochs (and always after the last)",
+                     ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
+    digit: int | str = key(2, "the class shown in the single-class grid, and where the report's decoder starts: its "
+                           "index 0..9 or its name in `data.dataset` (`Trouser`, `tsu`; any case), kept as the index",
+                           ok=lambda v: isinstance(v, str) or 0 <= v <= 9,
+                           rule="must be a class index 0..9 or a class name", role=SETTING)
+
+    def __post_init__(self):
+        check_fields(self, "viz")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = key("test", "the split evaluate.py measures (`val` needs `data.val_size`)",
+                     choices=("test", "val", "train"), role=SETTING)
+    iwae_samples: int = key(5000, "k, the importance samples per image of the IWAE bound (Burda et al. use 5000)",
+                            within=(1, 1_000_000), role=SETTING)
+    seed: int = key(0, "seeds every sample evaluate.py draws, so that its numbers repeat", within=(0, 2**63 - 1),
+                    rule="must be in 0..2**63-1", role=SETTING)
+
+    def __post_init__(self):
+        check_fields(self, "eval")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = key(False, "also log the metrics and image grids to `<run>/tensorboard/` (needs `pip install "
+                            "tensorboard`)", role=SETTING)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = key(None, "the run directory; unset, `outputs/<config file name>`", role=SETTING)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    viz: VizConfig = VizConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    output: OutputConfig = OutputConfig()
+
+    def __post_init__(self):
+        # Early stopping on the test set would leak it into training: the test number would be chosen.
+        _require(not self.train.patience or self.data.val_size > 0, "train.patience", self.train.patience,
+                 "needs data.val_size > 0 (a validation split to watch)")
+        _require(self.eval.split != "val" or self.data.val_size > 0, "eval.split", self.eval.split,
+                 "needs data.val_size > 0 (the run has no validation split)")
+        _require(self.loss.gradient == "standard" or not self.model.latent2_dim, "loss.gradient", self.loss.gradient,
+                 "dreg is built for one stochastic layer (set model.latent2_dim=0)")
+        if isinstance(self.viz.digit, str):  # a class name: kept as its index, which is what files are named by
+            names = [n.lower() for n in CLASS_NAMES[self.data.dataset]]
+            _require(self.viz.digit.lower() in names, "viz.digit", self.viz.digit,
+                     f"must be a class of {self.data.dataset} ({', '.join(CLASS_NAMES[self.data.dataset])}) "
+                     f"or its index 0..9")
+            object.__setattr__(self, "viz", dataclasses.replace(self.viz, digit=names.index(self.viz.digit.lower())))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.data.dataset]
+
+
+def sections() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config file or override may set, e.g. 'train.lr'."""
+    return [f"{name}.{f.name}" for name, cls in sections().items() for f in dataclasses.fields(cls)]
+
+
+def keys_with_role(*roles: str) -> tuple[str, ...]:
+    """The dotted keys whose role is one of `roles`, in config order."""
+    return tuple(f"{name}.{f.name}" for name, cls in sections().items() for f in dataclasses.fields(cls)
+                 if f.metadata["role"] in roles)
+
+
+# What may differ between a checkpoint's config and the run that continues (or evaluates) it, and what a
+# comparison of runs leaves out of their differences
+MAY_CHANGE_ON_RESUME = keys_with_role(DURATION, SETTING)
+NOT_COMPARED = keys_with_role(SETTING)

@@ -1,0 +1,132 @@
+"""evaluate.py's work: a checkpoint's ELBO split, IWAE NLL, rate split and pictures, in <run>/eval/."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from vae.config.load import load_config, to_dict
+from vae.config.schema import Config
+from vae.data.load import TRAIN_DRAW, load_data
+from vae.data.split import PIXELS, Split
+from vae.device import resolve_device
+from vae.evaluate.estimators import ACTIVE_THRESHOLD, active_units, iwae_nll, rate_split
+from vae.evaluate.explorer import save_explorer
+from vae.evaluate.heldout import Posteriors, encode_split
+from vae.evaluate.latents import save_latents
+from vae.evaluate.pictures import save_evaluation_pictures
+from vae.evaluate.report import write_report
+from vae.files import atomic_write_text
+from vae.model.vae import VAE, TwoLayerVAE, build_model
+from vae.run import rundir
+from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint, run_dir_of
+from vae.run.resume import check_same_run
+
+BITS_PER_NAT = 1 / math.log(2)
+
+
+def bits_per_dim(nats: float) -> float:
+    return nats * BITS_PER_NAT / PIXELS
+
+
+TARGETS = {
+    "none": "pixel intensities in [0, 1] as Bernoulli targets (not binarized, so bits/dim is a "
+            "cross-entropy, not a code length)",
+    "dynamic": "binary pixels: the split binarized once, seeded by data.seed (training resampled them)",
+    "static": "binary pixels: the split binarized once, seeded by data.seed",
+}
+
+
+@torch.no_grad()
+def top_layer_means(model: TwoLayerVAE, post: Posteriors, seed: int, samples: int = 16) -> torch.Tensor:
+    """E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu2(z1)] of every example, over `samples` draws of z1: (N, latent2)."""
+    gen = torch.Generator(device=post.mu.device).manual_seed(seed)
+    eps = torch.randn((samples, *post.mu.shape), generator=gen, device=post.mu.device)
+    return model.encoder2(model.reparameterize(post.mu, post.logvar, eps)).chunk(2, dim=-1)[0].mean(0)
+
+
+@contextmanager
+def timed(seconds: dict, name: str):
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t0, 3)
+
+
+def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
+    """All the numbers (returned, JSON-ready) and pictures (written to `out`) for one model."""
+    k, seed, seconds = cfg.eval.iwae_samples, cfg.eval.seed, {}
+    with timed(seconds, "encode"):
+        post = encode_split(model, split, seed)
+    with timed(seconds, "iwae"):
+        nll, neg_elbo_k = iwae_nll(model, split, k, seed)
+    with timed(seconds, "aggregate_posterior"):
+        gen = torch.Generator(device=post.mu.device).manual_seed(seed)
+        # against p(z) = N(0, I): one stochastic layer only (with two, z1's prior is p(z1|z2))
+        rates = None if cfg.model.latent2_dim else rate_split(post.mu, post.logvar, generator=gen, progress=True)
+
+    distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
+    layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
+    dim_kl = layer_nats[0].tolist()  # the layer next to x
+    variance = post.mu.double().var(0)  # Cov_x(E_q[z_d]): what makes a unit active
+    active = (variance > ACTIVE_THRESHOLD).tolist()
+    nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
+    metrics = {
+        "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
+        "unit": "nats per example unless named otherwise",
+        "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
+                     "data_seed": cfg.data.seed, "val_size": cfg.data.val_size, "iwae_samples": k, "seed": seed,
+                     "elbo": "one z sample per example for distortion; analytic KL"
+                             + ("" if not cfg.model.latent2_dim else " of z2, a one-sample estimate for z1")},
+        "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
+        "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
+        "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
+        "negative_elbo_k_samples": neg_elbo_k_mean,
+        "inference_gap": neg_elbo_k_mean - nll_mean,
+        "active_units": sum(active),
+        "kl_per_dim": dim_kl, "posterior_mean_variance_per_dim": variance.tolist(),
+        "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
+                                 "average_kl": rate},
+        "rate_per_layer": [nats.sum().item() for nats in layer_nats if len(nats)],
+        **({"kl_per_dim_z2": layer_nats[1].tolist(),
+            "active_units_z2": active_units(top_layer_means(model, post, seed))} if cfg.model.latent2_dim else {}),
+    }
+    with timed(seconds, "pictures"):
+        save_evaluation_pictures(model, split, post, cfg, dim_kl, active,
+                                 {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
+    save_latents(post, split.labels, nll, cfg.eval.split, out)
+    save_explorer(model, split, post, cfg, dim_kl, out)
+    return {**metrics, "seconds": seconds}
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Everything evaluate.py reports for one checkpoint; writes <run>/eval/ and <run>/report.html."""
+    path = resolve_checkpoint(path)
+    state, stored = load_checkpoint(path)
+    cfg = load_config(None, overrides, base=to_dict(stored))
+    check_same_run(stored, cfg)
+    device = resolve_device(cfg.train.device)
+    splits = load_data(cfg.data, device)
+    model = build_model(cfg.model).to(device)
+    load_state(model, evaluated_weights(state), path)
+    model.eval()
+
+    run_dir = run_dir_of(path) or path.resolve().parent
+    rows = rundir.read_metrics(run_dir)  # for the report; read now so a bad file fails before the work
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    split = getattr(splits, cfg.eval.split)
+    if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
+        split = split.binarized(cfg.data.seed + TRAIN_DRAW)  # one fixed draw, as the other splits have
+    metrics = {"checkpoint": str(path), "epoch": state["epoch"],
+               "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
+               "device": str(device), **analyze(model, split, cfg, out)}
+    metrics["seconds"] = {**metrics["seconds"], "total": round(time.perf_counter() - t0, 3)}
+    metrics["report"] = str(run_dir / "report.html")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_report(run_dir, cfg, metrics, rows)
+    return metrics

@@ -1,0 +1,68 @@
+"""eval/explorer.json: what report.html's live decoder needs (weights, test codes, the latent map).
+
+The page (vae/evaluate/explorer.js) runs the MLP decoder's forward pass itself, so the weights travel as
+base64 of little-endian float32: 4/3 bytes of text per byte, a third of the size of decimal JSON.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vae.config.schema import Config
+from vae.data.split import Split
+from vae.evaluate.estimators import latent_plane
+from vae.evaluate.heldout import Posteriors
+from vae.files import atomic_write_text
+from vae.model.vae import VAE, TwoLayerVAE
+
+EXAMPLES_PER_CLASS = 2  # test images the page can start from
+MAP_POINTS = 2000  # points on the clickable latent map
+MAX_SLIDERS = 64  # the most informative dims get sliders; the rest keep the chosen image's values
+
+
+def floats(t: torch.Tensor) -> str:
+    return base64.b64encode(t.detach().float().cpu().contiguous().numpy().astype("<f4").tobytes()).decode("ascii")
+
+
+def layers(net: nn.Sequential) -> list[dict]:
+    """An MLP's Linear layers in order (weight (out, in) row-major); its activation sits between them."""
+    return [{"in": m.in_features, "out": m.out_features, "weight": floats(m.weight), "bias": floats(m.bias)}
+            for m in net if isinstance(m, nn.Linear)]
+
+
+def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float]) -> dict:
+    """The page's payload; for a conv decoder only the reason it has none."""
+    if cfg.model.arch != "mlp":
+        return {"absent": "the convolutional decoder (transposed convolutions and residual blocks) is not "
+                          "ported to the page's JavaScript; the pictures below are drawn by torch"}
+    mu, labels = post.mu.cpu(), split.labels.cpu()
+    chosen = [int(i) for c in range(10) for i in (labels == c).nonzero().flatten()[:EXAMPLES_PER_CLASS]]
+    first_of = lambda c: next((n for n, i in enumerate(chosen) if labels[i] == c), 0)  # noqa: E731
+    origin, axes, names = latent_plane(mu)
+    shown = mu[:MAP_POINTS].double()
+    points = (shown - origin) @ axes.T  # (M, 2)
+    order = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])
+    return {
+        "latent_dim": model.latent_dim, "activation": cfg.model.activation,
+        "decoder": layers(model.decoder),
+        # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling
+        "prior": layers(model.prior1) if isinstance(model, TwoLayerVAE) else None,
+        "latent2_dim": cfg.model.latent2_dim, "class_names": list(cfg.class_names),
+        # where the sliders and the interpolation start: a viz.digit, and the class five on from it
+        "start": first_of(cfg.viz.digit), "end": first_of((cfg.viz.digit + 5) % 10),
+        "sliders": [{"dim": d, "kl": dim_kl[d], "low": min(-4.0, float(mu[:, d].min())),
+                     "high": max(4.0, float(mu[:, d].max()))} for d in order[:MAX_SLIDERS]],
+        "examples": [{"label": int(labels[i]), "index": i, "mu": mu[i].tolist(),
+                      "pixels": base64.b64encode(split.images[i].cpu().numpy().tobytes()).decode("ascii")}
+                     for i in chosen],
+        "map": {"origin": origin.tolist(), "axes": axes.tolist(), "points": floats(points),  # (M, 2)
+                "labels": labels[:MAP_POINTS].tolist(), "names": list(names)},
+    }
+
+
+def save_explorer(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float], out: Path) -> None:
+    atomic_write_text(out / "explorer.json", json.dumps(explorer_data(model, split, post, cfg, dim_kl)))

@@ -1,0 +1,58 @@
+"""The held-out negative ELBO of a split, in nats per example: what every epoch measures."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vae.data.split import Split
+from vae.evaluate.estimators import active_units
+from vae.model.distributions import vae_loss
+from vae.model.vae import VAE
+
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Posteriors:
+    """Per-example results of one encoding pass over a split."""
+
+    mu: torch.Tensor  # (N, L)
+    logvar: torch.Tensor  # (N, L)
+    recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
+    kl_dims: torch.Tensor  # (N, D) the rate of each latent dimension (D = latent + latent2), nats
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """(N,) the rate, nats (analytic for one stochastic layer)."""
+        return self.kl_dims.sum(-1)
+
+
+@torch.no_grad()
+def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
+    """Posterior parameters and single-sample ELBO terms of every example in `split`.
+
+    The noise comes from its own generator seeded with `seed`, so every evaluation of the same
+    model gives the same numbers and the training random stream is left untouched.
+    """
+    model.eval()
+    device = split.images.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    parts = []
+    for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
+        x = split.pixels(idx)
+        out = model(x, model.noise(len(x), gen, device))
+        terms = vae_loss(out.logits, x, out.rate)
+        parts.append((out.mu, out.logvar, terms.reconstruction, out.rate.kl_dims))
+    return Posteriors(*(torch.cat(p) for p in zip(*parts)))
+
+
+def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
+    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats, and active units (of
+    the layer next to x); with two stochastic layers also kl_z2, the part of the rate that z2 carries."""
+    post = encode_split(model, split, seed)
+    recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
+    nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu)}
+    if post.kl_dims.shape[1] > model.latent_dim:
+        nats["kl_z2"] = post.kl_dims[:, model.latent_dim:].double().sum(1).mean().item()
+    return nats

@@ -1,0 +1,114 @@
+"""The pictures of a model: the grids drawn each epoch, and evaluate.py's full set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vae.config.schema import Config
+from vae.data.split import PIXELS, Split
+from vae.evaluate.estimators import latent_plane
+from vae.evaluate.heldout import Posteriors
+from vae.evaluate.plots import (
+    plot_kl_per_dim,
+    plot_latent_scatter,
+    plot_nats_histogram,
+    save_grid,
+    save_labeled_rows,
+    save_pairs,
+)
+from vae.model.vae import VAE
+
+SHOWN = 32  # images in each reconstruction grid
+SAMPLES = 64  # images in the prior-sample grid
+INTERPOLATION_PAIRS = ((2, 7), (0, 6), (1, 8), (3, 5), (4, 9))
+TRAVERSED_DIMS = 8
+
+
+def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The same SAMPLES draws of the prior's noise for a given seed, so sample grids compare across epochs."""
+    return torch.randn(SAMPLES, noise_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+@torch.no_grad()
+def reconstruct(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Bernoulli means decoded from the posterior mean: the grids change only when the model does."""
+    model.eval()
+    return torch.sigmoid(model.decode(model.encode(x)[0]))
+
+
+@torch.no_grad()
+def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, folder: Path,
+                  suffix: str = "", shown: int = SHOWN) -> list[Path]:
+    """Originals over reconstructions (first test images, then one digit class) and prior samples."""
+    model.eval()
+    paths = [folder / f"recon{suffix}.png", folder / f"digit{digit}{suffix}.png",
+             folder / f"samples{suffix}.png"]
+    x = split.pixels(torch.arange(min(shown, len(split)), device=fixed_z.device))
+    save_pairs(x, reconstruct(model, x), paths[0])
+    x = split.pixels((split.labels == digit).nonzero().flatten()[:shown])
+    if len(x):
+        save_pairs(x, reconstruct(model, x), paths[1])
+    else:
+        paths.pop(1)
+    save_grid(torch.sigmoid(model.generate(fixed_z)), paths[-1])
+    return paths
+
+
+@torch.no_grad()
+def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float],
+                             active: list[bool], per_example: dict[str, torch.Tensor], out: Path) -> None:
+    """evaluate.py's pictures in `out`: grids, digits, interpolations, traversals, the latent space, the worst."""
+    device, names = post.mu.device, cfg.class_names
+    decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
+    save_pictures(model, split, fixed_latents(model.noise_dim, cfg.train.seed, device), cfg.viz.digit,
+                  out, shown=64)
+
+    first = {c: (split.labels == c).nonzero().flatten() for c in range(10)}
+    rows = [split.pixels(first[c][:8]) for c in range(10) if len(first[c])]
+    if rows and all(len(r) == 8 for r in rows):
+        originals = torch.stack(rows)  # (10, 8, 784)
+        recons = reconstruct(model, originals.reshape(-1, PIXELS)).reshape(originals.shape)
+        save_labeled_rows(torch.cat([originals, recons], dim=1), list(names), out / "digits.png",
+                          "8 test images per class | their reconstructions")
+
+    steps = torch.linspace(0, 1, 10, device=device)[:, None]
+    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if len(first[a]) and len(first[b])]
+    if pairs:
+        lines = [decode(post.mu[first[a][0]] * (1 - steps) + post.mu[first[b][0]] * steps) for a, b in pairs]
+        save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs],
+                          out / "interpolation.png", "linear interpolation between posterior means")
+
+    top = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])[:TRAVERSED_DIMS]
+    base = post.mu[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.mu[0])
+    values = torch.linspace(-3, 3, 11, device=device)
+    lines = []
+    for d in top:
+        z = base.repeat(len(values), 1)
+        z[:, d] = values
+        lines.append(decode(z))
+    save_labeled_rows(torch.stack(lines), [f"z{d} {dim_kl[d]:.1f} nats" for d in top], out / "traversal.png",
+                      f"z_d from -3 to 3 around a {names[cfg.viz.digit]}, most informative dims first")
+
+    plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
+    save_latent_space(model, split, post, cfg, out)
+    plot_nats_histogram(per_example, out / "nats_histogram.png")
+    worst = post.recon.argsort(descending=True)[:16]
+    x = split.pixels(worst)
+    save_pairs(x, reconstruct(model, x), out / "worst.png")
+
+
+@torch.no_grad()
+def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, out: Path) -> None:
+    """The posterior means coloured by label and, for a 2-D latent under N(0, I), the decoded manifold."""
+    device = post.mu.device
+    if cfg.model.latent_dim == 2 and not cfg.model.latent2_dim:
+        # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
+        # (With two stochastic layers z1's prior is not N(0, I): no manifold then.)
+        grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
+        z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
+        z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
+        save_grid(torch.sigmoid(model.decode(z)), out / "manifold.png", nrow=20)
+    origin, axes, names = latent_plane(post.mu)
+    points = (post.mu.double() - origin) @ axes.T
+    plot_latent_scatter(points, split.labels, names, cfg.class_names, out / "latent_scatter.png")

@@ -1,0 +1,114 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import torch
+
+from vae.config.load import from_dict
+from vae.config.schema import Config
+from vae.errors import UserError
+from vae.files import atomic_write
+from vae.run.layout import CHECKPOINTS, last_pt
+
+FORMAT_VERSION = 4
+REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress", "average")
+
+
+def _best_of_v2(state: dict) -> dict:
+    """v2 chose best.pt on the test loss and did not record which epoch that was."""
+    state = {**state, "format_version": 3}
+    if "best_test_loss" in state:  # without it the check of REQUIRED_KEYS names "best" as missing
+        state["best"] = {"loss": state.pop("best_test_loss"), "epoch": None}
+    return state
+
+
+# Each step upgrades a checkpoint of format N to N + 1.
+UPGRADES = {
+    1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
+    2: _best_of_v2,
+    3: lambda state: {**state, "format_version": 4, "average": None},  # v3 kept no average of the weights
+}
+
+
+def save_checkpoint(state: dict, *paths: Path) -> None:
+    """Serialize `state` once and write it atomically to each path, in the order given."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    for path in paths:
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory meaning its checkpoints/last.pt."""
+    path = Path(path)
+    if path.is_dir():
+        last = last_pt(path)
+        if not last.is_file():
+            raise UserError(f"{path} is a directory without checkpoints/last.pt: not a run directory")
+        return last
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/x.pt -> <run>), or None."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == CHECKPOINTS else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
+    """Load and check a checkpoint on the CPU; returns (state, the config it was trained with)."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
+        text = str(e)
+        unsafe = re.search(r"GLOBAL (\S+)", text)
+        if unsafe:
+            raise UserError(f"{path} refers to Python code ({unsafe.group(1)}) that would run on load; "
+                            f"refusing it (checkpoints hold only tensors and plain data)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1) if detail else (text.strip().split(". ")[0] or type(e).__name__)
+        raise UserError(f"{path} is not a readable checkpoint ({reason.strip()[:160]})") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no format_version)")
+    while state["format_version"] in UPGRADES:
+        state = UPGRADES[state["format_version"]](state)
+    if state["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format {state['format_version']!r}, which this version "
+                        f"cannot read or upgrade (it reads formats 1..{FORMAT_VERSION}): "
+                        f"use the version of this project that wrote it")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{path} is incomplete: missing {', '.join(missing)}")
+    try:
+        cfg = from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"{path} holds an invalid config: {e}") from None
+    average = state["average"]
+    whole = isinstance(average, dict) and isinstance(average.get("model"), dict) \
+        and isinstance(average.get("updates"), int)
+    if not (whole and cfg.train.ema_decay or average is None and not cfg.train.ema_decay):
+        raise UserError(f"{path} is inconsistent: its average of the weights ({type(average).__name__}) does not "
+                        f"fit its config's train.ema_decay={cfg.train.ema_decay:g}")
+    return state, cfg
+
+
+def evaluated_weights(state: dict) -> dict:
+    """The weights every evaluation uses: their average over the steps where the run kept one
+    (train.ema_decay), else the model's own."""
+    return state["average"]["model"] if state["average"] else state["model"]
+
+
+def load_state(target, state_dict: dict, source: Path) -> None:
+    """`target.load_state_dict(state_dict)` (a module or optimizer), mismatches reported in one line."""
+    try:
+        target.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{source} does not fit the {type(target).__name__} its config describes: "
+                        f"{reason}") from None

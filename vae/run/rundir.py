@@ -1,0 +1,160 @@
+"""The run directory's own files: the clobber guard, the lock, run.json, config.yaml and metrics.csv."""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+import yaml
+
+from vae.config.load import to_dict
+from vae.config.schema import Config
+from vae.device import uses_bf16
+from vae.errors import UserError
+from vae.files import atomic_write_text
+from vae.run.layout import CHECKPOINTS, holds_run
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl",
+                  "test_loss", "test_recon", "test_kl", "test_kl_z2", "test_active_units", "seconds")
+# Empty without a validation split or a second stochastic layer (and in older runs).
+OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl", "test_kl_z2")
+INTEGER_COLUMNS = ("epoch", "test_active_units")
+LOCK = ".lock"  # held (flock) by the training process writing the directory
+RUN_ENTRIES = (CHECKPOINTS, "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
+               "report.html")
+
+
+def check_fresh(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start a new run on top of an existing one unless told to overwrite it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output.dir {run_dir} exists and is not a directory")
+    if holds_run(run_dir) and not overwrite:
+        raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                        f"choose another output.dir=DIR, or pass --overwrite to replace it")
+
+
+def check_space(run_dir: Path, needed_bytes: int) -> None:
+    """Fail before training when the run directory cannot be made or its disk is too full."""
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot make output.dir {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write output.dir {run_dir}: {existing} is not writable")
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise UserError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; this run needs about "
+                        f"{needed_bytes / 2**20:.0f} MiB for its checkpoints and images")
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """Hold the run directory for this process while the block runs: another training into it stops.
+
+    An OS file lock (flock) on <run>/.lock, which dies with its holder, so a killed run leaves
+    nothing that blocks its resume.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise UserError(f"{run_dir} is being written by another training process{pid}: wait for it to "
+                            f"finish, or choose another output.dir=DIR") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above
+        yield
+    finally:
+        os.close(fd)
+
+
+def create(run_dir: Path, clear: bool) -> None:
+    """Make the run directory (emptied of an earlier run's files when `clear`)."""
+    try:
+        if clear and holds_run(run_dir):
+            for name in RUN_ENTRIES:
+                entry = run_dir / name
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                elif entry.exists():
+                    entry.unlink()
+        for sub in (CHECKPOINTS, "images"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for stale in [p for sub in ("", CHECKPOINTS, "images", "eval") for p in (run_dir / sub).glob(".*.tmp")]:
+            stale.unlink()  # left by a process killed while writing (see files.atomic_write)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int = 1) -> None:
+    """config.yaml (the resolved config) and run.json (how, where and with what this ran).
+
+    A resumed run keeps the earlier invocations' records under "previous".
+    """
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    info = {
+        "argv": argv,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "precision": "bf16" if uses_bf16(cfg.train.precision, device) else "fp32",  # train.precision=auto resolved
+        "processes": processes,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "git_commit": _git_commit(),
+        "previous": [],
+    }
+    try:
+        old = json.loads((run_dir / "run.json").read_text())
+        info["previous"] = old.pop("previous", []) + [old]
+    except (OSError, ValueError, AttributeError):
+        pass
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv as one dict per epoch; an optional column's key only where its cell holds a value."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return [{k: (int(row[k]) if k in INTEGER_COLUMNS else float(row[k])) for k in METRIC_COLUMNS
+                     if k not in OPTIONAL_COLUMNS or row.get(k)}
+                    for row in csv.DictReader(f)]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is malformed: expected the columns {','.join(METRIC_COLUMNS)}") from None
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv whole and atomically: a kill never leaves half a row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+

@@ -1,0 +1,242 @@
+"""The sweep's Optuna study and its worker loop: storage, samplers, pruners, the trials' runs, their retries.
+
+A grid (Optuna's GridSampler) or a search space (TPE, optionally pruned on the validation loss
+each epoch), every point repeated over `seeds` values of train.seed. The study lives in
+<sweep>/study.db (SQLite) or a shared database (`storage`); heartbeats mark the trial of a worker
+that died as stale, and Optuna's retry callback queues it again, to resume from its last.pt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from vae.config.load import parse_yaml
+from vae.errors import Interrupted, UserError
+from vae.files import atomic_write_text
+from vae.run.layout import last_pt
+from vae.sweep.spec import SPEC, Sweep, check, distribution, grid_points, load, safe, trial_config
+
+POLL_SECONDS = 1  # how often a worker with nothing to take looks again
+TABLE_RACE_TRIES = 3
+
+
+@contextmanager
+def experimental():
+    """Quiet Optuna's warnings that heartbeats, their retry callback and its matplotlib figures are
+    experimental (since 2.8): they are what this module is built on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
+    """The study's database, with heartbeats and Optuna's retry of trials whose heartbeat stopped."""
+    url = sweep.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers take turns
+    for attempt in range(TABLE_RACE_TRIES):
+        try:
+            with experimental():
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat,
+                                  grace_period=3 * sweep.heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+        except sqlalchemy.exc.IntegrityError:
+            if attempt + 1 == TABLE_RACE_TRIES:
+                raise UserError(f"cannot open the sweep's storage {url}: its tables could not be made") from None
+            # Machines that start at once on an empty database race to make Optuna's tables.
+            print(f"{url}: another process was making the study's tables; opening it again", file=sys.stderr)
+            time.sleep(1 + attempt)
+        except Exception as e:  # noqa: BLE001 - drivers fail in their own ways
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = " (pip install 'psycopg[binary]')" if "psycopg" in repr(e.__cause__ or e) else ""
+            raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}{hint}") from None
+
+
+def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    if sweep.search:
+        return optuna.samplers.TPESampler(seed=sweep.base.train.seed)
+    return optuna.samplers.GridSampler(sweep.grid_space(), seed=sweep.base.train.seed)
+
+
+def pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    if sweep.prune == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if sweep.prune == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def create(sweep: Sweep, sweep_dir: Path) -> None:
+    """Start a sweep in a new directory: sweep.json, then the study."""
+    check(sweep)
+    if (sweep_dir / SPEC).exists():
+        raise UserError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or "
+                        f"choose another --dir")
+    if sweep.storage:
+        storage(sweep, sweep_dir)  # a wrong or unreachable database fails before anything is made
+    try:
+        (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the sweep directory {sweep_dir}: {e.strerror or e}") from None
+    stored = {**dataclasses.asdict(sweep), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(sweep_dir / SPEC, json.dumps(stored, indent=2) + "\n")
+    open_study(sweep, sweep_dir)
+
+
+def open_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
+    """The sweep's study, made if it is not there yet (a sweep killed before it made it, or the
+    first machine to join a shared database)."""
+    return optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
+                               sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
+
+
+def run_name(sweep: Sweep, trial: optuna.Trial, values: dict[str, Any]) -> str:
+    """A new trial's run directory name: its grid point (index and values), or its number."""
+    if sweep.search:
+        return f"trial-{trial.number:04d}"
+    space = sweep.grid_space()
+    index = grid_points(space).index({key: values[key] for key in space})
+    return f"{index:03d}_" + "_".join(f"{key.split('.')[-1]}={safe(values[key])}" for key in space)
+
+
+def suggest(sweep: Sweep, trial: optuna.Trial) -> dict[str, Any]:
+    """This trial's values: its grid point's texts, or numbers drawn from the search space."""
+    values = {key: trial.suggest_categorical(key, texts) for key, texts in sweep.grid_space().items()}
+    for key, text in sweep.search.items():
+        kind, args = distribution(key, text)
+        if kind == "choice":
+            values[key] = parse_yaml(trial.suggest_categorical(key, [str(a) for a in args]), key)
+        elif kind == "int":
+            values[key] = trial.suggest_int(key, int(args[0]), int(args[1]))
+        else:
+            values[key] = trial.suggest_float(key, float(args[0]), float(args[1]), log=kind == "log")
+    return values
+
+
+def objective(sweep: Sweep, sweep_dir: Path):
+    """Train one trial as an ordinary run (resumed from its last.pt when it has one)."""
+    def run(trial: optuna.Trial) -> float:
+        try:
+            return train_trial(sweep, sweep_dir, trial)
+        except UserError as e:
+            trial.set_user_attr("error", str(e))
+            raise
+    return run
+
+
+def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial) -> float:
+    """The trial's run: trained, or continued from its last.pt; its value is best.pt's loss."""
+    values = suggest(sweep, trial)
+    retried = trial.user_attrs.get("run_dir")  # a retry carries the run it continues
+    if retried is None and not sweep.search and started_elsewhere(trial, values):
+        # Two workers asked for the last points at once: GridSampler gives the second a point again.
+        raise UserError("not trained: another worker had started this grid point")
+    run_dir = Path(retried) if retried else sweep_dir / "runs" / run_name(sweep, trial, values)
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("pid", os.getpid())
+    cfg = trial_config(sweep, values, run_dir)
+
+    def report(row: dict, last: bool) -> None:
+        if sweep.search:
+            trial.report(row["val_loss"], row["epoch"])
+            if not last and trial.should_prune():  # a finished run (train.epochs, its budget or patience) is complete
+                raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
+    from vae.train.loop import train  # here, not at the top: see configure_worker
+    resume = run_dir if last_pt(run_dir).exists() else None
+    result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report)
+    trial.set_user_attr("epochs", len(result.rows))
+    return result.best["loss"]
+
+
+def started_elsewhere(trial: optuna.Trial, values: dict[str, Any]) -> bool:
+    """Whether another trial of this grid point is running or complete."""
+    others = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+    return any(t.number != trial.number and t.params == values for t in others)
+
+
+def work(sweep: Sweep, sweep_dir: Path) -> None:
+    """One worker: take trials until the sweep is done (waiting for other workers' last trials,
+    and retrying those whose worker died once their heartbeat goes stale)."""
+    study = open_study(sweep, sweep_dir)
+    run = objective(sweep, sweep_dir)
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        fresh = [t for t in trials if "failed_trial" not in t.system_attrs]  # not retries
+        if any(t.state == TrialState.WAITING for t in trials) or len(fresh) < sweep.size():
+            try:
+                study.optimize(run, n_trials=1, catch=(UserError,))
+            except (Interrupted, KeyboardInterrupt) as e:
+                retry_interrupted(sweep, sweep_dir, os.getpid())
+                raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: the running trial is saved "
+                                  f"and queued again; continue with: python sweep.py --resume {sweep_dir}") from None
+        elif any(t.state == TrialState.RUNNING for t in trials):  # others' last trials: wait, and watch them
+            time.sleep(POLL_SECONDS)
+            with experimental():
+                optuna.storages.fail_stale_trials(study)
+            retry_unstarted(sweep, sweep_dir)
+        else:
+            return
+
+
+def retry_interrupted(sweep: Sweep, sweep_dir: Path, pid: int) -> None:
+    """After a stop by signal, this worker's trial (its checkpoint saved) is queued again at once:
+    running, or failed by Optuna's handling of KeyboardInterrupt (a failure with no error of ours)."""
+    study = plain_study(sweep, sweep_dir)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        if t.user_attrs.get("pid") == pid and "error" not in t.user_attrs:
+            requeue(study, t)
+
+
+def retry_unstarted(sweep: Sweep, sweep_dir: Path) -> None:
+    """Queue again the running trials whose worker died before their first heartbeat (Optuna never
+    finds those stale): they never reached the objective, and are older than the grace period."""
+    study = plain_study(sweep, sweep_dir)
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "pid" not in t.user_attrs and (now - t.datetime_start).total_seconds() > 3 * sweep.heartbeat:
+            requeue(study, t)
+
+
+def plain_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
+    """The study without the grid sampler, to tell trials outside optimize(): GridSampler's
+    after_trial may stop the study, which Optuna allows only inside optimize()."""
+    return optuna.load_study(study_name=sweep.study, storage=storage(sweep, sweep_dir))
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Fail a trial (if running) and queue a copy of it, as Optuna's retry callback does for a stale one."""
+    if trial.state == TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
+    with experimental():
+        RetryHeartbeatStaleTrialCallback()(study, study.trials[trial.number])
+
+
+def summary(sweep_dir: Path) -> str:
+    """Counts of the trials by state, and the best one (by its best.pt loss)."""
+    sweep = load(sweep_dir)
+    trials = open_study(sweep, sweep_dir).get_trials(deepcopy=False)
+    counts = {s.name.lower(): n for s in TrialState if (n := sum(t.state == s for t in trials))}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    lines = [f"{len(done)} of {sweep.size()} trials complete ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
+    for t in trials:
+        if t.state == TrialState.FAIL and "error" in t.user_attrs:
+            lines.append(f"  trial {t.number} failed: {t.user_attrs['error']}")
+    if done:
+        best = min(done, key=lambda t: t.value)
+        chosen_on = "validation" if sweep.base.data.val_size else "test"
+        lines.append(f"best: {best.user_attrs['run_dir']} ({chosen_on} loss {best.value:.3f} nats)")
+    lines.append(f"compare the runs: python evaluate.py --compare {sweep_dir}")
+    return "\n".join(lines)

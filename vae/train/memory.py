@@ -1,0 +1,80 @@
+"""Will a run fit? What training needs in memory, estimated before it starts, against what is free."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from vae.config.schema import Config
+from vae.data.split import PIXELS
+from vae.errors import UserError
+from vae.model.vae import build_model
+
+DATA_BYTES = 70_000 * PIXELS  # the MNIST-class images, one uint8 tensor on the device
+FLOAT = 4  # bytes
+
+
+def estimate_bytes(cfg: Config) -> dict[str, int]:
+    """Bytes that training holds at its peak, by part.
+
+    The weights, their gradients and Adam's two moments; one batch's activations (each layer's
+    output of a forward pass over the batch's loss.iwae_k samples, measured on the meta device, kept
+    for the backward pass and matched there by a gradient of the same size; the loss's
+    elementwise terms over the logits); and the images.
+    """
+    batch, k = cfg.train.batch_size, cfg.loss.iwae_k
+    outputs = []
+    with torch.device("meta"):  # shapes only: no memory, no random numbers
+        model = build_model(cfg.model)
+        hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
+                 for m in model.modules() if not list(m.children())]
+        model(torch.empty(batch, PIXELS), torch.empty(k, batch, model.noise_dim))
+    for hook in hooks:
+        hook.remove()
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"weights, gradients and Adam's moments": 4 * FLOAT * n_params,
+            **({"the average of the weights": FLOAT * n_params} if cfg.train.ema_decay else {}),
+            "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * PIXELS,
+            "the images": DATA_BYTES}
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for this run: the GPU's free memory on CUDA, else the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**63  # unknown (not Linux): no refusal
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse a run whose estimated peak does not fit in the memory free on `device`."""
+    parts = estimate_bytes(cfg)
+    needed, free = sum(parts.values()), available_bytes(device)
+    if needed > free:
+        detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())
+        raise UserError(f"this run needs about {gib(needed)} of memory on {device} ({detail}) but only "
+                        f"{gib(free)} is available: lower train.batch_size or loss.iwae_k, or make the model "
+                        f"smaller")
+
+
+@contextmanager
+def out_of_memory_reported(device: torch.device):
+    """An allocation that fails anyway (the estimate is rough) becomes one line."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"out of memory on {device} ({first[:160]}); the last checkpoint is kept: lower "
+                        f"train.batch_size or loss.iwae_k, or make the model smaller") from None
