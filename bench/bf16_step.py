@@ -1,6 +1,6 @@
 """Side-by-side: one training step of a config's model in fp32 and under bf16 autocast, by batch size.
 
-    python bench/bf16_step.py [--config configs/mnist_cpu_hour.yaml] [--batches 100,250,1000] [--threads 1]
+    python -m bench.bf16_step [--config configs/mnist_cpu_hour.yaml] [--batches 100,250,1000] [--threads 1]
 
 In one process, on synthetic binary images: for each batch size, the fp32 step and the bf16 step
 (train.precision=bf16: the forward pass under autocast) take turns, 5 rounds of --steps steps each,
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vae.config.load import load_config  # noqa: E402
-from vae.data.split import PIXELS  # noqa: E402
-from vae.model.vae import build_model  # noqa: E402
-from vae.train.step import StepOptions, optimizer_step  # noqa: E402
+from vae.config.load import load_config
+from vae.config.schema import Config
+from vae.data.split import PIXELS
+from vae.model.vae import build_model
+from vae.train.step import StepOptions, optimizer_step
+
+ROUNDS = 5
 
 
 def ms_per_call(run, calls: int) -> float:
@@ -33,6 +33,34 @@ def ms_per_call(run, calls: int) -> float:
     for _ in range(calls):
         run()
     return (time.perf_counter() - start) / calls * 1e3
+
+
+def step_timings(cfg: Config, batches: list[int], steps: int) -> list[dict]:
+    """One row per (batch, what) with what = "step" (the project's optimizer_step) or "first mm" (x @ W of the
+    first layer): the median ms per call in fp32 and bf16 over ROUNDS alternating rounds."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for batch in batches:
+        x = (torch.rand(batch, PIXELS, generator=gen) < 0.2).float()
+        eps = torch.randn(cfg.loss.iwae_k, batch, cfg.model.latent_dim, generator=gen)
+        models = {}
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            net = build_model(cfg.model)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+            options = StepOptions(cfg.loss, precision == "bf16", cfg.train.grad_clip)
+            models[precision] = lambda net=net, opt=opt, options=options: optimizer_step(
+                net, opt, x, eps, options, 1.0, 1 / batch)
+        w = torch.randn(PIXELS, cfg.model.hidden_dims[0], generator=gen)
+        matmuls = {"fp32": lambda: x @ w, "bf16": lambda xb=x.bfloat16(), wb=w.bfloat16(): xb @ wb}
+        for what, runs in (("step", models), ("first mm", matmuls)):
+            calls = steps if what == "step" else steps * 10
+            times = {"fp32": [], "bf16": []}
+            for _ in range(ROUNDS):  # alternate, so that a slow spell of the machine hits both
+                for precision in times:
+                    times[precision].append(ms_per_call(runs[precision], calls))
+            rows.append({"batch": batch, "what": what, **{f"{p}_ms": statistics.median(t) for p, t in times.items()}})
+    return rows
 
 
 def main() -> None:
@@ -49,28 +77,9 @@ def main() -> None:
           f"{args.config}: {cfg.model.hidden_dims} {cfg.model.activation}, latent {cfg.model.latent_dim}, "
           f"iwae_k {cfg.loss.iwae_k}")
     print(f"{'batch':>6} {'what':>10} {'fp32 ms':>9} {'bf16 ms':>9} {'bf16/fp32':>10} {'fp32 ms/1k img':>15}")
-    gen = torch.Generator().manual_seed(0)
-    for batch in [int(b) for b in args.batches.split(",")]:
-        x = (torch.rand(batch, PIXELS, generator=gen) < 0.2).float()
-        eps = torch.randn(cfg.loss.iwae_k, batch, cfg.model.latent_dim, generator=gen)
-        models = {}
-        for precision in ("fp32", "bf16"):
-            torch.manual_seed(0)
-            net = build_model(cfg.model)
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
-            options = StepOptions(cfg.loss, precision == "bf16", cfg.train.grad_clip)
-            models[precision] = lambda net=net, opt=opt, options=options: optimizer_step(
-                net, opt, x, eps, options, 1.0, 1 / batch)
-        w = torch.randn(PIXELS, cfg.model.hidden_dims[0], generator=gen)
-        matmuls = {"fp32": lambda: x @ w, "bf16": lambda xb=x.bfloat16(), wb=w.bfloat16(): xb @ wb}
-        for what, runs in (("step", models), ("first mm", matmuls)):
-            steps = args.steps if what == "step" else args.steps * 10
-            fp32, bf16 = [], []
-            for _ in range(5):  # alternate, so that a slow spell of the machine hits both
-                fp32.append(ms_per_call(runs["fp32"], steps))
-                bf16.append(ms_per_call(runs["bf16"], steps))
-            a, b = statistics.median(fp32), statistics.median(bf16)
-            print(f"{batch:>6} {what:>10} {a:9.3f} {b:9.3f} {b / a:10.2f} {a / batch * 1000:15.2f}")
+    for r in step_timings(cfg, [int(b) for b in args.batches.split(",")], args.steps):
+        a, b = r["fp32_ms"], r["bf16_ms"]
+        print(f"{r['batch']:>6} {r['what']:>10} {a:9.3f} {b:9.3f} {b / a:10.2f} {a / r['batch'] * 1000:15.2f}")
 
 
 if __name__ == "__main__":

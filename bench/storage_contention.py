@@ -1,7 +1,7 @@
 """Which local Optuna storage holds up under several worker processes: SQLite (RDBStorage, what
 sweeps use) or the journal file, side by side.
 
-    python bench/storage_contention.py [--workers 4] [--trials 100]
+    python -m bench.storage_contention [--workers 4] [--trials 100]
 
 Each of N processes asks for and tells `trials` trials as fast as it can (no training: the worst
 case for contention) on one fresh storage; the script counts the trials that made it, the

@@ -1,7 +1,7 @@
 """Sweep throughput, side by side: models x epochs per hour with N one-thread workers against one
 worker with N threads, on the same grid of the default model.
 
-    python bench/sweep_throughput.py --data ../shared/data [--points 4] [--epochs 2] [--workers 2] [--repeats 2]
+    python -m bench.sweep_throughput --data ../shared/data [--points 4] [--epochs 2] [--workers 2] [--repeats 2]
 
 Each sweep is a fresh `sweep.py` process in a temporary directory; the wall time includes its
 start (imports, data loading), as a user's sweep does.
@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from vae.sweep.pool import threads_per_worker  # the share each worker gets, as sweep.py gives it
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from vae.sweep.pool import threads_per_worker  # noqa: E402 - the share each worker gets, as sweep.py gives it
 
 
 def timed_sweep(folder: Path, data: str, points: int, epochs: int, workers: int) -> float:

@@ -1,36 +1,29 @@
 """The benchmarks keep working: bench/speed.py (two epochs of both loops and one fast setting on the synthetic
-data) and bench/bf16_step.py."""
-import re
-import subprocess
-import sys
-
+data) and bench/bf16_step.py, asserted on the numbers they return."""
 import pytest
-from conftest import REPO
+import torch
 
-pytestmark = pytest.mark.slow  # starts processes: skipped by pytest -m "not slow"
+from bench.bf16_step import step_timings
+from bench.speed import benchmark
+from vae.config.schema import Config
 
-
-def test_speed_benchmark_runs_both_loops_and_prints_the_ratio(mnist_root):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "speed.py"), "--data", str(mnist_root),
-                             "--epochs", "2", "--device", "cpu", "--fast", "64:2e-3"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"floor at batch 128 .*examples\): fp32 [\d.]+ s/epoch, bf16 [\d.]+ s/epoch", result.stdout)
-    rows = {line[:16].strip(): line for line in result.stdout.splitlines() if line.startswith(("reference", "ours"))}
-    assert set(rows) == {"reference", "ours", "ours 64:2e-3"}
-    for line in rows.values():
-        assert float(re.search(r"final test\s+([\d.]+) nats", line).group(1)) < 400  # from ~543 at the start
-        assert re.search(r"peak\s+\d+ MiB", line)
-    assert re.search(r"ratio \(reference / ours\): [\d.]+x train", result.stdout)
+pytestmark = pytest.mark.slow  # trains both loops: skipped by pytest -m "not slow"
 
 
-def test_bf16_step_benchmark_prints_both_precisions_and_their_ratio_for_each_batch():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "bf16_step.py"), "--batches", "4,8", "--steps", "1"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    rows = re.findall(r"^\s+(\d+)\s+(step|first mm)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", result.stdout, re.M)
-    assert [(batch, what) for batch, what, *_ in rows] == [("4", "step"), ("4", "first mm"), ("8", "step"),
-                                                            ("8", "first mm")]
-    for _, what, fp32, bf16, ratio in rows:
-        if what == "step":  # milliseconds, so the printed ratio is that of the printed times
-            assert float(ratio) == pytest.approx(float(bf16) / float(fp32), abs=0.01)
+def test_speed_benchmark_times_both_loops_and_their_ratio(mnist_root):
+    result = benchmark(str(mnist_root), 2, torch.device("cpu"), fast=["64:2e-3"])
+    assert set(result["loops"]) == {"reference", "ours", "ours 64:2e-3"}
+    assert result["floor"]["fp32"] > 0 and result["floor"]["bf16"] > 0
+    for s in result["loops"].values():
+        assert s["final"] < 400  # both learn: from ~543 nats at the start
+        assert s["epochs"] == 2 and s["train_s"] > 0 and s["peak_bytes"] >= 0
+        assert s["samples_per_s"] == pytest.approx(result["examples"] / s["train_s"])
+    ratio, loops = result["ratio"], result["loops"]
+    assert ratio["train"] == pytest.approx(loops["reference"]["train_s"] / loops["ours"]["train_s"])
+    assert ratio["same_loss"] == (abs(loops["reference"]["final"] - loops["ours"]["final"]) <= 0.5)
+
+
+def test_bf16_step_benchmark_times_both_precisions_for_each_batch():
+    rows = step_timings(Config(), [4, 8], steps=1)
+    assert [(r["batch"], r["what"]) for r in rows] == [(4, "step"), (4, "first mm"), (8, "step"), (8, "first mm")]
+    assert all(r["fp32_ms"] > 0 and r["bf16_ms"] > 0 for r in rows)

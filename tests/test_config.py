@@ -4,7 +4,7 @@ import pytest
 from conftest import REPO
 
 from vae.config.load import from_dict, load_config, to_dict
-from vae.config.schema import Config, ModelConfig, TrainConfig, valid_keys
+from vae.config.schema import Config, ModelConfig, TrainConfig
 from vae.errors import UserError
 
 
@@ -188,11 +188,6 @@ def test_the_iwae_objective_refuses_beta_and_free_bits_but_takes_warmup():
     for other in ("loss.beta=0.5", "loss.free_bits=0.5"):
         with pytest.raises(UserError, match="loss.iwae_k > 1 is the IWAE bound"):
             load_config(None, ["loss.iwae_k=50", other])
-
-
-def test_every_config_key_has_a_row_in_the_readme():
-    readme = (REPO / "README.md").read_text()
-    assert [k for k in valid_keys() if f"| `{k}` |" not in readme] == []
 
 
 def test_viz_digit_takes_a_class_name_of_the_dataset_and_keeps_its_index():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from vae.compare.figures import draw
 from vae.compare.page import write_html
 from vae.compare.table import COLUMNS, chosen, differing_keys, flat, groups, write_csv
 from vae.config.load import load_config
@@ -76,7 +77,7 @@ def compare(paths: list[Path], out: Path, overrides: list[str] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "comparison.csv", rows, keys)
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=2) + "\n")
-    write_html(out, result, runs)
+    write_html(out, result, draw(result, out))
     return result
 
 

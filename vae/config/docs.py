@@ -20,7 +20,8 @@ def _shown(value: Any) -> str:
 def markdown_table() -> str:
     """docs/config.md: every key with its default, the values it takes, its role and its meaning."""
     lines = ["# Config keys", "",
-             "Generated from the fields of `vae/config/schema.py` by `python -m vae.config.docs > docs/config.md` (a test "
+             "Generated from the fields of `vae/config/schema.py` by `python -m vae.config.docs > docs/config.md` "
+             "(a test "
              "checks that the two agree). A config file sets only what differs from these defaults; an override "
              "`section.key=value` on the command line is parsed as YAML. *fixed*: a resumed run must keep the "
              "checkpoint's value (another value is a new experiment); *may change on resume*: a resumed or "
@@ -29,13 +30,17 @@ def markdown_table() -> str:
              "| key | default | takes | role | meaning |", "|---|---|---|---|---|"]
     for name, cls in sections().items():
         for f in dataclasses.fields(cls):
-            takes = rule_text(f).removeprefix("must be ").removeprefix("must hold ").removeprefix("one of ").removeprefix("in ")
+            takes = rule_text(f)
+            for said in ("must be ", "must hold ", "one of ", "in "):
+                takes = takes.removeprefix(said)
             if f.metadata["choices"]:
                 takes = ", ".join(f"`{c}`" for c in f.metadata["choices"])
-            elif f.type in ("bool", bool):
+            elif f.type == "bool":
                 takes = "`true`, `false`"
-            cells = [f"`{name}.{f.name}`", f"`{_shown(f.default)}`", takes or "a path" if f.type.startswith("str")
-                     else takes, ROLE_TEXT[f.metadata["role"]], f.metadata["meaning"]]
+            elif not takes and f.type.startswith("str"):
+                takes = "a path"
+            cells = [f"`{name}.{f.name}`", f"`{_shown(f.default)}`", takes, ROLE_TEXT[f.metadata["role"]],
+                     f.metadata["meaning"]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

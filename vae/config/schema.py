@@ -71,7 +71,8 @@ def check_fields(section: Any, name: str) -> None:
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if not _allowed(f, value):
-            raise UserError(f"{name}.{f.name} {rule_text(f)}, got {list(value) if isinstance(value, tuple) else value!r}")
+            shown = list(value) if isinstance(value, tuple) else value
+            raise UserError(f"{name}.{f.name} {rule_text(f)}, got {shown!r}")
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

@@ -1,16 +1,17 @@
 """<run>/report.html: one self-contained page (images inlined) with config, numbers and pictures."""
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
+import string
 from pathlib import Path
 
 import yaml
 
 from vae.config.load import to_dict
 from vae.config.schema import Config
+from vae.evaluate.page import figure_rows, page
 from vae.files import atomic_write_text
 
 # Rows of (file under the run directory, caption), shown side by side where they compare; missing files are skipped.
@@ -28,18 +29,7 @@ PICTURES = (
      ("eval/worst.png", "The worst-reconstructed test images (originals above reconstructions)")),
 )
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
-STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-th{text-align:left;padding-right:1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em;vertical-align:top}
-img,canvas{image-rendering:pixelated}img{max-width:100%}figure{margin:0}figcaption{font-size:.9em;color:#555}
-pre{background:#f5f5f5;padding:1em}nav a{margin-right:1em}.row{display:flex;flex-wrap:wrap;gap:2em;margin:1.5em 0}
-.cards{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ddd;border-radius:6px;padding:.8em;flex:1 1 240px}
-.card b{font-size:1.3em;display:block}.card p{margin:.4em 0 0;font-size:.9em;color:#444}
-.digit{width:168px;height:168px;border:1px solid #ccc}#sliders{display:grid;grid-template-columns:repeat(auto-fill,
-minmax(300px,1fr));gap:.2em 1.5em;max-height:420px;overflow-y:auto;margin-top:1em}#sliders label{font-size:.85em}
-#sliders input{width:140px;vertical-align:middle}#map{border:1px solid #ccc;cursor:crosshair;width:420px}
-.legend span{margin-right:.6em;font-size:.85em}"""
-
-
+EXPLORER_HTML = Path(__file__).with_name("explorer.html")
 def metric_rows(m: dict) -> list[tuple[str, str]]:
     rs = m["rate_split"]
     return [
@@ -66,24 +56,9 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _image(path: Path) -> str:
-    """An inline <img>; small pixel grids are shown at twice their size."""
-    png = path.read_bytes()
-    width = int.from_bytes(png[16:20], "big")  # from the IHDR chunk
-    size = f' width="{2 * width}"' if width < 400 else ""
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"{size}>'
-
-
-def _figures(run_dir: Path, rows, **names) -> str:
-    html_rows = []
-    for row in rows:
-        figures = [f"<figure>{_image(run_dir / name.format(**names))}<figcaption>"
-                   f"{html.escape(caption.format(**names))}</figcaption></figure>"
-                   for name, caption in row if (run_dir / name.format(**names)).is_file()]
-        if figures:
-            html_rows.append(f'<div class="row">{"".join(figures)}</div>')
-    return "\n".join(html_rows)
+def pictures(run_dir: Path, rows, **names) -> list[list[tuple[Path, str]]]:
+    """PICTURES-like rows of (file, caption) templates filled in with `names`, the files under `run_dir`."""
+    return [[(run_dir / name.format(**names), caption.format(**names)) for name, caption in row] for row in rows]
 
 
 def summary_cards(m: dict) -> str:
@@ -108,7 +83,7 @@ def summary_cards(m: dict) -> str:
 
 
 def explorer_section(run_dir: Path) -> str:
-    """The live decoder, when evaluate.py wrote eval/explorer.json for it."""
+    """The live decoder (explorer.html's markup driving explorer.js), when evaluate.py wrote eval/explorer.json."""
     path = run_dir / "eval" / "explorer.json"
     if not path.is_file():
         return "<p>No eval/explorer.json: run evaluate.py on this checkpoint to get the live decoder.</p>"
@@ -116,31 +91,18 @@ def explorer_section(run_dir: Path) -> str:
     data = json.loads(payload)
     if "absent" in data:
         return f"<p>No live decoder here: {html.escape(data['absent'])}.</p>"
-    embedded = payload.replace("</", "<\\/")  # no "</script>" inside the script element
-    kilobytes = len(payload.encode()) / 1024
-    return f"""<p>This page runs the model's decoder itself (its weights are embedded, {kilobytes:,.0f} KB): move a
-slider, click the map or draw a sample, and the image is decoded anew in the browser. Sliders are ordered by the
-nats their dimension carries.</p>
-<div class="row"><div>
-<p><label>start from <select id="start"></select></label> <button id="sample">sample from the prior</button></p>
-<div class="row"><figure><canvas id="original" class="digit" width="28" height="28"></canvas>
-<figcaption>the test image</figcaption></figure><figure><canvas id="decoded" class="digit" width="28" height="28">
-</canvas><figcaption>decoded from the sliders' z (Bernoulli means)</figcaption></figure></div>
-</div><div style="max-width:440px"><canvas id="map" width="420" height="420"></canvas>
-<div class="legend" id="legend"></div>
-<p>Click the map of posterior means ({html.escape(", ".join(n for n in data["map"]["names"] if n))}) to decode that
-point. <span id="map-point"></span></p></div></div>
-<div id="sliders"></div>
-<h3>Interpolate</h3><p><label>from <select id="from"></select></label> <label>to <select id="to"></select></label>
-<input type="range" id="t" min="0" max="1" step="0.01" value="0.5"> t = <span id="t-value"></span></p>
-<canvas id="between" class="digit" width="28" height="28"></canvas>
-<script type="application/json" id="vae-model">{embedded}</script>
-<script>{EXPLORER_JS.read_text()}</script>"""
+    markup = EXPLORER_HTML.read_text().split("-->\n", 1)[1]  # without its comment
+    return string.Template(markup).substitute(
+        kilobytes=f"{len(payload.encode()) / 1024:,.0f}",
+        map_names=html.escape(", ".join(n for n in data["map"]["names"] if n)),
+        payload=payload.replace("</", "<\\/"),  # no "</script>" inside the script element
+        script=EXPLORER_JS.read_text())
 
 
 def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) -> None:
     """`rows` are the run's metrics.csv rows (empty for a checkpoint outside a run directory)."""
-    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in metric_rows(metrics))
+    numbers = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                                  for k, v in metric_rows(metrics)) + "</table>"
     training = "<p>No metrics.csv beside this checkpoint.</p>"
     if rows:
         split = "val" if "val_loss" in rows[-1] else "test"
@@ -148,24 +110,15 @@ def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) ->
         name = "validation" if split == "val" else "test"
         training = (f"<p>Trained {rows[-1]['epoch']} epochs; best {name} negative ELBO "
                     f"{best[f'{split}_loss']:.3f} nats at epoch {best['epoch']}.</p>")
-    training += _figures(run_dir, [[("images/loss_curves.png", "Training curves: negative ELBO, distortion, "
-                                                               "rate and active units per epoch")]])
+    training += figure_rows([[(run_dir / "images" / "loss_curves.png", "Training curves: negative ELBO, distortion, "
+                                                                       "rate and active units per epoch")]])
     name = cfg.class_names[cfg.viz.digit]
-    pictures = _figures(run_dir, PICTURES, digit=cfg.viz.digit,
-                        name=f"digit {name}" if cfg.data.dataset == "mnist" else f"class {name}")
+    shown = figure_rows(pictures(run_dir, PICTURES, digit=cfg.viz.digit,
+                                 name=f"digit {name}" if cfg.data.dataset == "mnist" else f"class {name}"))
     sections = [("summary", "Summary", summary_cards(metrics)),
-                ("explore", "Explore the decoder", explorer_section(run_dir)), ("pictures", "Pictures", pictures),
-                ("training", "Training", training), ("numbers", "All the numbers", f"<table>{table}</table>"),
+                ("explore", "Explore the decoder", explorer_section(run_dir)), ("pictures", "Pictures", shown),
+                ("training", "Training", training), ("numbers", "All the numbers", numbers),
                 ("config", "Config", f"<pre>{html.escape(yaml.safe_dump(to_dict(cfg), sort_keys=False))}</pre>")]
     contents = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in sections)
     body = "\n".join(f'<section id="{key}"><h2>{title}</h2>\n{text}</section>' for key, title, text in sections)
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>VAE report: {html.escape(run_dir.name)}</title>
-<style>{STYLE}</style>
-</head><body>
-<h1>VAE report: {html.escape(run_dir.name)}</h1>
-<nav>{contents}</nav>
-{body}
-</body></html>
-"""
-    atomic_write_text(run_dir / "report.html", page)
+    atomic_write_text(run_dir / "report.html", page(f"VAE report: {run_dir.name}", f"<nav>{contents}</nav>\n{body}"))

@@ -240,3 +240,26 @@ def summary(sweep_dir: Path) -> str:
         lines.append(f"best: {best.user_attrs['run_dir']} ({chosen_on} loss {best.value:.3f} nats)")
     lines.append(f"compare the runs: python evaluate.py --compare {sweep_dir}")
     return "\n".join(lines)
+
+
+def draw_search(sweep_dir: Path, out: Path) -> list[tuple[Path, str]]:
+    """For a search: Optuna's own figures of its history and of the searched keys' importance, as PNGs in `out`
+    with their captions (none for a grid, or under two complete trials)."""
+    sweep = load(sweep_dir)
+    if not sweep.search:
+        return []
+    study = open_study(sweep, sweep_dir)
+    if len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
+        return []
+    from vae.evaluate.plots import save_figure  # here: plots imports torch, which the sweep's parent never needs
+    with experimental():
+        figures = [("search_history.png", optuna.visualization.matplotlib.plot_optimization_history(study),
+                    "The search's history: each trial's best validation negative ELBO, and the best so far")]
+        if len(sweep.search) > 1:
+            figures.append(("search_importance.png", optuna.visualization.matplotlib.plot_param_importances(study),
+                            "Which searched key mattered (Optuna's fANOVA importance)"))
+    for name, ax, _ in figures:
+        ax.figure.set_size_inches(7, 4.5)
+        ax.figure.tight_layout()
+        save_figure(ax.figure, out / name)
+    return [(out / name, caption) for name, _, caption in figures]
