@@ -28,7 +28,9 @@ def stage(module: str) -> str:
 def imports_of(path):
     """Every vae module a file imports, at the top or inside a function."""
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vae":
+        if isinstance(node, ast.ImportFrom) and node.module == "vae":  # from vae import files -> vae.files
+            yield from (f"vae.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vae":
             yield node.module
         elif isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "vae")

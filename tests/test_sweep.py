@@ -52,9 +52,9 @@ def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, 
     points = sorted((t.params["loss.beta"], t.params["model.hidden_dims"], t.params["train.seed"]) for t in done)
     assert points == sorted((b, h, s) for b in ("0.5", "2") for h in ("[16]", "[8,8]") for s in ("0", "1"))
     runs = sorted((sweep_dir / "runs").iterdir())
-    assert len(runs) == 8 and {Path(t.user_attrs["run_dir"]) for t in done} == set(runs)
+    assert len(runs) == 8 and {sweep_dir / "runs" / t.user_attrs["run"] for t in done} == set(runs)
     for t in done:  # each trial is a run: its own config, metrics and checkpoints
-        run = Path(t.user_attrs["run_dir"])
+        run = sweep_dir / "runs" / t.user_attrs["run"]
         cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
         assert (cfg.loss.beta, list(cfg.model.hidden_dims), cfg.train.seed) == \
             (float(t.params["loss.beta"]), yaml.safe_load(t.params["model.hidden_dims"]), int(t.params["train.seed"]))
@@ -131,8 +131,8 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_sweep(tmp_
         proc.wait()
     subprocess.run(SWEEP + command(), check=True, capture_output=True, timeout=300)
     done = [t for t in trials(killed) if t.state.name == "COMPLETE"]
-    assert sorted(t.user_attrs["run_dir"] for t in done) == \
-        sorted(str(p) for p in (killed / "runs").iterdir())  # each point completed once, none lost
+    assert sorted(t.user_attrs["run"] for t in done) == \
+        sorted(p.name for p in (killed / "runs").iterdir())  # each point completed once, none lost
     for name, weights in final_weights(straight).items():
         other = final_weights(killed)[name]
         assert all(torch.equal(weights[k], other[k]) for k in weights), name
@@ -186,7 +186,7 @@ def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path
     done = trials(tmp_path / "s")
     assert len(done) == 4 and {t.state.name for t in done} <= {"COMPLETE", "PRUNED"}
     for t in done:
-        run = Path(t.user_attrs["run_dir"])
+        run = tmp_path / "s" / "runs" / t.user_attrs["run"]
         assert run.name == f"trial-{t.number:04d}"
         assert 1e-3 <= t.params["train.lr"] <= 1e-2 and 2 <= t.params["model.latent_dim"] <= 6
         cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))

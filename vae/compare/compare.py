@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from vae.compare.figures import draw
 from vae.compare.page import write_html
 from vae.compare.table import COLUMNS, chosen, differing_keys, flat, groups, write_csv
-from vae.config.load import load_config
+from vae.config.load import from_dict, load_config, read_config_file, to_dict
+from vae.config.schema import Config
 from vae.errors import UserError
 from vae.evaluate.analyze import evaluate_checkpoint
 from vae.files import atomic_write_text
 from vae.run import rundir
+from vae.run.checkpoint import checkpoint_id
 from vae.run.layout import last_pt
+from vae.run.resume import check_same_run
+from vae.train.schedule import seconds_spent, stops_early
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
@@ -38,23 +40,43 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def evaluation(run: Path, overrides: list[str]) -> dict:
-    """eval/metrics.json of last.pt when it was made with the same eval.* settings, else a new one."""
-    cfg = load_config(None, overrides, base=yaml.safe_load((run / "config.yaml").read_text()))
+def run_config(run: Path) -> Config:
+    """A run's resolved config (its config.yaml), checked."""
+    try:
+        return from_dict(read_config_file(run / "config.yaml"))
+    except UserError as e:
+        raise UserError(f"{run} is not a run this version can compare: {e}") from None
+
+
+def evaluation(run: Path, stored: Config, overrides: list[str]) -> dict:
+    """eval/metrics.json when it measured this very last.pt under this very config (the overrides
+    applied), else a new evaluation. An override that would change the experiment is refused either way."""
+    cfg = load_config(None, overrides, base=to_dict(stored))
+    check_same_run(stored, cfg)
     try:
         cached = json.loads((run / "eval" / "metrics.json").read_text())
     except (OSError, ValueError):
         cached = None
-    wanted = {"split": cfg.eval.split, "iwae_samples": cfg.eval.iwae_samples, "seed": cfg.eval.seed}
-    last = str(last_pt(run))
-    if cached and cached.get("checkpoint") == last and cached["protocol"]["iwae_samples"] == wanted["iwae_samples"] \
-            and cached["protocol"]["seed"] == wanted["seed"] and cached["split"] == wanted["split"]:
+    if isinstance(cached, dict) and {"protocol", "rate_split", "split", "epoch"} <= cached.keys() \
+            and cached.get("checkpoint_sha256") == checkpoint_id(last_pt(run)) and cached.get("config") == to_dict(cfg):
         return cached
-    return evaluate_checkpoint(last, overrides)
+    return evaluate_checkpoint(last_pt(run), overrides)
 
 
-def run_row(run: Path, metrics: dict) -> dict:
-    """One run's config (dotted keys) and numbers."""
+def finished(cfg: Config, metrics: dict, rows: list[dict]) -> bool:
+    """Whether the evaluated checkpoint ends the run's schedule: train.epochs, or a stop on its time budget
+    or patience (a run a failure cut short does not)."""
+    if metrics["steps_into_next_epoch"] or not rows:
+        return False
+    split = "val" if "val_loss" in rows[-1] else "test"
+    best = min(rows, key=lambda r: r[f"{split}_loss"])
+    best = {"loss": best[f"{split}_loss"], "epoch": best["epoch"]}
+    epoch = metrics["epoch"]
+    return epoch >= cfg.train.epochs or bool(stops_early(cfg.train, best, epoch, seconds_spent(rows[:epoch])))
+
+
+def run_row(run: Path, cfg: Config, metrics: dict) -> dict:
+    """One run's config (dotted keys) and numbers, and whether it finished its schedule."""
     split = metrics["rate_split"] or {}
     rows = rundir.read_metrics(run)
     numbers = {key: metrics.get(key) for key, _ in COLUMNS}
@@ -62,13 +84,14 @@ def run_row(run: Path, metrics: dict) -> dict:
                    epochs=metrics["epoch"], seconds=sum(r["seconds"] for r in rows),
                    best_val=min((r["val_loss"] for r in rows if "val_loss" in r), default=None))
     return {"run": str(run), "split": metrics["split"], "iwae_samples": metrics["protocol"]["iwae_samples"],
-            "config": flat(yaml.safe_load((run / "config.yaml").read_text())), **numbers}
+            "finished": finished(cfg, metrics, rows), "config": flat(to_dict(cfg)), **numbers}
 
 
 def compare(paths: list[Path], out: Path, overrides: list[str] = ()) -> dict:
     """Evaluate what needs it, then write comparison.{csv,json,html} into `out`; returns the JSON."""
     runs = run_dirs(paths)
-    rows = [run_row(run, evaluation(run, list(overrides))) for run in runs]
+    configs = [run_config(run) for run in runs]  # a broken run fails before anything is evaluated
+    rows = [run_row(run, cfg, evaluation(run, cfg, list(overrides))) for run, cfg in zip(runs, configs)]
     keys = differing_keys(rows)
     found = groups(rows, keys)
     sweeps = [str(p) for p in paths if (p / "sweep.json").is_file()]

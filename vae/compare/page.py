@@ -14,8 +14,9 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
     """The page, around the figures already drawn."""
     found, keys, best = result["groups"], result["differing_keys"], result["chosen"]["group"]
     head = [*keys, "seeds", *(h for _, h in COLUMNS)]
-    rows = [[*(json.dumps(g["values"][k]) for k in keys), str(len(g["runs"])), *(cell(g[c], c) for c, _ in COLUMNS)]
-            for g in found]
+    rows = [[*(json.dumps(g["values"][k]) for k in keys),
+             f"{len(g['runs'])}" + (f" ({g['unfinished']} unfinished)" if g["unfinished"] else ""),
+             *(cell(g[c], c) for c, _ in COLUMNS)] for g in found]
     gallery = "".join(f"<figure><figcaption>{html.escape(label(g['values']))}</figcaption>"
                       + "".join(image(Path(g["runs"][0]) / "eval" / name) for name in ("recon.png", "samples.png")
                                 if (Path(g["runs"][0]) / "eval" / name).is_file()) + "</figure>" for g in found)
@@ -25,7 +26,8 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
     first = result["runs"][0]
     body = f"""<p>Each run's last.pt, evaluated on its {html.escape(first['split'])} split (NLL: IWAE with
 k = {first['iwae_samples']}); nats per example. Runs that differ only in train.seed are one
-row: mean ± standard deviation over the seeds. In bold: {note}.</p>
+row: mean ± standard deviation over the seeds. In bold: {note}. A run marked unfinished stopped before its
+schedule's end (train.epochs, its time budget or patience): its numbers are of a model trained less.</p>
 {table(head, rows, marked=best, numbers_from=len(keys))}
 {figure_rows([[f] for f in figures])}
 <h2>Reconstructions (the same test images) and samples (the same noise for the same seed)</h2>

@@ -44,6 +44,7 @@ def groups(rows: list[dict], keys: list[str]) -> list[dict]:
             values = [m[key] for m in members if m[key] is not None]
             stats[key] = dict(zip(("mean", "std"), mean_std(values))) if values else None
         out.append({"values": {k: members[0]["config"].get(k) for k in keys}, "runs": [m["run"] for m in members],
+                    "unfinished": sum(not m["finished"] for m in members),
                     "seeds": [m["config"].get("train.seed") for m in members], **stats})
     return out
 
@@ -55,9 +56,10 @@ def label(values: dict) -> str:
 def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["run", *keys, "train.seed", *(key for key, _ in COLUMNS)])
+    writer.writerow(["run", *keys, "train.seed", "finished", *(key for key, _ in COLUMNS)])
     for r in rows:
         writer.writerow([r["run"], *(json.dumps(r["config"].get(k)) for k in keys), r["config"].get("train.seed"),
+                         r["finished"],
                          *("" if r[key] is None else r[key] for key, _ in COLUMNS)])
     atomic_write_text(path, buf.getvalue())
 

@@ -23,7 +23,14 @@ from vae.evaluate.report import write_report
 from vae.files import atomic_write_text
 from vae.model.vae import VAE, TwoLayerVAE, build_model
 from vae.run import rundir
-from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint, run_dir_of
+from vae.run.checkpoint import (
+    checkpoint_id,
+    evaluated_weights,
+    load_checkpoint,
+    load_state,
+    resolve_checkpoint,
+    run_dir_of,
+)
 from vae.run.resume import check_same_run
 
 BITS_PER_NAT = 1 / math.log(2)
@@ -122,7 +129,8 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     split = getattr(splits, cfg.eval.split)
     if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
         split = split.binarized(cfg.data.seed + TRAIN_DRAW)  # one fixed draw, as the other splits have
-    metrics = {"checkpoint": str(path), "epoch": state["epoch"],
+    metrics = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_id(path), "config": to_dict(cfg),
+               "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
                "device": str(device), **analyze(model, split, cfg, out)}
     metrics["seconds"] = {**metrics["seconds"], "total": round(time.perf_counter() - t0, 3)}

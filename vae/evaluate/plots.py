@@ -16,6 +16,9 @@ from vae.data.split import IMAGE_SHAPE as IMAGE  # noqa: E402
 from vae.files import atomic_write  # noqa: E402
 
 
+MAX_LABELLED = 40  # a figure names at most this many configs (a comparison may hold hundreds)
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """Images (N, 784) or (N, 1, 28, 28) in [0, 1] as one PNG grid, nrow per row."""
     grid = make_grid(images.detach().float().cpu().reshape(-1, *IMAGE), nrow=nrow, padding=2,
@@ -127,9 +130,10 @@ def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: lis
             ax.annotate(f"−ELBO {c:g}", ((lo + hi) / 2, c - (lo + hi) / 2), fontsize=7, color="grey")
     ax.set_xlim(r0, r1)
     ax.set_ylim(d0, d1)
-    for i, text in enumerate(labels):
-        ax.annotate(text, (r[i], d[i]), textcoords="offset points", xytext=(5, 5), fontsize=8,
-                    fontweight="bold" if i == best else "normal")
+    for i, text in enumerate(labels):  # with many points, only the starred one is named
+        if len(labels) <= MAX_LABELLED or i == best:
+            ax.annotate(text, (r[i], d[i]), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                        fontweight="bold" if i == best else "normal")
     ax.plot([r[best]], [d[best]], "*", ms=16, color="tab:red", label=marked)
     ax.set_xlabel("rate KL(q(z|x) ‖ p(z)), nats")
     ax.set_ylabel("distortion −log p(x|z), nats")
@@ -138,8 +142,11 @@ def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: lis
 
 
 def plot_rate_split(labels: list[str], information: list[float], marginal_kl: list[float], path: Path) -> None:
-    """The rate of each config as stacked bars: I(x; z) below, KL(q(z) ‖ p(z)) above."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 4))
+    """The rate of each config as stacked bars: I(x; z) below, KL(q(z) ‖ p(z)) above (bars numbered as the
+    comparison's rows, from 1, when there are too many to name)."""
+    if len(labels) > MAX_LABELLED:
+        labels = [str(i + 1) for i in range(len(labels))]
+    fig, ax = plt.subplots(figsize=(min(max(5, 0.8 * min(len(labels), MAX_LABELLED) + 2), 40), 4))
     ax.bar(labels, information, label="I(x; z)")
     ax.bar(labels, marginal_kl, bottom=information, label="KL(q(z) ‖ p(z))")
     ax.set_ylabel("nats")

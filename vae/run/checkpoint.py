@@ -1,6 +1,7 @@
 """Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only."""
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -54,6 +55,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def checkpoint_id(path: Path) -> str:
+    """What identifies a checkpoint's content (a run trained further has another): its SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory a checkpoint belongs to (<run>/checkpoints/x.pt -> <run>), or None."""
     parent = checkpoint.resolve().parent
@@ -76,6 +82,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
         raise UserError(f"{path} is not a readable checkpoint ({reason.strip()[:160]})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no format_version)")
+    if type(state["format_version"]) is not int:
+        raise UserError(f"{path} has a malformed checkpoint format {state['format_version']!r:.40}: not a "
+                        f"checkpoint this project wrote")
     while state["format_version"] in UPGRADES:
         state = UPGRADES[state["format_version"]](state)
     if state["format_version"] != FORMAT_VERSION:

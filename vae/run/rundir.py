@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
 import platform
 import shutil
 import subprocess
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,21 +15,21 @@ import torch
 import torchvision
 import yaml
 
+from vae import files
 from vae.config.load import to_dict
 from vae.config.schema import Config
 from vae.device import uses_bf16
 from vae.errors import UserError
-from vae.files import atomic_write_text
-from vae.run.layout import CHECKPOINTS, holds_run
+from vae.files import atomic_write_text, read_text_no_follow, refuse_links
+from vae.run.layout import CHECKPOINTS, best_pt, holds_run, last_pt
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl",
                   "test_loss", "test_recon", "test_kl", "test_kl_z2", "test_active_units", "seconds")
 # Empty without a validation split or a second stochastic layer (and in older runs).
 OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl", "test_kl_z2")
 INTEGER_COLUMNS = ("epoch", "test_active_units")
-LOCK = ".lock"  # held (flock) by the training process writing the directory
-RUN_ENTRIES = (CHECKPOINTS, "images", "eval", "tensorboard", "metrics.csv", "config.yaml", "run.json",
-               "report.html")
+RUN_FILES = ("metrics.csv", "config.yaml", "run.json", "report.html")  # never opened through a link
+RUN_ENTRIES = (CHECKPOINTS, "images", "eval", "tensorboard", *RUN_FILES)  # (the folders may be links)
 
 
 def check_fresh(run_dir: Path, overwrite: bool) -> None:
@@ -56,31 +54,11 @@ def check_space(run_dir: Path, needed_bytes: int) -> None:
                         f"{needed_bytes / 2**20:.0f} MiB for its checkpoints and images")
 
 
-@contextmanager
 def locked(run_dir: Path):
-    """Hold the run directory for this process while the block runs: another training into it stops.
-
-    An OS file lock (flock) on <run>/.lock, which dies with its holder, so a killed run leaves
-    nothing that blocks its resume.
-    """
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise UserError(f"{run_dir} is being written by another training process{pid}: wait for it to "
-                            f"finish, or choose another output.dir=DIR") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above
-        yield
-    finally:
-        os.close(fd)
+    """Hold the run directory for this process while the block runs: another training into it stops."""
+    refuse_links(*(run_dir / name for name in RUN_FILES), last_pt(run_dir), best_pt(run_dir))
+    return files.locked(run_dir, f"{run_dir} is being written by another training process{{pid}}: wait for it to "
+                                 f"finish, or choose another output.dir=DIR")
 
 
 def create(run_dir: Path, clear: bool) -> None:
@@ -129,7 +107,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "previous": [],
     }
     try:
-        old = json.loads((run_dir / "run.json").read_text())
+        old = json.loads(read_text_no_follow(run_dir / "run.json"))
         info["previous"] = old.pop("previous", []) + [old]
     except (OSError, ValueError, AttributeError):
         pass

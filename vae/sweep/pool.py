@@ -1,6 +1,8 @@
-"""The local process pool: N worker processes on one machine, each with its share of the cores."""
+"""The local process pool: N worker processes on one machine, each with its share of the cores, held
+by one sweep.py at a time, and ending with it."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -8,8 +10,12 @@ import sys
 from pathlib import Path
 
 from vae.errors import Interrupted, UserError
+from vae.files import locked
 from vae.sweep.spec import load
 from vae.sweep.study import work
+
+PARENT_ENV = "VAE_SWEEP_PARENT"  # a worker's parent's pid: the worker stops when that process is gone
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal this process gets when its parent dies
 
 
 def usable_cores() -> int:
@@ -22,35 +28,61 @@ def threads_per_worker(workers: int) -> int:
 
 
 def configure_worker(workers: int) -> None:
-    """A worker process's torch threads: its share of the cores, so that N workers do not oversubscribe them.
+    """A worker process: it gets SIGTERM when its sweep.py dies (and so saves and stops, as training does on
+    SIGTERM), and its share of the cores' torch threads, so that N workers do not oversubscribe them.
 
     torch (and the training code) is imported only in the processes that train: the parent of N
     workers never does, which saves its 4 s of imports (measured, 2-core CPU) before they start.
     """
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent and os.getppid() != parent:  # the parent died before the line above
+        raise Interrupted(signal.SIGTERM, "the sweep.py that started this worker is gone: stopped")
     import torch
     torch.set_num_threads(threads_per_worker(workers))
 
 
 def run_workers(sweep_dir: Path, workers: int, script: Path) -> None:
-    """Run the sweep with `workers` local processes (one in this process when 1), each with its
-    share of the cores; Ctrl-C stops every worker after its current step, each saving its trial."""
+    """Run the sweep with `workers` local processes (one in this process when 1), each with its share of
+    the cores. Ctrl-C or SIGTERM stops every worker after its current step, each saving its trial; a second
+    sweep.py on the same directory is refused while this one runs."""
     sweep = load(sweep_dir)
-    if workers == 1:
-        work(sweep, sweep_dir)
-        return
-    cmd = [sys.executable, str(script), "--worker", str(sweep_dir), "--workers", str(workers)]
-    procs = [subprocess.Popen(cmd) for _ in range(workers)]
-    codes = []
-    for proc in procs:
-        while True:
-            try:
-                codes.append(proc.wait())
-                break
-            except KeyboardInterrupt:  # the workers got it too: wait for them to save
-                continue
+    with locked(sweep_dir, f"{sweep_dir} is being run by another sweep.py on this machine{{pid}}: wait for it, "
+                           f"or stop it first"):
+        if workers == 1:
+            work(sweep, sweep_dir)
+            return
+        cmd = [sys.executable, str(script), "--worker", str(sweep_dir), "--workers", str(workers)]
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+        codes = wait_for(procs)
     interrupted = [c for c in codes if c in (128 + signal.SIGINT, 128 + signal.SIGTERM)]
     if interrupted:
         raise Interrupted(interrupted[0] - 128, f"sweep stopped; continue with: python sweep.py --resume {sweep_dir}")
-    if any(codes):
-        raise UserError(f"a sweep worker exited with status {max(codes)}; continue with: "
-                        f"python sweep.py --resume {sweep_dir}")
+    failed = [c for c in codes if c]
+    if failed:
+        how = f"was killed by {signal.Signals(-failed[0]).name}" if failed[0] < 0 else f"exited with status {failed[0]}"
+        raise UserError(f"a sweep worker {how}; continue with: python sweep.py --resume {sweep_dir}")
+
+
+def wait_for(procs: list[subprocess.Popen]) -> list[int]:
+    """Their exit codes (-N: killed by signal N). A SIGTERM to this process is passed on to them; Ctrl-C
+    reaches them from the terminal itself; either way they save before they stop."""
+    def forward(signum, frame):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = []
+        for proc in procs:
+            while True:
+                try:
+                    codes.append(proc.wait())
+                    break
+                except KeyboardInterrupt:  # the workers got it too: wait for them to save
+                    continue
+        return codes
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,7 @@ point's config, checked before anything trains."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -11,12 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from vae.config.load import apply_overrides, check_key, from_dict, parse_yaml, split_override, to_dict
-from vae.config.schema import Config
+from vae.config.schema import NOT_COMPARED, Config
 from vae.errors import UserError
+from vae.files import read_text_no_follow
 
 SPEC = "sweep.json"
 DISTRIBUTIONS = ("log", "uniform", "int", "choice")
+PRUNERS = ("", "median", "halving")
 HEARTBEAT_SECONDS = 10
+MAX_TRIALS = 10_000  # the most trials one sweep runs: grid points x seeds, or a search's --trials
+MAX_NAME_BYTES = 200  # a trial's run directory name (file systems take 255)
+RUN_NAME = re.compile(r"[\w+=-][\w.+=-]*")  # what a trial's run directory may be called: one plain folder name
+PASSWORD = re.compile(r"(\w[\w+.-]*://[^/@:\s]*):([^/\s]*)@")  # (scheme://user):(password)@
 
 
 @dataclass(frozen=True)
@@ -29,14 +36,23 @@ class Sweep:
     seeds: int = 1  # each point trained with train.seed, train.seed + 1, ...
     trials: int = 0  # points of a search (a grid has one trial per point)
     prune: str = ""  # "", median or halving: stop unpromising trials of a search early
-    storage: str = ""  # a database URL shared by many machines; "" = <dir>/study.db
+    storage: str = ""  # a database URL shared by many machines, never with its password; "" = <dir>/study.db
     heartbeat: int = HEARTBEAT_SECONDS  # seconds between a running trial's heartbeats
     study: str = "sweep"  # the study's name in its storage: machines that share one join by it
-    argv: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # the command line, passwords taken out
 
     @property
     def base(self) -> Config:
         return from_dict(self.config)
+
+    def identity(self) -> str:
+        """What makes two sweeps one sweep, so that a study refuses another one: a hash of the base config
+        (but the keys that say where a run is made, which differ between machines), the grid or search, the
+        seeds, the trials and the pruner."""
+        config = {section: {k: v for k, v in keys.items() if f"{section}.{k}" not in NOT_COMPARED}
+                  for section, keys in self.config.items()}
+        what = [config, self.grid, self.search, self.seeds, self.trials, self.prune]
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def grid_space(self) -> dict[str, list[str]]:
         """The grid with the seeds as one more axis."""
@@ -46,9 +62,8 @@ class Sweep:
         return {**self.grid, "train.seed": [str(first + i) for i in range(self.seeds)]}
 
     def size(self) -> int:
-        """How many trials the sweep runs."""
-        points = math.prod(len(v) for v in self.grid_space().values())
-        return points if not self.search else self.trials
+        """How many trials the sweep runs (counted, not listed)."""
+        return self.trials if self.search else math.prod(len(v) for v in self.grid.values()) * self.seeds
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -114,6 +129,9 @@ def trial_config(sweep: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
 
 def check(sweep: Sweep) -> None:
     """Refuse a sweep that cannot run, before anything trains: every point's config is validated."""
+    if not 1 <= sweep.size() <= MAX_TRIALS or sweep.seeds > MAX_TRIALS:
+        raise UserError(f"a sweep runs 1 to {MAX_TRIALS:,} trials; this one would run {sweep.size():,} "
+                        f"(grid points x --seeds, or --trials): sweep fewer values")
     for key in [*sweep.grid, *sweep.search]:
         check_key(key)
     if sweep.grid and sweep.search:
@@ -145,14 +163,60 @@ def grid_points(space: dict[str, list[str]]) -> list[dict[str, str]]:
 
 
 def load(sweep_dir: Path) -> Sweep:
+    """The sweep of a sweep directory, checked: a broken or foreign sweep.json is one line."""
+    path = sweep_dir / SPEC
     try:
-        raw = json.loads((sweep_dir / SPEC).read_text())
+        raw = json.loads(read_text_no_follow(path))
     except FileNotFoundError:
         raise UserError(f"{sweep_dir} is not a sweep directory (no {SPEC})") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"{sweep_dir / SPEC} is unreadable: {e}") from None
-    names = {f.name for f in dataclasses.fields(Sweep)}
-    return Sweep(**{k: v for k, v in raw.items() if k in names})
+        raise UserError(f"{path} is unreadable: {e}") from None
+    try:
+        if not isinstance(raw, dict):
+            raise UserError("not a mapping")
+        sweep = Sweep(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(Sweep)}})
+        for name, kind in (("config", dict), ("grid", dict), ("search", dict), ("seeds", int), ("trials", int),
+                           ("prune", str), ("storage", str), ("heartbeat", int), ("study", str), ("argv", list)):
+            if not isinstance(getattr(sweep, name), kind):
+                raise UserError(f"{name} is not a {kind.__name__}")
+        if not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in sweep.grid.values()) \
+                or not all(isinstance(v, str) for v in sweep.search.values()) or sweep.prune not in PRUNERS \
+                or sweep.heartbeat < 1 or PASSWORD.search(sweep.storage):
+            raise UserError("its grid, search, pruner, heartbeat or storage is malformed")
+        check(sweep)
+    except (UserError, TypeError) as e:
+        raise UserError(f"{path} is not a sweep this version can run: {e}") from None
+    return sweep
+
+
+def without_password(text: str) -> str:
+    """A URL (or a command-line word holding one) with its password taken out: scheme://user@host/db."""
+    return PASSWORD.sub(r"\1@", text)
+
+
+def password_of(url: str) -> str:
+    """The password in a URL ('' when it has none)."""
+    found = PASSWORD.search(url)
+    return found.group(2) if found else ""
+
+
+def point_name(index: int, values: dict[str, str]) -> str:
+    """A grid point's run directory name, e.g. 003_beta=0.5_seed=1: at most MAX_NAME_BYTES, a hash of the
+    whole ending a name cut short."""
+    name = f"{index:03d}_" + "_".join(f"{key.split('.')[-1]}={safe(value)}" for key, value in values.items())
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[:MAX_NAME_BYTES - 13].decode(errors="ignore") + "-" + digest
+
+
+def run_dir(sweep_dir: Path, name: object) -> Path:
+    """Where a trial's run lives in this sweep directory: runs/<name>, the name checked (it may come from a
+    shared database)."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or len(name.encode()) > 255:
+        raise UserError(f"the study names a trial's run {name!r}, which is not a run name of a sweep: it was not "
+                        f"written by this project's sweep.py")
+    return sweep_dir / "runs" / name
 
 
 def safe(value: Any) -> str:

@@ -26,11 +26,24 @@ from optuna.trial import TrialState
 
 from vae.config.load import parse_yaml
 from vae.errors import Interrupted, UserError
-from vae.files import atomic_write_text
+from vae.files import create_exclusive, refuse_links
 from vae.run.layout import last_pt
-from vae.sweep.spec import SPEC, Sweep, check, distribution, grid_points, load, safe, trial_config
+from vae.sweep.spec import (
+    SPEC,
+    Sweep,
+    check,
+    distribution,
+    grid_points,
+    load,
+    password_of,
+    point_name,
+    run_dir,
+    trial_config,
+    without_password,
+)
 
 POLL_SECONDS = 1  # how often a worker with nothing to take looks again
+STORAGE_ENV = "VAE_SWEEP_STORAGE"  # the storage URL with its password, for this process and its workers only
 TABLE_RACE_TRIES = 3
 
 
@@ -43,9 +56,20 @@ def experimental():
         yield
 
 
+def storage_url(sweep: Sweep, sweep_dir: Path) -> str:
+    """The database to open: <dir>/study.db, or the shared one, with the password given to this process
+    (--storage, passed on to its workers in STORAGE_ENV) when there is one; else the driver finds it
+    (PostgreSQL: PGPASSWORD, ~/.pgpass)."""
+    if not sweep.storage:
+        return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    given = os.environ.get(STORAGE_ENV, "")
+    return given if without_password(given) == sweep.storage else sweep.storage
+
+
 def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
     """The study's database, with heartbeats and Optuna's retry of trials whose heartbeat stopped."""
-    url = sweep.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    url = storage_url(sweep, sweep_dir)
+    shown = without_password(url)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers take turns
     for attempt in range(TABLE_RACE_TRIES):
         try:
@@ -55,14 +79,16 @@ def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
         except sqlalchemy.exc.IntegrityError:
             if attempt + 1 == TABLE_RACE_TRIES:
-                raise UserError(f"cannot open the sweep's storage {url}: its tables could not be made") from None
+                raise UserError(f"cannot open the sweep's storage {shown}: its tables could not be made") from None
             # Machines that start at once on an empty database race to make Optuna's tables.
-            print(f"{url}: another process was making the study's tables; opening it again", file=sys.stderr)
+            print(f"{shown}: another process was making the study's tables; opening it again", file=sys.stderr)
             time.sleep(1 + attempt)
         except Exception as e:  # noqa: BLE001 - drivers fail in their own ways
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            password = password_of(url)
+            reason = without_password(reason.replace(password, "***") if password else reason)
             hint = " (pip install 'psycopg[binary]')" if "psycopg" in repr(e.__cause__ or e) else ""
-            raise UserError(f"cannot open the sweep's storage {url}: {reason[:200]}{hint}") from None
+            raise UserError(f"cannot open the sweep's storage {shown}: {reason[:200]}{hint}") from None
 
 
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
@@ -80,11 +106,14 @@ def pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 
 def create(sweep: Sweep, sweep_dir: Path) -> None:
-    """Start a sweep in a new directory: sweep.json, then the study."""
+    """Start a sweep in a new directory: claim it with sweep.json (of two sweeps started at once into one
+    directory, one gets it), then make or join the study."""
     check(sweep)
+    taken = UserError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or choose "
+                      f"another --dir")
+    refuse_links(sweep_dir / SPEC)
     if (sweep_dir / SPEC).exists():
-        raise UserError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or "
-                        f"choose another --dir")
+        raise taken
     if sweep.storage:
         storage(sweep, sweep_dir)  # a wrong or unreachable database fails before anything is made
     try:
@@ -92,15 +121,28 @@ def create(sweep: Sweep, sweep_dir: Path) -> None:
     except OSError as e:
         raise UserError(f"cannot make the sweep directory {sweep_dir}: {e.strerror or e}") from None
     stored = {**dataclasses.asdict(sweep), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_text(sweep_dir / SPEC, json.dumps(stored, indent=2) + "\n")
+    if not create_exclusive(sweep_dir / SPEC, json.dumps(stored, indent=2) + "\n"):
+        raise taken
     open_study(sweep, sweep_dir)
 
 
 def open_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
-    """The sweep's study, made if it is not there yet (a sweep killed before it made it, or the
-    first machine to join a shared database)."""
-    return optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
-                               sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
+    """The sweep's study, made if it is not there yet (a sweep killed before it made it, or the first
+    machine to join a shared database). A study remembers which sweep it is: another one is refused."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study" before an error line
+    try:
+        study = optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
+                                    sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if "sweep" not in study.user_attrs:
+        study.set_user_attr("sweep", sweep.identity())
+    if study.user_attrs["sweep"] != sweep.identity():
+        where = f"in {sweep.storage}" if sweep.storage else f"in {sweep_dir / 'study.db'}"
+        raise UserError(f"the study '{sweep.study}' {where} belongs to another sweep (another base config, grid, "
+                        f"search or seeds): give this one its own name with --study NAME")
+    return study
 
 
 def run_name(sweep: Sweep, trial: optuna.Trial, values: dict[str, Any]) -> str:
@@ -108,8 +150,7 @@ def run_name(sweep: Sweep, trial: optuna.Trial, values: dict[str, Any]) -> str:
     if sweep.search:
         return f"trial-{trial.number:04d}"
     space = sweep.grid_space()
-    index = grid_points(space).index({key: values[key] for key in space})
-    return f"{index:03d}_" + "_".join(f"{key.split('.')[-1]}={safe(values[key])}" for key in space)
+    return point_name(grid_points(space).index({key: values[key] for key in space}), {k: values[k] for k in space})
 
 
 def suggest(sweep: Sweep, trial: optuna.Trial) -> dict[str, Any]:
@@ -126,28 +167,33 @@ def suggest(sweep: Sweep, trial: optuna.Trial) -> dict[str, Any]:
     return values
 
 
-def objective(sweep: Sweep, sweep_dir: Path):
+def objective(sweep: Sweep, sweep_dir: Path, workers: int = 1):
     """Train one trial as an ordinary run (resumed from its last.pt when it has one)."""
     def run(trial: optuna.Trial) -> float:
         try:
-            return train_trial(sweep, sweep_dir, trial)
+            return train_trial(sweep, sweep_dir, trial, workers)
         except UserError as e:
             trial.set_user_attr("error", str(e))
+            raise
+        except OSError as e:  # the machine's, not the trial's: queued again by `work`, for a resume
+            trial.set_user_attr("requeued_because", f"{type(e).__name__}: {e}")
             raise
     return run
 
 
-def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial) -> float:
-    """The trial's run: trained, or continued from its last.pt; its value is best.pt's loss."""
+def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, workers: int = 1) -> float:
+    """The trial's run: trained, or continued from its last.pt; its value is best.pt's loss. The run is
+    named in the study and found under this process's own sweep directory."""
     values = suggest(sweep, trial)
-    retried = trial.user_attrs.get("run_dir")  # a retry carries the run it continues
+    retried = trial.user_attrs.get("run")  # a retry carries the run it continues
     if retried is None and not sweep.search and started_elsewhere(trial, values):
         # Two workers asked for the last points at once: GridSampler gives the second a point again.
         raise UserError("not trained: another worker had started this grid point")
-    run_dir = Path(retried) if retried else sweep_dir / "runs" / run_name(sweep, trial, values)
-    trial.set_user_attr("run_dir", str(run_dir))
+    name = retried if retried is not None else run_name(sweep, trial, values)
+    where = run_dir(sweep_dir, name)
+    trial.set_user_attr("run", name)
     trial.set_user_attr("pid", os.getpid())
-    cfg = trial_config(sweep, values, run_dir)
+    cfg = trial_config(sweep, values, where)
 
     def report(row: dict, last: bool) -> None:
         if sweep.search:
@@ -155,8 +201,8 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial) -> float:
             if not last and trial.should_prune():  # a finished run (train.epochs, its budget or patience) is complete
                 raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
     from vae.train.loop import train  # here, not at the top: see configure_worker
-    resume = run_dir if last_pt(run_dir).exists() else None
-    result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report)
+    resume = where if last_pt(where).exists() else None
+    result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report, memory_share=workers)
     trial.set_user_attr("epochs", len(result.rows))
     return result.best["loss"]
 
@@ -167,11 +213,12 @@ def started_elsewhere(trial: optuna.Trial, values: dict[str, Any]) -> bool:
     return any(t.number != trial.number and t.params == values for t in others)
 
 
-def work(sweep: Sweep, sweep_dir: Path) -> None:
-    """One worker: take trials until the sweep is done (waiting for other workers' last trials,
-    and retrying those whose worker died once their heartbeat goes stale)."""
+def work(sweep: Sweep, sweep_dir: Path, workers: int = 1) -> None:
+    """One of `workers` on this machine: take trials until the sweep is done (waiting for other workers'
+    last trials, and retrying those whose worker died once their heartbeat goes stale). A trial stopped by
+    the machine (an OSError: a full disk, a permission) is queued again and this worker stops, saying why."""
     study = open_study(sweep, sweep_dir)
-    run = objective(sweep, sweep_dir)
+    run = objective(sweep, sweep_dir, workers)
     while True:
         trials = study.get_trials(deepcopy=False)
         fresh = [t for t in trials if "failed_trial" not in t.system_attrs]  # not retries
@@ -182,6 +229,10 @@ def work(sweep: Sweep, sweep_dir: Path) -> None:
                 retry_interrupted(sweep, sweep_dir, os.getpid())
                 raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: the running trial is saved "
                                   f"and queued again; continue with: python sweep.py --resume {sweep_dir}") from None
+            except OSError as e:
+                retry_failed(sweep, sweep_dir, os.getpid())
+                raise UserError(f"a trial stopped on {type(e).__name__}: {e}; it is queued again: free the cause, "
+                                f"then continue with: python sweep.py --resume {sweep_dir}") from None
         elif any(t.state == TrialState.RUNNING for t in trials):  # others' last trials: wait, and watch them
             time.sleep(POLL_SECONDS)
             with experimental():
@@ -197,6 +248,15 @@ def retry_interrupted(sweep: Sweep, sweep_dir: Path, pid: int) -> None:
     study = plain_study(sweep, sweep_dir)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
         if t.user_attrs.get("pid") == pid and "error" not in t.user_attrs:
+            requeue(study, t)
+
+
+def retry_failed(sweep: Sweep, sweep_dir: Path, pid: int) -> None:
+    """Queue again this worker's trial that the machine stopped (its reason kept in its user attributes)."""
+    study = plain_study(sweep, sweep_dir)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("pid") == pid and "requeued_because" in t.user_attrs and not any(
+                c.system_attrs.get("failed_trial") == t.number for c in study.get_trials(deepcopy=False)):
             requeue(study, t)
 
 
@@ -234,10 +294,13 @@ def summary(sweep_dir: Path) -> str:
     for t in trials:
         if t.state == TrialState.FAIL and "error" in t.user_attrs:
             lines.append(f"  trial {t.number} failed: {t.user_attrs['error']}")
+        elif t.state == TrialState.FAIL and "requeued_because" in t.user_attrs:
+            lines.append(f"  trial {t.number} was stopped by the machine and queued again: "
+                         f"{t.user_attrs['requeued_because']}")
     if done:
         best = min(done, key=lambda t: t.value)
         chosen_on = "validation" if sweep.base.data.val_size else "test"
-        lines.append(f"best: {best.user_attrs['run_dir']} ({chosen_on} loss {best.value:.3f} nats)")
+        lines.append(f"best: {run_dir(sweep_dir, best.user_attrs['run'])} ({chosen_on} loss {best.value:.3f} nats)")
     lines.append(f"compare the runs: python evaluate.py --compare {sweep_dir}")
     return "\n".join(lines)
 

@@ -94,7 +94,8 @@ class Run:
 
 
 def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
-          argv: list[str] | None = None, after_epoch: Callable[[dict, bool], None] | None = None) -> TrainResult:
+          argv: list[str] | None = None, after_epoch: Callable[[dict, bool], None] | None = None,
+          memory_share: int = 1) -> TrainResult:
     """Train from scratch, or continue the checkpoint `resume` (a file or a run directory).
 
     A checkpoint continues in place when output.dir is the run directory it belongs to; anywhere
@@ -103,20 +104,21 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     current step finishes, last.pt is saved, and Interrupted is raised. Started by torchrun, it
     trains data-parallel over all its processes. `after_epoch` is called with each epoch's metrics
     row once its checkpoint is written, and whether it is the run's last epoch (a sweep reports it
-    to its pruner, which may stop the run).
+    to its pruner, which may stop the run). `memory_share` processes (a sweep's workers) share the
+    machine's free memory, so the run is checked against its share of it.
     """
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
     with process_group(world, device), out_of_memory_reported(device):
-        return _train(cfg, resume, overwrite, argv or sys.argv, world, device, after_epoch)
+        return _train(cfg, resume, overwrite, argv or sys.argv, world, device, after_epoch, memory_share)
 
 
 def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
-           device: torch.device, after_epoch: Callable[[dict, bool], None] | None) -> TrainResult:
+           device: torch.device, after_epoch: Callable[[dict, bool], None] | None, memory_share: int) -> TrainResult:
     # 1. Plan: what the run continues, and every check that can fail before a file is written.
-    plan = plan_run(cfg, resume, overwrite, device)
+    plan = plan_run(cfg, resume, overwrite, device, memory_share)
     for warning in plan.warnings:
         log(world, warning, file=sys.stderr)
     # 2. Data, read (or downloaded) by rank 0 first.

@@ -56,15 +56,17 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_memory(cfg: Config, device: torch.device) -> None:
-    """Refuse a run whose estimated peak does not fit in the memory free on `device`."""
+def check_memory(cfg: Config, device: torch.device, share: int = 1) -> None:
+    """Refuse a run whose estimated peak does not fit in its share of the memory free on `device`: a
+    1/`share` part when that many processes (a sweep's workers) start on it at once."""
     parts = estimate_bytes(cfg)
-    needed, free = sum(parts.values()), available_bytes(device)
+    needed, free = sum(parts.values()), available_bytes(device) // share
     if needed > free:
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())
+        shared = f" (its share of {share} workers)" if share > 1 else ""
         raise UserError(f"this run needs about {gib(needed)} of memory on {device} ({detail}) but only "
-                        f"{gib(free)} is available: lower train.batch_size or loss.iwae_k, or make the model "
-                        f"smaller")
+                        f"{gib(free)} is available{shared}: lower train.batch_size or loss.iwae_k, or make the "
+                        f"model smaller" + (", or run fewer --workers" if share > 1 else ""))
 
 
 @contextmanager

@@ -52,8 +52,10 @@ class Plan:
         return {"loss": math.inf, "epoch": None} if self.state is None else self.state["best"]
 
 
-def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: torch.device) -> Plan:
-    """What the run continues, checked against where it writes and what the machine has."""
+def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: torch.device,
+             memory_share: int = 1) -> Plan:
+    """What the run continues, checked against where it writes and what the machine has (its free memory
+    shared by `memory_share` processes)."""
     if cfg.logging.tensorboard:
         summary_writer_class()  # fail now, not after the data has loaded
     plan = Plan(Path(cfg.output.dir).expanduser(), overwrite)
@@ -66,7 +68,7 @@ def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: to
         rows = tuple(r for r in rundir.read_metrics(source) if r["epoch"] < start) if source else ()
         plan = Plan(plan.run_dir, overwrite, resume, state, source, rows, nothing_to_do(cfg, resume, state, rows))
     check_target(plan)
-    check_machine(cfg, plan.run_dir, device)
+    check_machine(cfg, plan.run_dir, device, memory_share)
     return dataclasses.replace(plan, warnings=tuple(w for w in [bf16_warning(cfg, device)] if w))
 
 
@@ -93,7 +95,7 @@ def check_target(plan: Plan) -> None:
                         f"Fork it with output.dir=DIR, or pass --overwrite to discard it")
 
 
-def check_machine(cfg: Config, run_dir: Path, device: torch.device) -> None:
+def check_machine(cfg: Config, run_dir: Path, device: torch.device, memory_share: int = 1) -> None:
     """Disk, memory and the tools the config asks for."""
     with torch.device("meta"):  # sizes only: no memory, no random numbers
         n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
@@ -102,7 +104,7 @@ def check_machine(cfg: Config, run_dir: Path, device: torch.device) -> None:
     copies = 3 + bool(cfg.train.ema_decay)
     pictures = (cfg.train.epochs // cfg.viz.every + 1) * IMAGE_BYTES_PER_EPOCH
     rundir.check_space(run_dir, 3 * copies * 4 * n_params + pictures + 10 * 2**20)
-    check_memory(cfg, device)
+    check_memory(cfg, device, memory_share)
     compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
     if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):
         raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none "
