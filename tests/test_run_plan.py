@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, with_, write_config
 
 from vae.config.schema import Config, TrainConfig
-from vae.errors import UserError
+from vae.errors import MachineError, UserError
 from vae.run import rundir
 from vae.train import memory
 from vae.train.loop import train
@@ -36,7 +36,7 @@ def test_a_full_disk_or_a_file_in_the_way_fails_before_anything_is_written(tiny_
     with pytest.raises(UserError, match="is a file, not a directory"):
         train(with_(tiny_cfg, output={"dir": str(tmp_path / "file" / "run")}))
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 2**20))
-    with pytest.raises(UserError, match=r"only 1 MiB free on the disk of .*needs about \d+ MiB"):
+    with pytest.raises(MachineError, match=r"only 1 MiB free on the disk of .*needs about \d+ MiB"):
         train(tiny_cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 

@@ -9,7 +9,10 @@ import uuid
 import pytest
 from conftest import REPO, write_config
 
+from vae.config.load import load_config, to_dict
 from vae.run import rundir
+from vae.sweep.spec import Sweep, without_password
+from vae.sweep.study import STORAGE_ENV, create
 
 URL = os.environ.get("VAE_TEST_POSTGRES", "")
 pytestmark = [pytest.mark.slow,
@@ -63,14 +66,15 @@ def test_the_password_is_never_shown_or_stored_and_a_resume_finds_it_where_postg
     assert given.returncode == 0 and password not in given.stdout + given.stderr, given.stderr
 
 
-def test_another_sweep_is_refused_by_the_shared_study_it_would_have_merged_into(tmp_path, mnist_root):
+def test_another_sweep_is_refused_by_the_shared_study_it_would_have_merged_into(tmp_path, mnist_root, monkeypatch):
     config = write_config(tmp_path / "c.yaml", mnist_root, epochs=1)
     study = f"test-{uuid.uuid4().hex[:8]}"
-    common = ["--config", str(config), "--storage", URL, "--study", study]
-    first = subprocess.run(SWEEP + common + ["--grid", "loss.beta=1", "--dir", str(tmp_path / "a")],
-                           capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    other = subprocess.run(SWEEP + common + ["--grid", "loss.beta=2,4", "--dir", str(tmp_path / "b")],
+    monkeypatch.setenv(STORAGE_ENV, URL)  # as sweep.py does with a password in --storage
+    create(Sweep(config=to_dict(load_config(config)), grid={"loss.beta": ["1"]}, storage=without_password(URL),
+                 study=study), tmp_path / "a")  # the first sweep made the study (nothing trained)
+    other = subprocess.run(SWEEP + ["--config", str(config), "--storage", URL, "--study", study,
+                                    "--grid", "loss.beta=2,4", "--dir", str(tmp_path / "b")],
                            capture_output=True, text=True, timeout=120)
-    assert other.returncode == 2 and other.stderr.count("\n") == 1
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert f"the study '{study}'" in other.stderr and "belongs to another sweep" in other.stderr
+    assert not (tmp_path / "b" / "sweep.json").exists()

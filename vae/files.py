@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from vae.errors import UserError
+from vae.errors import MachineError, UserError
 
 LOCK = ".lock"  # held (flock) by the process writing the directory
 
@@ -57,7 +57,16 @@ def create_exclusive(path: Path, text: str) -> bool:
             f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)  # fails if `path` exists, and never leaves half a file there
+        try:
+            os.link(tmp, path)  # fails if `path` exists, and never leaves half a file there
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links (FAT, some network and FUSE mounts)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
     except FileExistsError:
         return False
     finally:
@@ -89,7 +98,7 @@ def read_text_no_follow(path: Path) -> str:
 @contextmanager
 def locked(folder: Path, busy: str):
     """Hold `folder` for this process while the block runs; another process that asks for it gets
-    UserError(busy.format(pid=...)).
+    UserError(busy), its "{pid}" replaced by the holder's.
 
     An OS file lock (flock) on <folder>/.lock, which dies with its holder, so a killed process leaves
     nothing that blocks the next one; the lock file is never opened through a link.
@@ -101,13 +110,13 @@ def locked(folder: Path, busy: str):
     except OSError as e:
         if e.errno == errno.ELOOP:
             refuse_links(folder / LOCK)
-        raise UserError(f"cannot write {folder}: {e.strerror or e}") from None
+        raise MachineError(f"cannot write {folder}: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise UserError(busy.format(pid=f" (pid {holder})" if holder.isdigit() else "")) from None
+            raise UserError(busy.replace("{pid}", f" (pid {holder})" if holder.isdigit() else "")) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above
         yield

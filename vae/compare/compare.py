@@ -57,8 +57,9 @@ def evaluation(run: Path, stored: Config, overrides: list[str]) -> dict:
         cached = json.loads((run / "eval" / "metrics.json").read_text())
     except (OSError, ValueError):
         cached = None
-    if isinstance(cached, dict) and {"protocol", "rate_split", "split", "epoch"} <= cached.keys() \
-            and cached.get("checkpoint_sha256") == checkpoint_id(last_pt(run)) and cached.get("config") == to_dict(cfg):
+    whole = isinstance(cached, dict) and {"protocol", "rate_split", "split", "epoch"} <= cached.keys()
+    if whole and cached.get("checkpoint_sha256") == checkpoint_id(last_pt(run).read_bytes()) \
+            and cached.get("config") == to_dict(cfg):
         return cached
     return evaluate_checkpoint(last_pt(run), overrides)
 
@@ -66,13 +67,13 @@ def evaluation(run: Path, stored: Config, overrides: list[str]) -> dict:
 def finished(cfg: Config, metrics: dict, rows: list[dict]) -> bool:
     """Whether the evaluated checkpoint ends the run's schedule: train.epochs, or a stop on its time budget
     or patience (a run a failure cut short does not)."""
-    if metrics["steps_into_next_epoch"] or not rows:
+    if metrics["steps_into_next_epoch"] or not rows[:metrics["epoch"]]:
         return False
+    epoch, done = metrics["epoch"], rows[:metrics["epoch"]]
     split = "val" if "val_loss" in rows[-1] else "test"
-    best = min(rows, key=lambda r: r[f"{split}_loss"])
+    best = min(done, key=lambda r: r[f"{split}_loss"])
     best = {"loss": best[f"{split}_loss"], "epoch": best["epoch"]}
-    epoch = metrics["epoch"]
-    return epoch >= cfg.train.epochs or bool(stops_early(cfg.train, best, epoch, seconds_spent(rows[:epoch])))
+    return epoch >= cfg.train.epochs or bool(stops_early(cfg.train, best, epoch, seconds_spent(done)))
 
 
 def run_row(run: Path, cfg: Config, metrics: dict) -> dict:

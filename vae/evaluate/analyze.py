@@ -112,7 +112,8 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
 def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     """Everything evaluate.py reports for one checkpoint; writes <run>/eval/ and <run>/report.html."""
     path = resolve_checkpoint(path)
-    state, stored = load_checkpoint(path)
+    data = path.read_bytes()  # once: what is measured is what its id names, even while a run writes on
+    state, stored = load_checkpoint(path, data)
     cfg = load_config(None, overrides, base=to_dict(stored))
     check_same_run(stored, cfg)
     device = resolve_device(cfg.train.device)
@@ -129,7 +130,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     split = getattr(splits, cfg.eval.split)
     if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
         split = split.binarized(cfg.data.seed + TRAIN_DRAW)  # one fixed draw, as the other splits have
-    metrics = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_id(path), "config": to_dict(cfg),
+    metrics = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_id(data), "config": to_dict(cfg),
                "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
                "device": str(device), **analyze(model, split, cfg, out)}

@@ -15,7 +15,6 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 from vae.data.split import IMAGE_SHAPE as IMAGE  # noqa: E402
 from vae.files import atomic_write  # noqa: E402
 
-
 MAX_LABELLED = 40  # a figure names at most this many configs (a comparison may hold hundreds)
 
 

@@ -55,9 +55,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def checkpoint_id(path: Path) -> str:
-    """What identifies a checkpoint's content (a run trained further has another): its SHA-256."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def checkpoint_id(data: bytes) -> str:
+    """What identifies a checkpoint's content (a run trained further has another): the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:
@@ -66,11 +66,12 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return parent.parent if parent.name == CHECKPOINTS else None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, Config]:
-    """Load and check a checkpoint on the CPU; returns (state, the config it was trained with)."""
+def load_checkpoint(path: str | Path, data: bytes | None = None) -> tuple[dict, Config]:
+    """Load and check a checkpoint on the CPU (from `data`, its bytes, when the caller has read them);
+    returns (state, the config it was trained with)."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
         text = str(e)
         unsafe = re.search(r"GLOBAL (\S+)", text)

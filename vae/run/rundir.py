@@ -19,7 +19,7 @@ from vae import files
 from vae.config.load import to_dict
 from vae.config.schema import Config
 from vae.device import uses_bf16
-from vae.errors import UserError
+from vae.errors import MachineError, UserError
 from vae.files import atomic_write_text, read_text_no_follow, refuse_links
 from vae.run.layout import CHECKPOINTS, best_pt, holds_run, last_pt
 
@@ -47,18 +47,18 @@ def check_space(run_dir: Path, needed_bytes: int) -> None:
     if not existing.is_dir():
         raise UserError(f"cannot make output.dir {run_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK):
-        raise UserError(f"cannot write output.dir {run_dir}: {existing} is not writable")
+        raise MachineError(f"cannot write output.dir {run_dir}: {existing} is not writable")
     free = shutil.disk_usage(existing).free
     if free < needed_bytes:
-        raise UserError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; this run needs about "
+        raise MachineError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; this run needs about "
                         f"{needed_bytes / 2**20:.0f} MiB for its checkpoints and images")
 
 
 def locked(run_dir: Path):
     """Hold the run directory for this process while the block runs: another training into it stops."""
     refuse_links(*(run_dir / name for name in RUN_FILES), last_pt(run_dir), best_pt(run_dir))
-    return files.locked(run_dir, f"{run_dir} is being written by another training process{{pid}}: wait for it to "
-                                 f"finish, or choose another output.dir=DIR")
+    return files.locked(run_dir, f"{run_dir} is being written by another training process{{pid}}: wait for it "
+                                 f"to finish, or choose another output.dir=DIR")
 
 
 def create(run_dir: Path, clear: bool) -> None:
@@ -76,7 +76,7 @@ def create(run_dir: Path, clear: bool) -> None:
         for stale in [p for sub in ("", CHECKPOINTS, "images", "eval") for p in (run_dir / sub).glob(".*.tmp")]:
             stale.unlink()  # left by a process killed while writing (see files.atomic_write)
     except OSError as e:
-        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+        raise MachineError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
 
 
 def _git_commit() -> str | None:

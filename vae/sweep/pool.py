@@ -55,11 +55,14 @@ def run_workers(sweep_dir: Path, workers: int, script: Path) -> None:
             return
         cmd = [sys.executable, str(script), "--worker", str(sweep_dir), "--workers", str(workers)]
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+        # Their own sessions: a terminal's Ctrl-C reaches this process alone, which passes it on once.
+        procs = [subprocess.Popen(cmd, env=env, start_new_session=True) for _ in range(workers)]
         codes = wait_for(procs)
-    interrupted = [c for c in codes if c in (128 + signal.SIGINT, 128 + signal.SIGTERM)]
+    stops = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM,
+             -signal.SIGINT: signal.SIGINT, -signal.SIGTERM: signal.SIGTERM}  # saved and stopped, or stopped idle
+    interrupted = [stops[c] for c in codes if c in stops]
     if interrupted:
-        raise Interrupted(interrupted[0] - 128, f"sweep stopped; continue with: python sweep.py --resume {sweep_dir}")
+        raise Interrupted(interrupted[0], f"sweep stopped; continue with: python sweep.py --resume {sweep_dir}")
     failed = [c for c in codes if c]
     if failed:
         how = f"was killed by {signal.Signals(-failed[0]).name}" if failed[0] < 0 else f"exited with status {failed[0]}"
@@ -67,22 +70,15 @@ def run_workers(sweep_dir: Path, workers: int, script: Path) -> None:
 
 
 def wait_for(procs: list[subprocess.Popen]) -> list[int]:
-    """Their exit codes (-N: killed by signal N). A SIGTERM to this process is passed on to them; Ctrl-C
-    reaches them from the terminal itself; either way they save before they stop."""
+    """Their exit codes (-N: killed by signal N). A SIGINT (Ctrl-C) or SIGTERM to this process is passed on
+    to each of them, which saves its trial and stops (a second one stops them at once)."""
     def forward(signum, frame):
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        codes = []
-        for proc in procs:
-            while True:
-                try:
-                    codes.append(proc.wait())
-                    break
-                except KeyboardInterrupt:  # the workers got it too: wait for them to save
-                    continue
-        return codes
+        return [proc.wait() for proc in procs]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
 from vae.config.load import apply_overrides, check_key, from_dict, parse_yaml, split_override, to_dict
 from vae.config.schema import NOT_COMPARED, Config
 from vae.errors import UserError
@@ -23,7 +26,6 @@ HEARTBEAT_SECONDS = 10
 MAX_TRIALS = 10_000  # the most trials one sweep runs: grid points x seeds, or a search's --trials
 MAX_NAME_BYTES = 200  # a trial's run directory name (file systems take 255)
 RUN_NAME = re.compile(r"[\w+=-][\w.+=-]*")  # what a trial's run directory may be called: one plain folder name
-PASSWORD = re.compile(r"(\w[\w+.-]*://[^/@:\s]*):([^/\s]*)@")  # (scheme://user):(password)@
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,11 @@ class Sweep:
     def identity(self) -> str:
         """What makes two sweeps one sweep, so that a study refuses another one: a hash of the base config
         (but the keys that say where a run is made, which differ between machines), the grid or search, the
-        seeds, the trials and the pruner."""
+        seeds, the trials, the pruner and the heartbeat (machines that judge staleness differently would
+        retry each other's live trials)."""
         config = {section: {k: v for k, v in keys.items() if f"{section}.{k}" not in NOT_COMPARED}
                   for section, keys in self.config.items()}
-        what = [config, self.grid, self.search, self.seeds, self.trials, self.prune]
+        what = [config, self.grid, self.search, self.seeds, self.trials, self.prune, self.heartbeat]
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def grid_space(self) -> dict[str, list[str]]:
@@ -181,23 +184,44 @@ def load(sweep_dir: Path) -> Sweep:
                 raise UserError(f"{name} is not a {kind.__name__}")
         if not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in sweep.grid.values()) \
                 or not all(isinstance(v, str) for v in sweep.search.values()) or sweep.prune not in PRUNERS \
-                or sweep.heartbeat < 1 or PASSWORD.search(sweep.storage):
-            raise UserError("its grid, search, pruner, heartbeat or storage is malformed")
+                or sweep.heartbeat < 1:
+            raise UserError("its grid, search, pruner or heartbeat is malformed")
+        if password_of(sweep.storage) or any(password_of(word) for word in sweep.argv):
+            raise UserError("it holds a database password (written by an older version): take it out of "
+                            "storage and argv, and give it with PGPASSWORD or ~/.pgpass")
         check(sweep)
     except (UserError, TypeError) as e:
         raise UserError(f"{path} is not a sweep this version can run: {e}") from None
     return sweep
 
 
+def database_url(text: str) -> tuple[str, URL | None]:
+    """A command-line word split into what stands before a database URL (`--storage=`) and the URL parsed
+    (None when the word holds none)."""
+    head, sep, tail = text.partition("://")
+    if not sep:
+        return text, None
+    prefix = head.rpartition("=")[0] + "=" if "=" in head else ""
+    try:
+        return prefix, make_url(text[len(prefix):])
+    except (ArgumentError, ValueError):
+        return text, None
+
+
+def password_of(text: str) -> str:
+    """The password in a database URL, in its user part or its query ('' when it has none)."""
+    url = database_url(text)[1]
+    return (url.password or url.query.get("password") or "") if url is not None else ""
+
+
 def without_password(text: str) -> str:
-    """A URL (or a command-line word holding one) with its password taken out: scheme://user@host/db."""
-    return PASSWORD.sub(r"\1@", text)
-
-
-def password_of(url: str) -> str:
-    """The password in a URL ('' when it has none)."""
-    found = PASSWORD.search(url)
-    return found.group(2) if found else ""
+    """A database URL (or a command-line word holding one) with its password taken out, as SQLAlchemy
+    parses it: scheme://user@host/db (a special character in a password must be percent-encoded there)."""
+    prefix, url = database_url(text)
+    if url is None or not password_of(text):
+        return text
+    return prefix + url._replace(password=None).difference_update_query(["password"]).render_as_string(
+        hide_password=False)
 
 
 def point_name(index: int, values: dict[str, str]) -> str:

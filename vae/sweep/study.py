@@ -11,8 +11,10 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -25,7 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from vae.config.load import parse_yaml
-from vae.errors import Interrupted, UserError
+from vae.errors import Interrupted, MachineError, UserError
 from vae.files import create_exclusive, refuse_links
 from vae.run.layout import last_pt
 from vae.sweep.spec import (
@@ -43,6 +45,7 @@ from vae.sweep.spec import (
 )
 
 POLL_SECONDS = 1  # how often a worker with nothing to take looks again
+WORKER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this process, among all that share a study
 STORAGE_ENV = "VAE_SWEEP_STORAGE"  # the storage URL with its password, for this process and its workers only
 TABLE_RACE_TRIES = 3
 
@@ -114,12 +117,16 @@ def create(sweep: Sweep, sweep_dir: Path) -> None:
     refuse_links(sweep_dir / SPEC)
     if (sweep_dir / SPEC).exists():
         raise taken
-    if sweep.storage:
-        storage(sweep, sweep_dir)  # a wrong or unreachable database fails before anything is made
+    if sweep.storage:  # a wrong or unreachable database, or another sweep's study, fails before anything is made
+        try:
+            refuse_foreign(optuna.load_study(study_name=sweep.study, storage=storage(sweep, sweep_dir)), sweep,
+                           sweep_dir)
+        except KeyError:  # no such study yet
+            pass
     try:
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot make the sweep directory {sweep_dir}: {e.strerror or e}") from None
+        raise MachineError(f"cannot make the sweep directory {sweep_dir}: {e.strerror or e}") from None
     stored = {**dataclasses.asdict(sweep), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if not create_exclusive(sweep_dir / SPEC, json.dumps(stored, indent=2) + "\n"):
         raise taken
@@ -134,15 +141,22 @@ def open_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
     try:
         study = optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
                                     sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
+    except ValueError as e:  # e.g. a study of that name made by another program, to be maximized
+        raise UserError(f"the study '{sweep.study}' cannot be this sweep's: {e}; pick another --study NAME") from None
     finally:
         optuna.logging.set_verbosity(verbosity)
     if "sweep" not in study.user_attrs:
         study.set_user_attr("sweep", sweep.identity())
-    if study.user_attrs["sweep"] != sweep.identity():
+    refuse_foreign(study, sweep, sweep_dir)
+    return study
+
+
+def refuse_foreign(study: optuna.Study, sweep: Sweep, sweep_dir: Path) -> None:
+    """Refuse a study that another sweep made (another base config, grid, search, seeds or heartbeat)."""
+    if study.user_attrs.get("sweep", sweep.identity()) != sweep.identity():
         where = f"in {sweep.storage}" if sweep.storage else f"in {sweep_dir / 'study.db'}"
         raise UserError(f"the study '{sweep.study}' {where} belongs to another sweep (another base config, grid, "
-                        f"search or seeds): give this one its own name with --study NAME")
-    return study
+                        f"search, seeds or heartbeat): give this one its own name with --study NAME")
 
 
 def run_name(sweep: Sweep, trial: optuna.Trial, values: dict[str, Any]) -> str:
@@ -168,20 +182,33 @@ def suggest(sweep: Sweep, trial: optuna.Trial) -> dict[str, Any]:
 
 
 def objective(sweep: Sweep, sweep_dir: Path, workers: int = 1):
-    """Train one trial as an ordinary run (resumed from its last.pt when it has one)."""
+    """Train one trial as an ordinary run (resumed from its last.pt when it has one).
+
+    The workers start together, so each one's first trial is checked against its 1/`workers` share of
+    the free memory; by a later trial the others already hold theirs, and what is free is its own.
+    """
+    trained = []
+
     def run(trial: optuna.Trial) -> float:
+        share = workers if not trained else 1
+        trained.append(trial.number)
         try:
-            return train_trial(sweep, sweep_dir, trial, workers)
+            return train_trial(sweep, sweep_dir, trial, share)
         except UserError as e:
             trial.set_user_attr("error", str(e))
             raise
         except OSError as e:  # the machine's, not the trial's: queued again by `work`, for a resume
-            trial.set_user_attr("requeued_because", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("requeued_because", reason(e))
             raise
     return run
 
 
-def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, workers: int = 1) -> float:
+def reason(e: OSError) -> str:
+    """Why the machine stopped a trial, in one line."""
+    return str(e) if isinstance(e, MachineError) else f"{type(e).__name__}: {e}"
+
+
+def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share: int = 1) -> float:
     """The trial's run: trained, or continued from its last.pt; its value is best.pt's loss. The run is
     named in the study and found under this process's own sweep directory."""
     values = suggest(sweep, trial)
@@ -193,6 +220,7 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, workers: int
     where = run_dir(sweep_dir, name)
     trial.set_user_attr("run", name)
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("claim", claim(trial.number))
     cfg = trial_config(sweep, values, where)
 
     def report(row: dict, last: bool) -> None:
@@ -202,7 +230,7 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, workers: int
                 raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
     from vae.train.loop import train  # here, not at the top: see configure_worker
     resume = where if last_pt(where).exists() else None
-    result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report, memory_share=workers)
+    result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report, memory_share=memory_share)
     trial.set_user_attr("epochs", len(result.rows))
     return result.best["loss"]
 
@@ -226,13 +254,13 @@ def work(sweep: Sweep, sweep_dir: Path, workers: int = 1) -> None:
             try:
                 study.optimize(run, n_trials=1, catch=(UserError,))
             except (Interrupted, KeyboardInterrupt) as e:
-                retry_interrupted(sweep, sweep_dir, os.getpid())
+                retry_interrupted(sweep, sweep_dir)
                 raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: the running trial is saved "
                                   f"and queued again; continue with: python sweep.py --resume {sweep_dir}") from None
             except OSError as e:
-                retry_failed(sweep, sweep_dir, os.getpid())
-                raise UserError(f"a trial stopped on {type(e).__name__}: {e}; it is queued again: free the cause, "
-                                f"then continue with: python sweep.py --resume {sweep_dir}") from None
+                retry_failed(sweep, sweep_dir)
+                raise UserError(f"a trial stopped on {reason(e)}; it is queued again: free the cause, "
+                            f"then continue with: python sweep.py --resume {sweep_dir}") from None
         elif any(t.state == TrialState.RUNNING for t in trials):  # others' last trials: wait, and watch them
             time.sleep(POLL_SECONDS)
             with experimental():
@@ -242,31 +270,43 @@ def work(sweep: Sweep, sweep_dir: Path, workers: int = 1) -> None:
             return
 
 
-def retry_interrupted(sweep: Sweep, sweep_dir: Path, pid: int) -> None:
+def claim(trial_number: int) -> str:
+    """What marks a trial as this process's: host, pid and a random token (pids repeat across machines and
+    containers sharing a database), and the trial's number (a retry's copy inherits its original's marks)."""
+    return f"{WORKER}#{trial_number}"
+
+
+def requeued(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a copy of `trial` was already queued (Optuna lists each copy's ancestors in retry_history)."""
+    return any(trial.number in t.system_attrs.get("retry_history", []) for t in study.get_trials(deepcopy=False))
+
+
+def retry_interrupted(sweep: Sweep, sweep_dir: Path) -> None:
     """After a stop by signal, this worker's trial (its checkpoint saved) is queued again at once:
     running, or failed by Optuna's handling of KeyboardInterrupt (a failure with no error of ours)."""
     study = plain_study(sweep, sweep_dir)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if t.user_attrs.get("pid") == pid and "error" not in t.user_attrs:
+        if t.user_attrs.get("claim") == claim(t.number) and "error" not in t.user_attrs and not requeued(study, t):
             requeue(study, t)
 
 
-def retry_failed(sweep: Sweep, sweep_dir: Path, pid: int) -> None:
+def retry_failed(sweep: Sweep, sweep_dir: Path) -> None:
     """Queue again this worker's trial that the machine stopped (its reason kept in its user attributes)."""
     study = plain_study(sweep, sweep_dir)
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("pid") == pid and "requeued_because" in t.user_attrs and not any(
-                c.system_attrs.get("failed_trial") == t.number for c in study.get_trials(deepcopy=False)):
+        if t.user_attrs.get("claim") == claim(t.number) and "requeued_because" in t.user_attrs \
+                and not requeued(study, t):
             requeue(study, t)
 
 
 def retry_unstarted(sweep: Sweep, sweep_dir: Path) -> None:
-    """Queue again the running trials whose worker died before their first heartbeat (Optuna never
-    finds those stale): they never reached the objective, and are older than the grace period."""
+    """Queue again the running trials whose worker died before it claimed them (Optuna never finds those
+    stale, having no heartbeat of theirs): older than the grace period, and not claimed as themselves."""
     study = plain_study(sweep, sweep_dir)
     now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "pid" not in t.user_attrs and (now - t.datetime_start).total_seconds() > 3 * sweep.heartbeat:
+        if not t.user_attrs.get("claim", "").endswith(f"#{t.number}") \
+                and (now - t.datetime_start).total_seconds() > 3 * sweep.heartbeat:
             requeue(study, t)
 
 
@@ -300,7 +340,8 @@ def summary(sweep_dir: Path) -> str:
     if done:
         best = min(done, key=lambda t: t.value)
         chosen_on = "validation" if sweep.base.data.val_size else "test"
-        lines.append(f"best: {run_dir(sweep_dir, best.user_attrs['run'])} ({chosen_on} loss {best.value:.3f} nats)")
+        where = run_dir(sweep_dir, best.user_attrs["run"]) if "run" in best.user_attrs else f"trial {best.number}"
+        lines.append(f"best: {where} ({chosen_on} loss {best.value:.3f} nats)")
     lines.append(f"compare the runs: python evaluate.py --compare {sweep_dir}")
     return "\n".join(lines)
 
@@ -311,7 +352,11 @@ def draw_search(sweep_dir: Path, out: Path) -> list[tuple[Path, str]]:
     sweep = load(sweep_dir)
     if not sweep.search:
         return []
-    study = open_study(sweep, sweep_dir)
+    try:
+        study = plain_study(sweep, sweep_dir)  # read only: a comparison never makes or marks a study
+    except (UserError, KeyError) as e:
+        print(f"warning: no figures of the search: {e}", file=sys.stderr)
+        return []
     if len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
         return []
     from vae.evaluate.plots import save_figure  # here: plots imports torch, which the sweep's parent never needs

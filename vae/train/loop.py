@@ -112,7 +112,8 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
     with process_group(world, device), out_of_memory_reported(device):
-        return _train(cfg, resume, overwrite, argv or sys.argv, world, device, after_epoch, memory_share)
+        argv = argv if argv is not None else sys.argv  # a sweep's trial passes its own, passwords out
+        return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share)
 
 
 def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
