@@ -8,7 +8,7 @@ from vae.config.schema import ModelConfig
 from vae.data.mnist import load_dataset
 from vae.evaluate.estimators import active_units, rate_split
 from vae.evaluate.heldout import encode_split
-from vae.model.distributions import LOG_2PI, kl_per_dim, log_normal
+from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, GaussianMixture, kl_per_dim, log_normal
 from vae.model.vae import VAE
 
 
@@ -111,16 +111,29 @@ def test_rate_split_terms_add_up_to_the_average_kl():
     assert split["marginal_kl"] > 0
 
 
-def test_aggregate_posterior_density_matches_a_brute_force_mixture():
+@pytest.mark.parametrize("mixture_prior", [False, True])
+def test_aggregate_posterior_density_matches_a_brute_force_mixture(mixture_prior):
+    """The marginal KL against the model's own prior: N(0, I), or a Gaussian mixture (torch.distributions')."""
     g = torch.Generator().manual_seed(4)
     mu, logvar = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g)  # unequal variances
-    split = rate_split(mu, logvar, chunk=64, generator=torch.Generator().manual_seed(5))
-    z = mu.double() + torch.exp(0.5 * logvar.double()) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(5),
+    prior, reference = STANDARD_NORMAL, torch.distributions.Independent(torch.distributions.Normal(
+        torch.zeros(3, dtype=torch.float64), 1.0), 1)
+    if mixture_prior:
+        prior = GaussianMixture(torch.log_softmax(torch.randn(4, generator=g), 0), torch.randn(4, 3, generator=g),
+                                torch.randn(4, 3, generator=g))
+        reference = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=prior.log_weights.double()),
+            torch.distributions.Independent(torch.distributions.Normal(
+                prior.mu.double(), torch.exp(0.5 * prior.logvar.double())), 1))
+    split = rate_split(mu, logvar, prior, chunk=64, generator=torch.Generator().manual_seed(5))
+    z = mu.double() + torch.exp(0.5 * logvar.double()) * torch.randn(mu.shape,
+                                                                     generator=torch.Generator().manual_seed(5),
                                                                      dtype=torch.float64)
     log_components = log_normal(z[:, None, :], mu.double()[None], logvar.double()[None])  # (300, 300)
     log_qz = torch.logsumexp(log_components, dim=1) - math.log(300)
-    expected = (log_qz - torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)).mean().item()
-    assert split["marginal_kl"] == pytest.approx(expected, abs=1e-9)
+    expected = (log_qz - reference.log_prob(z)).mean().item()
+    # (the mixture's log-density is expanded into matrix products: float64 rounding of ~1e-8)
+    assert split["marginal_kl"] == pytest.approx(expected, abs=1e-6 if mixture_prior else 1e-9)
 
 
 def test_rate_split_is_zero_when_every_posterior_is_the_prior():

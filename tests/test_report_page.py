@@ -149,3 +149,28 @@ def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
     sample = browser.evaluate("vaeExplorer.z()")
     assert len(sample) == model_cfg.latent_dim and all(abs(v) < 100 for v in sample)
+
+
+def test_the_page_samples_a_mixture_prior_component_by_component(browser, tmp_path):
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(hidden_dims=(16,), latent_dim=2, prior="mog", prior_components=3)
+    model = build_model(model_cfg).eval()
+    with torch.no_grad():  # three sharp components far apart: each page sample must sit on one of them
+        model.prior.mu.copy_(torch.tensor([[-30.0, 0.0], [0.0, 30.0], [30.0, 0.0]]))
+        model.prior.logvar.fill_(-12.0)
+    images, labels = synthetic_digits(40, seed=0)
+    split = Split(images, labels)
+    post = encode_split(model, split, seed=0)
+    (tmp_path / "eval").mkdir()
+    save_explorer(model, split, post, Config(model=model_cfg), None, tmp_path / "eval")
+    page = tmp_path / "page.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
+    browser.open(page.as_uri(), READY)
+    hit = set()
+    for _ in range(12):
+        browser.click(*centre_of(browser, "#sample"))
+        z = torch.tensor(browser.evaluate("vaeExplorer.z()"))
+        distance = (z - model.prior.mu.detach()).norm(dim=-1)
+        assert distance.min() < 0.05
+        hit.add(int(distance.argmin()))
+    assert len(hit) >= 2  # equal weights: 12 draws from one component alone have probability 3 * 3^-12

@@ -4,6 +4,7 @@
     model = load("outputs/mnist")                  # or a .pt file; device="cpu" | "cuda" | "auto"
     mu, logvar = model.encode(images)              # uint8 (28, 28) / (N, 28, 28), float [0, 1] (N, 784) ...
     probs = model.reconstruct(images)              # Bernoulli means, in the layout the images came in
+    p = model.prior()                              # p(z): N(0, I) or a Gaussian mixture (mog, the VampPrior)
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from vae.data.split import IMAGE_SHAPE, PIXELS
 from vae.device import resolve_device
 from vae.errors import UserError
 from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
+from vae.model.distributions import Prior
 from vae.model.vae import VAE, build_model
 from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 
@@ -51,7 +53,8 @@ class Model:
 
     @torch.no_grad()
     def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x) = N(mu, diag(exp(logvar))) of each image (of z1 with two stochastic layers): (N, latent) each."""
+        """q(z|x) = N(mu, diag(exp(logvar))) of each image (of z1 with two stochastic layers; under a flow, its
+        base Gaussian): (N, latent) each."""
         return self.module.encode(as_pixels(images, self.device))
 
     @torch.no_grad()
@@ -66,17 +69,24 @@ class Model:
 
     @torch.no_grad()
     def reconstruct(self, images) -> torch.Tensor:
-        """Bernoulli means decoded from each image's posterior mean, in the images' own shape."""
+        """Bernoulli means decoded from each image's code (its posterior mean, or under a flow the flow's image of
+        the base mean), in the images' own shape."""
         shape = torch.as_tensor(images).shape
-        mu, _ = self.encode(images)
-        return self.decode(mu).reshape(shape)
+        return self.decode(self.module.code(as_pixels(images, self.device))).reshape(shape)
+
+    @torch.no_grad()
+    def prior(self) -> Prior:
+        """p(z) of the top layer as a distribution with log_prob(z) and sample(noise): N(0, I), or a
+        GaussianMixture (log_weights (K,), mu and logvar (K, L)): the VampPrior at its pseudo-inputs is one."""
+        return self.module.prior_distribution()
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """n images: z ~ p(z) (ancestrally with two layers), then the Bernoulli means of p(x|z): (n, 1, 28, 28)."""
         if n < 1:
             raise UserError(f"n must be >= 1, got {n}")
-        noise = self.module.noise(n, torch.Generator().manual_seed(seed)).to(self.device)
+        noise = torch.randn(n, self.module.prior_noise_dim, generator=torch.Generator().manual_seed(seed))
+        noise = noise.to(self.device)
         return torch.sigmoid(self.module.generate(noise)).view(-1, *IMAGE_SHAPE)
 
     @torch.no_grad()

@@ -110,6 +110,8 @@ class DataConfig:
 
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+PRIORS = ("normal", "mog", "vamp")
+POSTERIORS = ("gaussian", "flow")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,22 @@ class ModelConfig:
                            "one-sample estimate. `0` = one stochastic layer", within=(0, 4096))
     hidden2_dims: tuple[int, ...] = key((50, 50), "with `model.latent2_dim`: the MLP widths of q(z2|z1); p(z1|z2) "
                                         "mirrors them", ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
+    prior: str = key("normal", "p(z) of the top stochastic layer: `normal`, N(0, I); `mog`, a mixture of "
+                     "`model.prior_components` learned diagonal Gaussians and their weights; `vamp`, the VampPrior "
+                     "(Tomczak & Welling 2018), the mean of the posterior at that many learned pseudo-inputs (with two "
+                     "layers, of q(z2|z1) at z1's posterior mean). Against `mog` and `vamp` the KL has no closed form: "
+                     "the rate is the Monte Carlo estimate log q(z|x) - log p(z) at the samples",
+                     choices=PRIORS)
+    prior_components: int = key(500, "`mog`, `vamp`: the mixture's components K (Tomczak & Welling used 500 "
+                                "pseudo-inputs on MNIST)", within=(1, 100_000))
+    posterior: str = key("gaussian", "q(z|x): `gaussian`, N(mu, diag(sigma^2)); `flow`, an inverse autoregressive "
+                         "flow (Kingma et al. 2016) of `model.flow_steps` MADE steps on that Gaussian, conditioned on "
+                         "a context the encoder emits (one stochastic layer). Its rate is sampled, not analytic",
+                         choices=POSTERIORS)
+    flow_steps: int = key(2, "`flow`: the steps T, each z <- s * z + (1 - s) * m with [m, s] from a MADE of z; "
+                          "consecutive steps reverse the order of the dimensions", within=(1, 64))
+    flow_hidden: int = key(256, "`flow`: the MADE's hidden units and the size of the context h from the encoder",
+                           within=(1, 65536))
     output_bias_init: str = key("torch", "`pixel_means`: the decoder's last bias starts at logit(mean of each "
                                 "training pixel) (clamped to [0.001, 0.999]), so that before training p(x|z) is the "
                                 "data's pixel marginals, not a coin flip per pixel (`mlp` only); `torch`: torch's "
@@ -144,6 +162,8 @@ class ModelConfig:
         check_fields(self, "model")
         _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
                  self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in one shared bias)")
+        _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
+                 "flow is built for one stochastic layer (set model.latent2_dim=0)")
 
 
 @dataclass(frozen=True)
@@ -288,6 +308,12 @@ class Config:
                  "needs data.val_size > 0 (the run has no validation split)")
         _require(self.loss.gradient == "standard" or not self.model.latent2_dim, "loss.gradient", self.loss.gradient,
                  "dreg is built for one stochastic layer (set model.latent2_dim=0)")
+        _require(self.loss.gradient == "standard" or self.model.posterior == "gaussian", "loss.gradient",
+                 self.loss.gradient, "dreg needs model.posterior=gaussian (it evaluates log q(z|x) at z with the "
+                 "posterior's parameters held fixed, which a flow cannot without its inverse)")
+        _require(not self.loss.free_bits or (self.model.prior, self.model.posterior) == ("normal", "gaussian"),
+                 "loss.free_bits", self.loss.free_bits, "needs model.prior=normal and model.posterior=gaussian "
+                 "(free bits floor each dimension's KL, which only a factorized prior and posterior define)")
         if isinstance(self.viz.digit, str):  # a class name: kept as its index, which is what files are named by
             names = [n.lower() for n in CLASS_NAMES[self.data.dataset]]
             _require(self.viz.digit.lower() in names, "viz.digit", self.viz.digit,

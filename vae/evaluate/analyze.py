@@ -63,6 +63,28 @@ def timed(seconds: dict, name: str):
     seconds[name] = round(time.perf_counter() - t0, 3)
 
 
+def rate_protocol(model: VAE, cfg: Config) -> str:
+    """How the ELBO's rate was measured, for metrics.json and the report."""
+    if cfg.model.latent2_dim:
+        top = "analytic KL of z2" if model.prior_distribution().extra_noise == 0 else "a one-sample KL of z2"
+        return (f"one z sample per example for distortion; {top} (p(z2): {cfg.model.prior}), a one-sample "
+                f"estimate for z1")
+    if model.analytic_kl:
+        return "one z sample per example for distortion; analytic KL"
+    return (f"one z sample per example for distortion and rate: log q(z|x) - log p(z) at that sample (the KL of a "
+            f"{cfg.model.posterior} posterior against the {cfg.model.prior} prior has no closed form)")
+
+
+def undefined_rate_split(model: VAE, cfg: Config) -> str | None:
+    """Why the rate split is not measured for this model, or None when it is."""
+    if cfg.model.latent2_dim:
+        return "two stochastic layers: z1's prior p(z1|z2) is not a fixed distribution"
+    if model.flow is not None:
+        return ("the flow posterior: the aggregate posterior needs log q(z|x') of every image x' at every z, "
+                "which an inverse autoregressive flow gives only by inverting it dimension by dimension")
+    return None
+
+
 def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
     """All the numbers (returned, JSON-ready) and pictures (written to `out`) for one model."""
     k, seed, seconds = cfg.eval.iwae_samples, cfg.eval.seed, {}
@@ -70,24 +92,32 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         post = encode_split(model, split, seed)
     with timed(seconds, "iwae"):
         nll, neg_elbo_k = iwae_nll(model, split, k, seed)
+    undefined = undefined_rate_split(model, cfg)
     with timed(seconds, "aggregate_posterior"):
         gen = torch.Generator(device=post.mu.device).manual_seed(seed)
-        # against p(z) = N(0, I): one stochastic layer only (with two, z1's prior is p(z1|z2))
-        rates = None if cfg.model.latent2_dim else rate_split(post.mu, post.logvar, generator=gen, progress=True)
+        rates = None if undefined else rate_split(post.mu, post.logvar, model.prior_distribution(), generator=gen,
+                                                  progress=True)
 
     distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
-    layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
-    dim_kl = layer_nats[0].tolist()  # the layer next to x
     variance = post.mu.double().var(0)  # Cov_x(E_q[z_d]): what makes a unit active
     active = (variance > ACTIVE_THRESHOLD).tolist()
+    if post.kl_dims is not None:
+        layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
+        dim_kl = layer_nats[0].tolist()  # the layer next to x
+        rate_per_layer = [nats.sum().item() for nats in layer_nats if len(nats)]
+    else:
+        dim_kl = None
+        top = [post.kl_top.double().mean().item()] if post.kl_top is not None else []
+        rate_per_layer = [rate - sum(top), *top]
     nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
     metrics = {
         "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
         "unit": "nats per example unless named otherwise",
         "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
                      "data_seed": cfg.data.seed, "val_size": cfg.data.val_size, "iwae_samples": k, "seed": seed,
-                     "elbo": "one z sample per example for distortion; analytic KL"
-                             + ("" if not cfg.model.latent2_dim else " of z2, a one-sample estimate for z1")},
+                     "elbo": rate_protocol(model, cfg)},
+        "prior": cfg.model.prior, "posterior": cfg.model.posterior,
+        "kl": "analytic" if model.analytic_kl else "monte_carlo",
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
         "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
         "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
@@ -97,9 +127,16 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         "kl_per_dim": dim_kl, "posterior_mean_variance_per_dim": variance.tolist(),
         "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
                                  "average_kl": rate},
-        "rate_per_layer": [nats.sum().item() for nats in layer_nats if len(nats)],
-        **({"kl_per_dim_z2": layer_nats[1].tolist(),
+        "rate_per_layer": rate_per_layer,
+        **({"kl_per_dim_z2": layer_nats[1].tolist() if dim_kl is not None else None,
             "active_units_z2": active_units(top_layer_means(model, post, seed))} if cfg.model.latent2_dim else {}),
+        "not_defined": {name: why for name, why in (
+            ("kl_per_dim", None if dim_kl is not None else "the KL of this prior and posterior is not a sum over "
+             "dimensions (it is sampled as a whole); dimensions are ranked by the variance of their posterior "
+             "means instead"),
+            ("rate_split", undefined),
+            ("active_units", None if model.flow is None else "under the flow, measured at each image's code "
+             "(the flow's image of its base mean), not at E_q[z|x]")) if why},
     }
     with timed(seconds, "pictures"):
         save_evaluation_pictures(model, split, post, cfg, dim_kl, active,

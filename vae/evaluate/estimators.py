@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from vae.data.split import Split
-from vae.model.distributions import LOG_2PI, bernoulli_log_likelihood, log_normal, log_standard_normal
+from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, Prior, bernoulli_log_likelihood, log_normal
 from vae.model.vae import VAE
 
 IWAE_EXAMPLES = 100  # examples per IWAE batch
@@ -74,9 +74,10 @@ def iwae_nll(model: VAE, split: Split, k: int, seed: int) -> tuple[torch.Tensor,
     return torch.cat(nll), torch.cat(neg_elbo)
 
 
-def rate_split(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256,
+def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_NORMAL, chunk: int = 256,
                generator: torch.Generator | None = None, progress: bool = False) -> dict[str, float]:
-    """ELBO surgery (Hoffman & Johnson 2016): E_x KL(q(z|x)||p(z)) = I(x; z) + KL(q(z)||p(z)).
+    """ELBO surgery (Hoffman & Johnson 2016): E_x KL(q(z|x)||p(z)) = I(x; z) + KL(q(z)||p(z)), against the
+    model's own prior.
 
     q(z) = (1/N) sum_n q(z|x_n) is the aggregate posterior over the N given posteriors. One
     z_n ~ q(z|x_n) per example; log q(z_n) is a log-mean-exp over all N posteriors, evaluated as
@@ -97,7 +98,7 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256,
         log_components = -0.5 * (zc.pow(2) @ precision.T - 2 * zc @ (mu * precision).T + const)  # (c, N)
         log_qz[start:start + chunk] = torch.logsumexp(log_components, dim=1) - math.log(N)
     log_q_cond = log_normal(z, mu, logvar)  # (N,)
-    log_pz = log_standard_normal(z)
+    log_pz = prior.double().log_prob(z)
     return {"mutual_information": (log_q_cond - log_qz).mean().item(),
             "marginal_kl": (log_qz - log_pz).mean().item(),
             "mutual_information_bound": math.log(N)}

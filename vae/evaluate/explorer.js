@@ -50,9 +50,16 @@
   function gaussian() {  // Box-Muller
     return Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
   }
-  function samplePrior() {  // z ~ N(0, I); with two layers z2 ~ N(0, I), then z1 ~ p(z1|z2)
-    if (!prior) return Array.from({ length: L }, gaussian);
-    const h = prior(Array.from({ length: data.latent2_dim }, gaussian));
+  function sampleTop(size) {  // z ~ p(z) of the top layer: N(0, I), or a component of the mixture, then its Gaussian
+    const mix = data.mixture;
+    if (!mix) return Array.from({ length: size }, gaussian);
+    let u = Math.random(), k = 0;
+    while (k < mix.weights.length - 1 && u >= mix.weights[k]) u -= mix.weights[k++];
+    return mix.mu[k].map((m, d) => m + Math.exp(0.5 * mix.logvar[k][d]) * gaussian());
+  }
+  function samplePrior() {  // z ~ p(z); with two layers z2 ~ p(z2), then z1 ~ p(z1|z2)
+    if (!prior) return sampleTop(L);
+    const h = prior(sampleTop(data.latent2_dim));
     return Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * h[L + d]) * gaussian());
   }
 
@@ -65,13 +72,13 @@
     ctx.putImageData(image, 0, 0);
   }
 
-  // Sliders: one per latent dim, most informative (by KL) first.
+  // Sliders: one per latent dim, most informative (by KL, or by the variance of the codes) first.
   let z = new Array(L).fill(0);
   const sliders = data.sliders.map((s) => {
     const row = document.createElement("label"), input = document.createElement("input"),
       value = document.createElement("span");
     Object.assign(input, { type: "range", min: s.low, max: s.high, step: 0.01, id: `z${s.dim}` });
-    row.append(`z${s.dim} (${s.kl.toFixed(1)} nats) `, input, value);
+    row.append(`z${s.dim} (${s.label}) `, input, value);
     input.addEventListener("input", () => { z[s.dim] = Number(input.value); show(); });
     $("sliders").append(row);
     return { dim: s.dim, input, value };

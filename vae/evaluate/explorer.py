@@ -16,7 +16,9 @@ from vae.config.schema import Config
 from vae.data.split import Split
 from vae.evaluate.estimators import latent_plane
 from vae.evaluate.heldout import Posteriors
+from vae.evaluate.pictures import ranked_dims
 from vae.files import atomic_write_text
+from vae.model.distributions import GaussianMixture, Prior
 from vae.model.vae import VAE, TwoLayerVAE
 
 EXAMPLES_PER_CLASS = 2  # test images the page can start from
@@ -34,7 +36,14 @@ def layers(net: nn.Sequential) -> list[dict]:
             for m in net if isinstance(m, nn.Linear)]
 
 
-def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float]) -> dict:
+def mixture(prior: Prior) -> dict | None:
+    """A Gaussian-mixture prior's weights and components (K, L) for the page to sample from; None for N(0, I)."""
+    if not isinstance(prior, GaussianMixture):
+        return None
+    return {"weights": prior.log_weights.exp().tolist(), "mu": prior.mu.tolist(), "logvar": prior.logvar.tolist()}
+
+
+def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None) -> dict:
     """The page's payload; for a conv decoder only the reason it has none."""
     if cfg.model.arch != "mlp":
         return {"absent": "the convolutional decoder (transposed convolutions and residual blocks) is not "
@@ -45,16 +54,18 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     origin, axes, names = latent_plane(mu)
     shown = mu[:MAP_POINTS].double()
     points = (shown - origin) @ axes.T  # (M, 2)
-    order = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])
+    order, label = ranked_dims(post, dim_kl)
     return {
         "latent_dim": model.latent_dim, "activation": cfg.model.activation,
         "decoder": layers(model.decoder),
         # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling
         "prior": layers(model.prior1) if isinstance(model, TwoLayerVAE) else None,
+        # p(z) of the top layer when it is a Gaussian mixture (mog, or the VampPrior at its pseudo-inputs)
+        "mixture": mixture(model.prior_distribution()),
         "latent2_dim": cfg.model.latent2_dim, "class_names": list(cfg.class_names),
         # where the sliders and the interpolation start: a viz.digit, and the class five on from it
         "start": first_of(cfg.viz.digit), "end": first_of((cfg.viz.digit + 5) % 10),
-        "sliders": [{"dim": d, "kl": dim_kl[d], "low": min(-4.0, float(mu[:, d].min())),
+        "sliders": [{"dim": d, "label": label[d], "low": min(-4.0, float(mu[:, d].min())),
                      "high": max(4.0, float(mu[:, d].max()))} for d in order[:MAX_SLIDERS]],
         "examples": [{"label": int(labels[i]), "index": i, "mu": mu[i].tolist(),
                       "pixels": base64.b64encode(split.images[i].cpu().numpy().tobytes()).decode("ascii")}
@@ -64,5 +75,6 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     }
 
 
-def save_explorer(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float], out: Path) -> None:
+def save_explorer(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
+                  out: Path) -> None:
     atomic_write_text(out / "explorer.json", json.dumps(explorer_data(model, split, post, cfg, dim_kl)))

@@ -17,15 +17,12 @@ EVAL_BATCH = 1000
 class Posteriors:
     """Per-example results of one encoding pass over a split."""
 
-    mu: torch.Tensor  # (N, L)
-    logvar: torch.Tensor  # (N, L)
+    mu: torch.Tensor  # (N, L) where each image sits in z: the posterior mean (model.code)
+    logvar: torch.Tensor  # (N, L) of q(z|x) (under a flow, of its base Gaussian)
     recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
-    kl_dims: torch.Tensor  # (N, D) the rate of each latent dimension (D = latent + latent2), nats
-
-    @property
-    def kl(self) -> torch.Tensor:
-        """(N,) the rate, nats (analytic for one stochastic layer)."""
-        return self.kl_dims.sum(-1)
+    kl: torch.Tensor  # (N,) the rate, nats: analytic for a Gaussian posterior against N(0, I), else sampled
+    kl_dims: torch.Tensor | None  # (N, D) the rate of each latent dimension (D = latent + latent2), where defined
+    kl_top: torch.Tensor | None  # (N,) with two stochastic layers, the part of the rate z2 carries
 
 
 @torch.no_grad()
@@ -43,8 +40,9 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
         x = split.pixels(idx)
         out = model(x, model.noise(len(x), gen, device))
         terms = vae_loss(out.logits, x, out.rate)
-        parts.append((out.mu, out.logvar, terms.reconstruction, out.rate.kl_dims))
-    return Posteriors(*(torch.cat(p) for p in zip(*parts)))
+        code = out.mu if model.flow is None else model.code(x)
+        parts.append((code, out.logvar, terms.reconstruction, out.rate.kl, out.rate.kl_dims, out.rate.kl_top))
+    return Posteriors(*(None if p[0] is None else torch.cat(p) for p in zip(*parts)))
 
 
 def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
@@ -53,6 +51,6 @@ def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
     post = encode_split(model, split, seed)
     recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
     nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu)}
-    if post.kl_dims.shape[1] > model.latent_dim:
-        nats["kl_z2"] = post.kl_dims[:, model.latent_dim:].double().sum(1).mean().item()
+    if post.kl_top is not None:
+        nats["kl_z2"] = post.kl_top.double().mean().item()
     return nats

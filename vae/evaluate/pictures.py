@@ -32,9 +32,9 @@ def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tens
 
 @torch.no_grad()
 def reconstruct(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Bernoulli means decoded from the posterior mean: the grids change only when the model does."""
+    """Bernoulli means decoded from each image's code (the posterior mean): grids change only when the model does."""
     model.eval()
-    return torch.sigmoid(model.decode(model.encode(x)[0]))
+    return torch.sigmoid(model.decode(model.code(x)))
 
 
 @torch.no_grad()
@@ -56,12 +56,21 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
 
 
 @torch.no_grad()
-def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float],
+def ranked_dims(post: Posteriors, dim_kl: list[float] | None) -> tuple[list[int], list[str]]:
+    """The latent dims, most informative first, and a label of each: by their KL where it is defined per
+    dimension, else by the variance of their posterior means across the images."""
+    if dim_kl is not None:
+        return sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d]), [f"{v:.1f} nats" for v in dim_kl]
+    variance = post.mu.double().var(0).tolist()
+    return sorted(range(len(variance)), key=lambda d: -variance[d]), [f"variance {v:.2f}" for v in variance]
+
+
+def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
                              active: list[bool], per_example: dict[str, torch.Tensor], out: Path) -> None:
     """evaluate.py's pictures in `out`: grids, digits, interpolations, traversals, the latent space, the worst."""
     device, names = post.mu.device, cfg.class_names
     decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
-    save_pictures(model, split, fixed_latents(model.noise_dim, cfg.train.seed, device), cfg.viz.digit,
+    save_pictures(model, split, fixed_latents(model.prior_noise_dim, cfg.train.seed, device), cfg.viz.digit,
                   out, shown=64)
 
     first = {c: (split.labels == c).nonzero().flatten() for c in range(10)}
@@ -79,7 +88,8 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs],
                           out / "interpolation.png", "linear interpolation between posterior means")
 
-    top = sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d])[:TRAVERSED_DIMS]
+    order, label = ranked_dims(post, dim_kl)
+    top = order[:TRAVERSED_DIMS]
     base = post.mu[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.mu[0])
     values = torch.linspace(-3, 3, 11, device=device)
     lines = []
@@ -87,10 +97,11 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         z = base.repeat(len(values), 1)
         z[:, d] = values
         lines.append(decode(z))
-    save_labeled_rows(torch.stack(lines), [f"z{d} {dim_kl[d]:.1f} nats" for d in top], out / "traversal.png",
+    save_labeled_rows(torch.stack(lines), [f"z{d} {label[d]}" for d in top], out / "traversal.png",
                       f"z_d from -3 to 3 around a {names[cfg.viz.digit]}, most informative dims first")
 
-    plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
+    if dim_kl is not None:
+        plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
     save_latent_space(model, split, post, cfg, out)
     plot_nats_histogram(per_example, out / "nats_histogram.png")
     worst = post.recon.argsort(descending=True)[:16]
@@ -102,7 +113,7 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
 def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, out: Path) -> None:
     """The posterior means coloured by label and, for a 2-D latent under N(0, I), the decoded manifold."""
     device = post.mu.device
-    if cfg.model.latent_dim == 2 and not cfg.model.latent2_dim:
+    if cfg.model.latent_dim == 2 and not cfg.model.latent2_dim and cfg.model.prior == "normal":
         # Decode a 20 x 20 grid of prior quantiles: z0 grows to the right, z1 grows upwards.
         # (With two stochastic layers z1's prior is not N(0, I): no manifold then.)
         grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))

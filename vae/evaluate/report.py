@@ -30,6 +30,14 @@ PICTURES = (
 )
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
 EXPLORER_HTML = Path(__file__).with_name("explorer.html")
+
+
+def not_split(m: dict) -> str:
+    """Why a run's rate is not split (metrics.json of older runs say nothing: two stochastic layers then)."""
+    return m.get("not_defined", {}).get("rate_split", "two stochastic layers: z1's prior p(z1|z2) is not a fixed "
+                                                      "distribution")
+
+
 def metric_rows(m: dict) -> list[tuple[str, str]]:
     rs = m["rate_split"]
     return [
@@ -40,18 +48,24 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
                          f"seed {m['protocol']['seed']}; {m['protocol']['targets']}"),
         ("negative ELBO", f"{m['negative_elbo']:.3f} nats ({m['negative_elbo_bits_per_dim']:.4f} bits/dim)"),
         ("distortion (reconstruction)", f"{m['distortion']:.3f} nats"),
-        ("rate KL(q(z|x) || p(z))", f"{m['rate']:.3f} nats"),
+        ("rate KL(q(z|x) || p(z))", f"{m['rate']:.3f} nats ({m['protocol']['elbo']})"),
+        ("prior, posterior", f"{m.get('prior', 'normal')}, {m.get('posterior', 'gaussian')}"),
         (f"NLL, IWAE-{m['protocol']['iwae_samples']}", f"{m['nll_iwae']:.3f} nats "
                                                         f"({m['nll_iwae_bits_per_dim']:.4f} bits/dim)"),
         ("inference gap (IWAE's lower bound on E KL(q(z|x) || p(z|x)))", f"{m['inference_gap']:.3f} nats"),
         ("active units", f"{m['active_units']} of {m['latent_dim']}"
-                         + (f" (z1); {m['active_units_z2']} of {len(m['kl_per_dim_z2'])} (z2)" if "kl_per_dim_z2" in m else "")),
+                         + (f" (z1); {m['active_units_z2']} of {m['config']['model']['latent2_dim']} (z2)"
+                            if "active_units_z2" in m else "")
+                         + (f" ({m['not_defined']['active_units']})" if "active_units" in m.get("not_defined", {})
+                            else "")),
         ("rate = I(x; z) + KL(q(z) || p(z))",
          f"{rs['mutual_information']:.3f} + {rs['marginal_kl']:.3f} = {rs['sum']:.3f} nats "
          f"(I(x; z) <= log N = {rs['mutual_information_bound']:.3f})" if rs else
-         "not split: z1's prior p(z1|z2) is not N(0, I) (two stochastic layers)"),
+         f"not split: {not_split(m)}"),
         *([("rate per layer (z1, z2)", " + ".join(f"{r:.3f}" for r in m["rate_per_layer"]) + " nats")]
           if len(m["rate_per_layer"]) > 1 else []),
+        *([("KL per dimension", f"not defined: {m['not_defined']['kl_per_dim']}")]
+          if m.get("kl_per_dim", 0) is None else []),
         ("evaluation time", f"{m['seconds']['total']:.1f} s"),
     ]
 
@@ -76,7 +90,7 @@ def summary_cards(m: dict) -> str:
         (f"I(x; z) {rs['mutual_information']:.2f} + KL {rs['marginal_kl']:.2f} nats" if rs else "rate not split",
          "The rate split into I(x; z), what the code says about which image it is (at most log N), and "
          "KL(q(z) ‖ p(z)), how far the codes' aggregate is from the prior." if rs else
-         "With two stochastic layers z1's prior is p(z1|z2), not N(0, I): the split does not apply."),
+         f"Not defined here: {not_split(m)}."),
     ]
     return '<div class="cards">' + "".join(f'<div class="card"><b>{html.escape(v)}</b><p>{html.escape(t)}</p></div>'
                                            for v, t in cards) + "</div>"

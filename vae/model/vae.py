@@ -1,5 +1,5 @@
-"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)), reparameterization, Bernoulli decoder p(x|z);
-and its two-stochastic-layer form."""
+"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)) (or a flow on it), reparameterization, Bernoulli
+decoder p(x|z), a prior p(z); and its two-stochastic-layer form."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,7 +10,17 @@ from torch import nn
 from vae.config.schema import ModelConfig
 from vae.data.split import PIXELS
 from vae.model.conv import conv_decoder, conv_encoder
-from vae.model.distributions import Rate, gaussian_rate
+from vae.model.distributions import (
+    DiagonalGaussian,
+    Prior,
+    Rate,
+    gaussian_log_q,
+    gaussian_rate,
+    latent_rate,
+    sampled_rate,
+)
+from vae.model.flow import IAF
+from vae.model.priors import NormalPrior, build_prior
 
 ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -27,7 +37,7 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
 
 class Output(NamedTuple):
     logits: torch.Tensor  # (..., B, 784) Bernoulli logits of p(x|z), one row per sample of z
-    mu: torch.Tensor  # (B, latent) q(z|x) = N(mu, diag(exp(logvar))) of the layer next to x
+    mu: torch.Tensor  # (B, latent) q(z|x) = N(mu, diag(exp(logvar))) of the layer next to x (under a flow, its base)
     logvar: torch.Tensor
     rate: Rate
     z: torch.Tensor  # (..., B, latent) the samples of that layer, reparameterized: gradients flow through them
@@ -35,30 +45,53 @@ class Output(NamedTuple):
 
 class VAE(nn.Module):
     """Kingma & Welling (2014): MLP encoder and decoder (by default the classic example's 784-400-20),
-    or convolutional ones with residual blocks (model.arch=conv)."""
+    or convolutional ones with residual blocks (model.arch=conv); the prior N(0, I), a Gaussian mixture
+    or the VampPrior (model.prior); the posterior Gaussian or an inverse autoregressive flow on it."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.latent_dim = cfg.latent_dim
-        # The encoder's last layer emits mu and logvar side by side: (B, 2 * latent).
+        # The encoder's last layer emits mu and logvar side by side, then the flow's context: (B, 2 * latent + H).
+        context = cfg.flow_hidden if cfg.posterior == "flow" else 0
         if cfg.arch == "conv":
             activation = ACTIVATION_MODULES[cfg.activation]
-            self.encoder = conv_encoder(cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim, activation)
+            self.encoder = conv_encoder(cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim + context, activation)
             self.decoder = conv_decoder(cfg.channels, cfg.res_blocks, cfg.latent_dim, activation)
         else:
             hidden = list(cfg.hidden_dims)
-            self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim], cfg.activation)
+            self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim + context], cfg.activation)
             self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
+        self.flow = (IAF(cfg.latent_dim, cfg.flow_steps, cfg.flow_hidden, ACTIVATION_MODULES[cfg.activation])
+                     if context else None)
+        self.prior = build_prior(cfg.prior, cfg.prior_components, cfg.latent2_dim or cfg.latent_dim)
 
     @property
     def noise_dim(self) -> int:
-        """Standard normal numbers that one sample of the latents takes."""
+        """Standard normal numbers that one sample of the latents from q(z|x) takes."""
         return self.latent_dim
 
+    @property
+    def prior_noise_dim(self) -> int:
+        """Standard normal numbers that one draw of the latents from the prior takes (generate's noise)."""
+        return self.noise_dim + type(self.prior_distribution()).extra_noise
+
+    @property
+    def analytic_kl(self) -> bool:
+        """Whether the rate is the closed-form KL (a Gaussian posterior against N(0, I)), not a sampled one."""
+        return self.flow is None and isinstance(self.prior, NormalPrior)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent) (under a flow, of its base Gaussian)."""
+        mu, logvar = self.encoder(x)[..., :2 * self.latent_dim].chunk(2, dim=-1)
         return mu, logvar
+
+    def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar of the top stochastic layer at x (B, 784): what the VampPrior is a mixture of."""
+        return self.encode(x)
+
+    def prior_distribution(self) -> Prior:
+        """p(z) of the top layer, as a distribution: at inference the VampPrior is this Gaussian mixture."""
+        return self.prior(self.top_posterior)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -66,15 +99,22 @@ class VAE(nn.Module):
         gradients flow through. The noise is an argument so that one seeded stream can serve a batch
         split over several processes, and so that compiled code draws no random numbers. In fp32
         also under bf16 autocast, so that z is the sample the rate is measured at."""
-        return mu.float() + torch.exp(0.5 * logvar.float()) * eps
+        return DiagonalGaussian(mu.float(), logvar.float()).rsample(eps)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., latent) -> Bernoulli logits of p(x|z), (..., 784)."""
         return self.decoder(z.reshape(-1, self.latent_dim)).view(*z.shape[:-1], PIXELS)
 
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The point of z each image (B, 784) is drawn and decoded at: the posterior mean, or under a flow
+        the flow's image of its base mean (eps = 0). (B, latent)"""
+        out = self.encoder(x)
+        mu = out[..., :self.latent_dim]
+        return mu if self.flow is None else self.flow(mu.float(), out[..., 2 * self.latent_dim:])[0]
+
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
-        """Logits of p(x|z) for z drawn from the prior with `noise` (n, noise_dim)."""
-        return self.decode(noise)
+        """Logits of p(x|z) for z drawn from the prior with `noise` (n, prior_noise_dim)."""
+        return self.decode(self.prior_distribution().sample(noise))
 
     def noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None):
         """eps ~ N(0, I), (n, noise_dim): the noise of one sample of the latents per example."""
@@ -82,17 +122,26 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
         """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
-        mu, logvar = self.encode(x)
+        if self.analytic_kl:
+            mu, logvar = self.encode(x)
+            z = self.reparameterize(mu, logvar, eps)
+            return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z), z)
+        out = self.encoder(x)
+        mu, logvar = out[..., :2 * self.latent_dim].chunk(2, dim=-1)
         z = self.reparameterize(mu, logvar, eps)
-        return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z), z)
+        log_q = gaussian_log_q(eps, logvar.float())  # (..., B)
+        if self.flow is not None:
+            z, log_det = self.flow(z, out[..., 2 * self.latent_dim:])
+            log_q = log_q - log_det
+        return Output(self.decode(z), mu, logvar, sampled_rate(log_q, self.prior_distribution().log_prob(z)), z)
 
 
 class TwoLayerVAE(VAE):
     """Two stochastic layers (Burda et al. 2015): q(z1|x) q(z2|z1) and p(z2) p(z1|z2) p(x|z1).
 
     The networks between x and z1 are the one-layer VAE's; MLPs of model.hidden2_dims join z1 and
-    z2, each way. The rate of z2 is analytic given z1; that of z1, against a prior that depends
-    on z2, has no closed form and is a single-sample estimate.
+    z2, each way. The rate of z2 is analytic given z1 under p(z2) = N(0, I), else sampled; that of z1,
+    against a prior that depends on z2, has no closed form and is a single-sample estimate.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -106,10 +155,14 @@ class TwoLayerVAE(VAE):
     def noise_dim(self) -> int:
         return self.latent_dim + self.latent2_dim
 
+    def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z2|z1) at z1 = the mean of q(z1|x): the VampPrior's components with two layers."""
+        return self.encoder2(self.encode(x)[0]).chunk(2, dim=-1)
+
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
-        """Ancestral sampling: z2 ~ N(0, I), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
-        e1, z2 = noise.split([self.latent_dim, self.latent2_dim], dim=-1)
-        mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)
+        """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
+        e1, top = noise.split([self.latent_dim, noise.shape[-1] - self.latent_dim], dim=-1)
+        mu_p, logvar_p = self.prior1(self.prior_distribution().sample(top)).chunk(2, dim=-1)
         return self.decode(self.reparameterize(mu_p, logvar_p, e1))
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
@@ -123,9 +176,14 @@ class TwoLayerVAE(VAE):
         z1, logvar1, mu_p, logvar_p = z1.float(), logvar1.float(), mu_p.float(), logvar_p.float()
         # z1: log q(z1|x) - log p(z1|z2) per dimension, at the sample (the 2 pi terms cancel)
         bottom = 0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
-        top = gaussian_rate(mu2.float(), logvar2.float(), e2, z2)  # z2 given z1: analytic
+        top = latent_rate(mu2.float(), logvar2.float(), e2, z2, self.prior_distribution())  # z2 given z1
+        log_ratio = top.log_ratio - bottom.sum(-1)  # (..., B)
+        if top.kl_dims is None:
+            bottom_kl = bottom.sum(-1).reshape(-1, len(x)).mean(0)
+            return Output(self.decode(z1), mu1, logvar1, Rate(bottom_kl + top.kl, log_ratio, kl_top=top.kl), z1)
         kl_dims = torch.cat([bottom, top.kl_dims], dim=-1)  # (..., B, L1 + L2)
-        rate = Rate(kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0), top.log_ratio - bottom.sum(-1))
+        kl_dims = kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0)
+        rate = Rate(kl_dims.sum(-1), log_ratio, kl_dims, kl_dims[:, self.latent_dim:].sum(-1))
         return Output(self.decode(z1), mu1, logvar1, rate, z1)
 
 

@@ -301,7 +301,7 @@ def write_epoch(run: Run, final: bool) -> None:
     rundir.write_metrics(run.run_dir, rows)
     pictures = []
     if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or final:
-        fixed_z = fixed_latents(run.model.noise_dim, cfg.train.seed, run.device)
+        fixed_z = fixed_latents(run.model.prior_noise_dim, cfg.train.seed, run.device)
         pictures = save_pictures(run.evaluated, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
         plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs

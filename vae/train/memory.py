@@ -9,6 +9,7 @@ import torch
 from vae.config.schema import Config
 from vae.data.split import PIXELS
 from vae.errors import UserError
+from vae.model.priors import LatentPrior
 from vae.model.vae import build_model
 
 DATA_BYTES = 70_000 * PIXELS  # the MNIST-class images, one uint8 tensor on the device
@@ -21,18 +22,20 @@ def estimate_bytes(cfg: Config) -> dict[str, int]:
     The weights, their gradients and Adam's two moments; one batch's activations (each layer's
     output of a forward pass over the batch's loss.iwae_k samples, measured on the meta device, kept
     for the backward pass and matched there by a gradient of the same size; the loss's
-    elementwise terms over the logits); and the images.
+    elementwise terms over the logits; a mixture prior's (k, B, K) log-densities); and the images.
     """
     batch, k = cfg.train.batch_size, cfg.loss.iwae_k
     outputs = []
     with torch.device("meta"):  # shapes only: no memory, no random numbers
         model = build_model(cfg.model)
         hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
-                 for m in model.modules() if not list(m.children())]
+                 for m in model.modules() if not list(m.children()) and not isinstance(m, LatentPrior)]
         model(torch.empty(batch, PIXELS), torch.empty(k, batch, model.noise_dim))
     for hook in hooks:
         hook.remove()
     n_params = sum(p.numel() for p in model.parameters())
+    if cfg.model.prior != "normal":  # a mixture's log-densities: (k, B, K) components, their sum and exponentials
+        outputs.append(3 * k * batch * cfg.model.prior_components)
     return {"weights, gradients and Adam's moments": 4 * FLOAT * n_params,
             **({"the average of the weights": FLOAT * n_params} if cfg.train.ema_decay else {}),
             "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * PIXELS,

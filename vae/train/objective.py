@@ -22,15 +22,18 @@ def iwae_nats(log_px: torch.Tensor, rate: Rate, kl_weight: float | torch.Tensor 
     return math.log(len(log_w)) - torch.logsumexp(log_w, dim=0)
 
 
-def stopped_log_ratio(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def stopped_log_ratio(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                      log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """log p(z) - log q(z|x) at samples z (k, B, L) of q = N(mu, diag(exp(logvar))) (B, L), with q's
     parameters held constant, so that gradients reach the encoder only through z (Roeder et al. 2017).
-    The value is rate.log_ratio's; (k, B)."""
-    return log_standard_normal(z) - log_normal(z, mu.detach(), logvar.detach())
+    log p(z) (k, B) is the prior's at z (computed from z for N(0, I) when not given). The value is
+    rate.log_ratio's; (k, B)."""
+    log_p = log_standard_normal(z) if log_prior is None else log_prior
+    return log_p - log_normal(z, mu.detach(), logvar.detach())
 
 
 def dreg_nats(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-              kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+              kl_weight: float | torch.Tensor = 1.0, log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """-IWAE_k per example (B,) whose gradient is the doubly reparameterized one (Tucker et al. 2019).
 
     With log w_i = log p(x|z_i) + b (log p(z_i) - log q(z_i|x)) (b the KL weight, 1 after warm-up) and
@@ -38,9 +41,10 @@ def dreg_nats(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: t
     and the encoder, through z_i only, sum_i v_i (1 - b + b v_i) d log w_i / dz_i dz_i/dphi: the
     score-function term E[v_i d log q] is replaced by its reparameterized equal, which has far less
     variance at large k. At k = 1 it is STL, the sticking-the-landing gradient of the ELBO.
-    log_px (k, B) is log p(x|z_i) at the samples z (k, B, L) of q(z|x) = N(mu, diag(exp(logvar))).
+    log_px (k, B) is log p(x|z_i) at the samples z (k, B, L) of q(z|x) = N(mu, diag(exp(logvar))), log_prior
+    (k, B) log p(z_i) (None: N(0, I)).
     """
-    log_w = log_px + kl_weight * stopped_log_ratio(z, mu, logvar)  # (k, B)
+    log_w = log_px + kl_weight * stopped_log_ratio(z, mu, logvar, log_prior)  # (k, B)
     v = torch.softmax(log_w.detach(), dim=0)
     if z.requires_grad:  # the gradient reaching z_i from log w_i, scaled by (1 - b + b v_i)
         factor = ((1 - kl_weight) + kl_weight * v).unsqueeze(-1)
@@ -62,7 +66,8 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     """
     if cfg.gradient == "dreg":
         log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
-        return dreg_nats(log_px, *posterior, kl_weight).sum(), LossTerms(-log_px.detach().mean(0), rate.kl)
+        return (dreg_nats(log_px, *posterior, kl_weight, rate.log_prior).sum(),
+                LossTerms(-log_px.detach().mean(0), rate.kl))
     if cfg.iwae_k > 1:
         # One pass over the (k, B, 784) logits serves the bound and the reported terms: on the CPU
         # it costs about as much as the decoder's forward pass.
