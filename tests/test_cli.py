@@ -86,13 +86,10 @@ def test_evaluate_writes_metrics_pictures_and_report(trained, tmp_path):
     assert (run / "report.html").is_file()
 
 
-# A few malformed inputs as real processes; tests/test_malformed.py holds the whole corpus.
+# Two malformed inputs as real processes (a new run, a resume); tests/test_malformed.py holds the whole corpus,
+# in process.
 BAD_TRAIN_ARGS = {
     "unknown key": (["train.ephocs=3"], "did you mean 'train.epochs'"),
-    "malformed yaml": (["--config", "{bad_yaml}"], "not valid YAML"),
-    "existing run": (["output.dir={base}/run"], "already holds a run"),
-    "missing data": (["data.root={base}/nothing-here"], "MNIST files not found in"),
-    "garbage resume": (["--resume", "{garbage}"], "not a readable checkpoint"),
     "architecture change on resume": (["--resume", "{base}/run", "model.hidden_dims=[64]"],
                                       "trained with another config"),
 }
@@ -101,13 +98,9 @@ BAD_TRAIN_ARGS = {
 @pytest.mark.parametrize("case", list(BAD_TRAIN_ARGS))
 def test_bad_train_input_is_one_clear_line_and_changes_nothing(trained, tmp_path, case):
     base, config, _ = trained
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"\x80\x02}q\x00" + bytes(range(200)))
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("train: {epochs: 3\n")
     args, message = BAD_TRAIN_ARGS[case]
-    args = [a.format(base=base, garbage=garbage, bad_yaml=bad_yaml) for a in args]
-    if "--config" not in args and "--resume" not in args:
+    args = [a.format(base=base) for a in args]
+    if "--resume" not in args:
         args = ["--config", config, f"output.dir={tmp_path / 'new'}", *args]
     before = snapshot(base)
     result = cli("train.py", *args)
@@ -118,19 +111,12 @@ def test_bad_train_input_is_one_clear_line_and_changes_nothing(trained, tmp_path
     assert snapshot(base) == before and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--checkpoint", "nope.pt"], "checkpoint not found"),
-    (["--checkpoint", "{run}/checkpoints/best.pt", "model.latent_dim=3"], "trained with another config"),
-    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.k=3"], "unknown config key"),
-    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.iwae_samples=0"], "eval.iwae_samples must be"),
-    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.split=validation"], "eval.split must be"),
-])
-def test_bad_evaluate_input_is_one_clear_line(trained, args, message):
+def test_bad_evaluate_input_is_one_clear_line(trained):
     base, _, _ = trained
     before = snapshot(base)
-    result = cli("evaluate.py", *[a.format(run=base / "run") for a in args])
+    result = cli("evaluate.py", "--checkpoint", base / "run" / "checkpoints" / "best.pt", "model.latent_dim=3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "trained with another config" in result.stderr
     assert snapshot(base) == before
 
 

@@ -15,6 +15,7 @@ from conftest import REPO, ImageCollector
 from matplotlib.image import imread
 
 from vae.compare.compare import compare
+from vae.compare.table import reference
 from vae.config.schema import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
 from vae.errors import UserError
 from vae.train.loop import train
@@ -69,6 +70,35 @@ def test_runs_that_differ_only_in_the_seed_are_one_group_with_mean_and_sample_st
         # two values: mean (a + b) / 2, sample standard deviation |a - b| / sqrt(2)
         assert group["nll_iwae"]["mean"] == pytest.approx((a + b) / 2, rel=1e-12)
         assert group["nll_iwae"]["std"] == pytest.approx(abs(a - b) / math.sqrt(2), rel=1e-12)
+
+
+def test_where_the_nats_moved_is_each_term_against_the_reference_and_sums_to_the_nll(runs):
+    dirs, result, out = runs
+    assert result["reference"] == 0  # neither beta is the default (1): the first group
+    mean = {key: [sum(own(d)[key] if key in own(d) else own(d)["rate_split"][key] for d in pair) / 2
+                  for pair in (dirs[:2], dirs[2:])]
+            for key in ("nll_iwae", "distortion", "rate", "inference_gap", "negative_elbo",
+                        "negative_elbo_k_samples", "mutual_information", "marginal_kl")}
+    moved = result["moved"][1]
+    for key, value in moved.items():
+        sign = -1 if key == "inference_gap" else 1
+        assert value == pytest.approx(sign * (mean[key][1] - mean[key][0]), abs=1e-9), key
+    assert moved["rate"] == pytest.approx(moved["mutual_information"] + moved["marginal_kl"], abs=0.05)
+    # what the terms leave of NLL is the change between the two ELBO estimates (1 and k samples)
+    elbo_noise = (mean["negative_elbo_k_samples"][1] - mean["negative_elbo"][1]) \
+        - (mean["negative_elbo_k_samples"][0] - mean["negative_elbo"][0])
+    terms = moved["distortion"] + moved["rate"] + moved["inference_gap"]
+    assert moved["nll_iwae"] - terms == pytest.approx(elbo_noise, abs=1e-9)
+    assert result["moved"][0] == {key: 0.0 for key in moved}
+    assert "Where the nats moved, against beta=0.5" in (out / "comparison.html").read_text()
+
+
+def test_the_reference_is_the_group_at_the_defaults():
+    found = [{"values": {"model.prior": "mog", "model.posterior": "gaussian"}},
+             {"values": {"model.prior": "normal", "model.posterior": "flow"}},
+             {"values": {"model.prior": "normal", "model.posterior": "gaussian"}}]
+    assert reference(found, ["model.prior", "model.posterior"]) == 2
+    assert reference(found[:2], ["model.prior", "model.posterior"]) == 0
 
 
 def test_the_page_is_self_contained_and_every_image_decodes(runs):

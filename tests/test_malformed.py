@@ -171,6 +171,21 @@ def test_wrong_targets(world, tmp_path, monkeypatch, capsys, args, expected):
     assert snapshot(base) == before
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--checkpoint", "{tmp}/nope.pt"], "checkpoint not found"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "model.latent_dim=5"], "trained with another config"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.k=3"], "unknown config key"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.iwae_samples=0"], "eval.iwae_samples must be"),
+    (["--checkpoint", "{run}/checkpoints/best.pt", "eval.split=validation"], "eval.split must be"),
+])
+def test_wrong_evaluations(world, tmp_path, monkeypatch, capsys, args, expected):
+    base, _ = world
+    before = snapshot(base)
+    code, err = cli("evaluate", [a.format(tmp=tmp_path, run=base / "run") for a in args], monkeypatch, capsys)
+    assert_one_clear_line(code, err, expected)
+    assert snapshot(base) == before
+
+
 DATA_DAMAGE = {
     "missing files": "MNIST files not found",
     "truncated images": "could not read the MNIST files",

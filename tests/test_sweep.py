@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 import torch
 import yaml
 from conftest import REPO, write_config
 
+from vae.compare import figures
 from vae.compare.compare import compare
 from vae.config.load import from_dict, load_config, to_dict
 from vae.errors import UserError
@@ -75,6 +77,11 @@ def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, 
     ([], ["train.lr=normal(0,1)"], {"trials": 3}, ["data.val_size=100"], r"write log\(low,high\), uniform"),
     (["loss.beta=1,2"], [], {"prune": "median"}, [], r"--prune stops trials of a search"),
     (["train.seed=1,2"], [], {"seeds": 2}, [], r"--seeds repeats each point over train.seed"),
+    ([], ["loss.beta=log(0.5,2)"], {"trials": 3, "prune": "median", "objectives": ["rate", "distortion"]},
+     ["data.val_size=100"], r"--prune cannot stop trials of a two-objective search: Optuna prunes one"),
+    (["loss.beta=1,2"], [], {"objectives": ["rate", "distortion"]}, [], r"--objectives rate,distortion steers a"),
+    ([], ["loss.beta=log(0.5,2)"], {"trials": 3, "objectives": ["rate"]}, ["data.val_size=100"],
+     r"--objectives rate: give loss \(the validation -ELBO\) or rate,distortion"),
 ])
 def test_a_bad_sweep_is_refused_before_anything_trains(tmp_path, mnist_root, grid, search, options, overrides,
                                                         message):
@@ -115,9 +122,10 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_p
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_sweep(tmp_path, mnist_root):
     grid = ["--grid", "loss.beta=0.5,1", "--seeds", "2", "--heartbeat", "1"]
     config = write_config(tmp_path / "c.yaml", mnist_root, epochs=3, checkpoint_every_steps=3)
-    straight = tmp_path / "straight"
-    subprocess.run(SWEEP + ["--config", str(config), "--dir", str(straight), *grid], check=True,
-                   capture_output=True, timeout=300)
+    straight = tmp_path / "straight"  # in process: what the killed sweep must end as
+    create(Sweep(config=to_dict(load_config(config)), grid=parse_grid(["loss.beta=0.5,1"]), seeds=2, heartbeat=1),
+           straight)
+    run_workers(straight, 1, REPO / "sweep.py")
     killed = tmp_path / "killed"
     rng = random.Random(int(os.environ.get("VAE_FAULT_SEED", "0")))
     def command():  # a sweep killed before it wrote sweep.json is started again
@@ -169,8 +177,7 @@ def test_ctrl_c_stops_the_workers_saves_and_says_how_to_resume(tmp_path, mnist_r
     assert f"continue with: python sweep.py --resume {tmp_path / 's'}" in err
     states = [t.state.name for t in trials(tmp_path / "s")]
     assert "RUNNING" not in states and "WAITING" in states  # the stopped trials are queued again
-    result = subprocess.run(SWEEP + ["--resume", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run_workers(tmp_path / "s", 1, REPO / "sweep.py")  # the resume, in process
     for run in (tmp_path / "s" / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == list(range(1, 13))
 
@@ -203,6 +210,37 @@ def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path
     best = result["groups"][result["chosen"]["group"]]
     assert best["best_val"]["mean"] == min(g["best_val"]["mean"] for g in result["groups"])
     assert (tmp_path / "s" / "search_history.png").is_file() and (tmp_path / "s" / "search_importance.png").is_file()
+
+
+def test_a_two_objective_search_draws_the_non_dominated_trials_as_its_pareto_front(tmp_path, mnist_root,
+                                                                                  monkeypatch):
+    cfg = load_config(write_config(tmp_path / "base.yaml", mnist_root), ["data.val_size=100"])
+    space = parse_search(["loss.beta=log(0.05,20)", "train.lr=log(1e-4,3e-2)"])
+    spec = Sweep(config=to_dict(cfg), search=space, trials=6, objectives=["rate", "distortion"], heartbeat=1)
+    create(spec, tmp_path / "s")
+    run_workers(tmp_path / "s", 1, REPO / "sweep.py")
+    done = trials(tmp_path / "s")
+    assert [t.state.name for t in done] == ["COMPLETE"] * 6
+    assert isinstance(open_study(spec, tmp_path / "s").sampler, optuna.samplers.NSGAIISampler)
+    points = {}
+    for t in done:  # each trial's objectives: its best epoch's validation rate and distortion
+        run = tmp_path / "s" / "runs" / t.user_attrs["run"]
+        rows = rundir.read_metrics(run)
+        best = min(rows, key=lambda r: r["val_loss"])
+        assert t.values == [best["val_kl"], best["val_recon"]]
+        points[str(run)] = t.values
+    # the non-dominated set by brute force: no other trial at most as large in both and smaller in one
+    front = {run for run, (r, d) in points.items()
+             if not any(r2 <= r and d2 <= d and (r2, d2) != (r, d) for r2, d2 in points.values())}
+    assert 1 <= len(front) < len(points)  # betas from 0.05 to 20 trade rate for distortion, but not all of them
+    drawn = {}
+    real = figures.plot_rate_distortion
+    monkeypatch.setattr(figures, "plot_rate_distortion",
+                        lambda *a: drawn.update(front=a[-1]) or real(*a))
+    result = compare([tmp_path / "s"], tmp_path / "s", ["eval.iwae_samples=4"])
+    assert {result["groups"][i]["runs"][0] for i in drawn["front"]} == front
+    assert "the Pareto front on validation" in summary(tmp_path / "s")
+    assert (tmp_path / "s" / "search_history.png").is_file()
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vae.compare.figures import draw
 from vae.compare.page import write_html
-from vae.compare.table import COLUMNS, chosen, differing_keys, flat, groups, write_csv
+from vae.compare.table import COLUMNS, chosen, differing_keys, flat, groups, moved, reference, write_csv
 from vae.config.load import from_dict, load_config, read_config_file, to_dict
 from vae.config.schema import Config
 from vae.errors import UserError
@@ -21,6 +21,8 @@ from vae.run import rundir
 from vae.run.checkpoint import checkpoint_id
 from vae.run.layout import last_pt
 from vae.run.resume import check_same_run
+from vae.sweep.spec import run_dir
+from vae.sweep.study import front_runs
 from vae.train.schedule import seconds_spent, stops_early
 
 
@@ -95,9 +97,14 @@ def compare(paths: list[Path], out: Path, overrides: list[str] = ()) -> dict:
     rows = [run_row(run, cfg, evaluation(run, cfg, list(overrides))) for run, cfg in zip(runs, configs)]
     keys = differing_keys(rows)
     found = groups(rows, keys)
-    sweeps = [str(p) for p in paths if (p / "sweep.json").is_file()]
+    ref = reference(found, keys)
+    sweeps = [p for p in paths if (p / "sweep.json").is_file()]
+    on_front = {str(run_dir(p, name)) for p in sweeps for name in front_runs(p)}
     result = {"differing_keys": keys, "eval": list(overrides), "runs": rows, "groups": found,
-              "chosen": dict(zip(("group", "on"), chosen(found))), "sweep": sweeps[0] if len(sweeps) == 1 else None}
+              "chosen": dict(zip(("group", "on"), chosen(found))),
+              "reference": ref, "moved": moved(found, ref),
+              "front": [i for i, g in enumerate(found) if on_front & set(g["runs"])],
+              "sweep": str(sweeps[0]) if len(sweeps) == 1 else None}
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "comparison.csv", rows, keys)
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=2) + "\n")

@@ -19,10 +19,12 @@ def draw(result: dict, out: Path) -> list[tuple[Path, str]]:
     found, keys = result["groups"], result["differing_keys"]
     labels = [label(g["values"]) for g in found]
     plot_rate_distortion([g["rate"] for g in found], [g["distortion"] for g in found], labels,
-                         result["chosen"]["group"], marked(result), out / "rate_distortion.png")
+                         result["chosen"]["group"], marked(result), out / "rate_distortion.png", result["front"])
+    front = (" Ringed and joined: the search's Pareto front, the trials that no other trial beats in both "
+             "validation rate and validation distortion, drawn at their evaluated numbers." if result["front"] else "")
     figures = [(out / "rate_distortion.png", "The rate-distortion plane: one point per config (error bars: the "
                 f"standard deviation over seeds); the diagonals are equal negative ELBO D + R; starred: "
-                f"{marked(result)}")]
+                f"{marked(result)}.{front}")]
     if all(g["mutual_information"] for g in found):
         plot_rate_split(labels, [g["mutual_information"]["mean"] for g in found],
                         [g["marginal_kl"]["mean"] for g in found], out / "rate_split.png")

@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from vae.compare.table import COLUMNS, cell, label
+from vae.compare.table import COLUMNS, MOVED, cell, label
 from vae.evaluate.page import figure_rows, image, page, table
 from vae.files import atomic_write_text
 
@@ -24,11 +24,22 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
             if result["chosen"]["on"] == "validation" else
             "the best NLL, chosen on the numbers it reports (hold out data.val_size to choose on validation)")
     first = result["runs"][0]
+    ref = result["reference"]
+    shifts = [[*(json.dumps(g["values"][k]) for k in keys),
+               *("—" if d[c] is None else f"{d[c]:+.3f}" for c, _ in MOVED)]
+              for i, (g, d) in enumerate(zip(found, result["moved"])) if i != ref]
+    where = f"""<h2>Where the nats moved, against {html.escape(label(found[ref]['values']))}</h2>
+<p>Each row's change of the means: Δ NLL = Δ distortion + Δ rate − Δ gap (up to the Monte Carlo noise between
+the two ELBO estimates), and Δ rate = Δ I(x; z) + Δ KL(q(z) ‖ p(z)) where both rate splits are defined. A better
+prior shows as a smaller KL(q(z) ‖ p(z)), the prior's mismatch with the aggregate posterior; a better posterior
+as a smaller gap; a better decoder as a smaller distortion. Negative is better.</p>
+{table([*keys, *(h for _, h in MOVED)], shifts, numbers_from=len(keys))}""" if shifts and keys else ""
     body = f"""<p>Each run's last.pt, evaluated on its {html.escape(first['split'])} split (NLL: IWAE with
 k = {first['iwae_samples']}); nats per example. Runs that differ only in train.seed are one
 row: mean ± standard deviation over the seeds. In bold: {note}. A run marked unfinished stopped before its
 schedule's end (train.epochs, its time budget or patience): its numbers are of a model trained less.</p>
 {table(head, rows, marked=best, numbers_from=len(keys))}
+{where}
 {figure_rows([[f] for f in figures])}
 <h2>Reconstructions (the same test images) and samples (the same noise for the same seed)</h2>
 {gallery}"""

@@ -7,7 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from vae.config.schema import NOT_COMPARED
+from vae.config.load import to_dict
+from vae.config.schema import NOT_COMPARED, Config
 from vae.files import atomic_write_text
 
 # (metrics key, heading): the numbers compared, in nats per example unless named otherwise
@@ -70,6 +71,30 @@ def cell(stat: dict | None, key: str) -> str:
         return "—"
     digits = 0 if key in ("active_units", "epochs") else 1 if key == "seconds" else 3
     return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] else "")
+
+
+# (metrics key, heading): NLL = distortion + rate - gap, the rate split further where it is defined
+MOVED = (("nll_iwae", "Δ NLL"), ("distortion", "Δ distortion"), ("rate", "Δ rate"),
+         ("mutual_information", "Δ I(x; z)"), ("marginal_kl", "Δ KL(q(z) ‖ p(z))"), ("inference_gap", "− Δ gap"))
+
+
+def reference(found: list[dict], keys: list[str]) -> int:
+    """The group the others are measured against: the one at the config's defaults (e.g. prior normal,
+    posterior gaussian), else the first."""
+    defaults = flat(to_dict(Config()))
+    return next((i for i, g in enumerate(found) if all(g["values"][k] == defaults.get(k) for k in keys)), 0)
+
+
+def moved(found: list[dict], ref: int) -> list[dict]:
+    """Each group's change of NLL against group `ref`, term by term: Δ NLL = Δ distortion + Δ rate - Δ gap
+    (to the Monte Carlo noise of the two ELBO estimates), Δ rate = Δ I(x; z) + Δ KL(q(z) ‖ p(z)) where both
+    rate splits are defined; None where a term is not."""
+    def delta(g: dict, key: str) -> float | None:
+        if g[key] is None or found[ref][key] is None:
+            return None
+        sign = -1 if key == "inference_gap" else 1
+        return sign * (g[key]["mean"] - found[ref][key]["mean"])
+    return [{key: delta(g, key) for key, _ in MOVED} for g in found]
 
 
 def chosen(found: list[dict]) -> tuple[int, str]:

@@ -38,7 +38,7 @@ def plot_loss_curves(rows: list[dict], path: Path) -> None:
     """Train/validation/test negative ELBO, distortion and rate (nats per example), and active units,
     by epoch (validation where the rows have it)."""
     epochs = [r["epoch"] for r in rows]
-    splits = [("train", "-"), ("val", ":"), ("test", "--")] if "val_loss" in rows[-1] else [("train", "-"), ("test", "--")]
+    splits = [("train", "-"), *([("val", ":")] if "val_loss" in rows[-1] else []), ("test", "--")]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, (term, title) in zip(axes, [("loss", "negative ELBO"), ("recon", "distortion (reconstruction)"),
                                         ("kl", "rate KL(q(z|x) || p(z))")]):
@@ -115,9 +115,10 @@ def plot_nats_histogram(series: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: list[str], best: int, marked: str,
-                         path: Path) -> None:
+                         path: Path, front: list[int] = ()) -> None:
     """Distortion against rate, one point per config ({"mean", "std"} each), with iso-ELBO diagonals
-    D + R = c; the config `best` starred, with the legend `marked`."""
+    D + R = c; the config `best` starred, with the legend `marked`; the configs `front` (a Pareto front)
+    ringed and joined in the order of their rates."""
     fig, ax = plt.subplots(figsize=(7, 5.5))
     r, d = [x["mean"] for x in rates], [x["mean"] for x in distortions]
     ax.errorbar(r, d, xerr=[x["std"] for x in rates], yerr=[x["std"] for x in distortions], fmt="o", capsize=3)
@@ -133,6 +134,10 @@ def plot_rate_distortion(rates: list[dict], distortions: list[dict], labels: lis
         if len(labels) <= MAX_LABELLED or i == best:
             ax.annotate(text, (r[i], d[i]), textcoords="offset points", xytext=(5, 5), fontsize=8,
                         fontweight="bold" if i == best else "normal")
+    if front:
+        on = sorted(front, key=lambda i: r[i])
+        ax.plot([r[i] for i in on], [d[i] for i in on], "o--", ms=11, mfc="none", color="tab:green",
+                label="Pareto front on validation")
     ax.plot([r[best]], [d[best]], "*", ms=16, color="tab:red", label=marked)
     ax.set_xlabel("rate KL(q(z|x) ‖ p(z)), nats")
     ax.set_ylabel("distortion −log p(x|z), nats")

@@ -19,6 +19,8 @@ TopPosterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class LatentPrior(nn.Module):
     """The interface: forward(top_posterior) -> the distribution p(z) (its parameters may be learned)."""
 
+    extra_noise = 0  # noise numbers one draw of its distribution takes beyond the L of z
+
     def forward(self, top_posterior: TopPosterior) -> Prior:
         raise NotImplementedError
 
@@ -33,6 +35,8 @@ class NormalPrior(LatentPrior):
 class MixturePrior(LatentPrior):
     """p(z) = sum_k w_k N(mu_k, diag(exp(logvar_k))): K learned Gaussians and their weights."""
 
+    extra_noise = GaussianMixture.extra_noise
+
     def __init__(self, components: int, latent: int):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(components))
@@ -46,6 +50,8 @@ class MixturePrior(LatentPrior):
 class VampPrior(LatentPrior):
     """Tomczak & Welling (2018): p(z) = (1/K) sum_k q(z | u_k), the posterior at K learned pseudo-inputs u_k
     (K, 784), kept in [0, 1] by a hard tanh and started at 0.05 +- 0.01 per pixel as in their code."""
+
+    extra_noise = GaussianMixture.extra_noise
 
     def __init__(self, components: int):
         super().__init__()

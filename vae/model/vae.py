@@ -73,17 +73,22 @@ class VAE(nn.Module):
     @property
     def prior_noise_dim(self) -> int:
         """Standard normal numbers that one draw of the latents from the prior takes (generate's noise)."""
-        return self.noise_dim + type(self.prior_distribution()).extra_noise
+        return self.noise_dim + self.prior.extra_noise
 
     @property
     def analytic_kl(self) -> bool:
         """Whether the rate is the closed-form KL (a Gaussian posterior against N(0, I)), not a sampled one."""
         return self.flow is None and isinstance(self.prior, NormalPrior)
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 784) in [0, 1] -> mu, logvar (B, latent) of q(z|x) (under a flow, of its base Gaussian), and
+        the flow's context (B, flow_hidden; empty without a flow): the encoder's output, split."""
+        out, L = self.encoder(x), self.latent_dim
+        return out[..., :L], out[..., L:2 * L], out[..., 2 * L:]
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent) (under a flow, of its base Gaussian)."""
-        mu, logvar = self.encoder(x)[..., :2 * self.latent_dim].chunk(2, dim=-1)
-        return mu, logvar
+        return self.posterior(x)[:2]
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar of the top stochastic layer at x (B, 784): what the VampPrior is a mixture of."""
@@ -108,9 +113,8 @@ class VAE(nn.Module):
     def code(self, x: torch.Tensor) -> torch.Tensor:
         """The point of z each image (B, 784) is drawn and decoded at: the posterior mean, or under a flow
         the flow's image of its base mean (eps = 0). (B, latent)"""
-        out = self.encoder(x)
-        mu = out[..., :self.latent_dim]
-        return mu if self.flow is None else self.flow(mu.float(), out[..., 2 * self.latent_dim:])[0]
+        mu, _, context = self.posterior(x)
+        return mu if self.flow is None else self.flow(mu.float(), context)[0]
 
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         """Logits of p(x|z) for z drawn from the prior with `noise` (n, prior_noise_dim)."""
@@ -126,12 +130,11 @@ class VAE(nn.Module):
             mu, logvar = self.encode(x)
             z = self.reparameterize(mu, logvar, eps)
             return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z), z)
-        out = self.encoder(x)
-        mu, logvar = out[..., :2 * self.latent_dim].chunk(2, dim=-1)
+        mu, logvar, context = self.posterior(x)
         z = self.reparameterize(mu, logvar, eps)
         log_q = gaussian_log_q(eps, logvar.float())  # (..., B)
         if self.flow is not None:
-            z, log_det = self.flow(z, out[..., 2 * self.latent_dim:])
+            z, log_det = self.flow(z, context)
             log_q = log_q - log_det
         return Output(self.decode(z), mu, logvar, sampled_rate(log_q, self.prior_distribution().log_prob(z)), z)
 

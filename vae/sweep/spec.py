@@ -22,6 +22,10 @@ from vae.files import read_text_no_follow
 SPEC = "sweep.json"
 DISTRIBUTIONS = ("log", "uniform", "int", "choice")
 PRUNERS = ("", "median", "halving")
+# What a trial's values are: best.pt's loss (one objective), or its best epoch's validation rate and distortion
+# from metrics.csv (two, searched by NSGA-II for the Pareto front of the rate-distortion plane)
+OBJECTIVES = {"rate": "val_kl", "distortion": "val_recon"}
+ONE_OBJECTIVE, TWO_OBJECTIVES = ["loss"], ["rate", "distortion"]
 HEARTBEAT_SECONDS = 10
 MAX_TRIALS = 10_000  # the most trials one sweep runs: grid points x seeds, or a search's --trials
 MAX_NAME_BYTES = 200  # a trial's run directory name (file systems take 255)
@@ -38,6 +42,7 @@ class Sweep:
     seeds: int = 1  # each point trained with train.seed, train.seed + 1, ...
     trials: int = 0  # points of a search (a grid has one trial per point)
     prune: str = ""  # "", median or halving: stop unpromising trials of a search early
+    objectives: list[str] = field(default_factory=lambda: list(ONE_OBJECTIVE))  # or TWO_OBJECTIVES, for a search
     storage: str = ""  # a database URL shared by many machines, never with its password; "" = <dir>/study.db
     heartbeat: int = HEARTBEAT_SECONDS  # seconds between a running trial's heartbeats
     study: str = "sweep"  # the study's name in its storage: machines that share one join by it
@@ -50,12 +55,18 @@ class Sweep:
     def identity(self) -> str:
         """What makes two sweeps one sweep, so that a study refuses another one: a hash of the base config
         (but the keys that say where a run is made, which differ between machines), the grid or search, the
-        seeds, the trials, the pruner and the heartbeat (machines that judge staleness differently would
-        retry each other's live trials)."""
+        seeds, the trials, the pruner, the objectives and the heartbeat (machines that judge staleness
+        differently would retry each other's live trials)."""
         config = {section: {k: v for k, v in keys.items() if f"{section}.{k}" not in NOT_COMPARED}
                   for section, keys in self.config.items()}
         what = [config, self.grid, self.search, self.seeds, self.trials, self.prune, self.heartbeat]
+        if self.objectives != ONE_OBJECTIVE:  # the sweeps made before objectives were a choice keep their identity
+            what.append(self.objectives)
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def two_objectives(self) -> bool:
+        return self.objectives == TWO_OBJECTIVES
 
     def grid_space(self) -> dict[str, list[str]]:
         """The grid with the seeds as one more axis."""
@@ -154,6 +165,14 @@ def check(sweep: Sweep) -> None:
                             "data.val_size=10000); the test set never chooses anything")
     if sweep.prune and not sweep.search:
         raise UserError("--prune stops trials of a search (--search) early; a grid trains every point")
+    if sweep.objectives not in (ONE_OBJECTIVE, TWO_OBJECTIVES):
+        raise UserError(f"--objectives {','.join(map(str, sweep.objectives))}: give loss (the validation -ELBO) "
+                        f"or rate,distortion (its two terms, for the Pareto front)")
+    if sweep.two_objectives and not sweep.search:
+        raise UserError("--objectives rate,distortion steers a search (--search); a grid trains every point")
+    if sweep.two_objectives and sweep.prune:
+        raise UserError("--prune cannot stop trials of a two-objective search: Optuna prunes one objective only "
+                        "(drop --prune, or search --objectives loss)")
     for point in grid_points(sweep.grid_space()):
         trial_config(sweep, point, Path("."))  # a wrong type or value: one line naming the key
 
@@ -179,7 +198,8 @@ def load(sweep_dir: Path) -> Sweep:
             raise UserError("not a mapping")
         sweep = Sweep(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(Sweep)}})
         for name, kind in (("config", dict), ("grid", dict), ("search", dict), ("seeds", int), ("trials", int),
-                           ("prune", str), ("storage", str), ("heartbeat", int), ("study", str), ("argv", list)):
+                           ("prune", str), ("objectives", list), ("storage", str), ("heartbeat", int),
+                           ("study", str), ("argv", list)):
             if not isinstance(getattr(sweep, name), kind):
                 raise UserError(f"{name} is not a {kind.__name__}")
         if not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in sweep.grid.values()) \

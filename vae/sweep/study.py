@@ -1,7 +1,8 @@
 """The sweep's Optuna study and its worker loop: storage, samplers, pruners, the trials' runs, their retries.
 
-A grid (Optuna's GridSampler) or a search space (TPE, optionally pruned on the validation loss
-each epoch), every point repeated over `seeds` values of train.seed. The study lives in
+A grid (Optuna's GridSampler) or a search space: TPE on the validation loss (optionally pruned on it
+each epoch), or NSGA-II on its rate and distortion (two objectives: the Pareto front of the
+rate-distortion plane); every point of a grid repeated over `seeds` values of train.seed. The study lives in
 <sweep>/study.db (SQLite) or a shared database (`storage`); heartbeats mark the trial of a worker
 that died as stale, and Optuna's retry callback queues it again, to resume from its last.pt.
 """
@@ -31,6 +32,7 @@ from vae.errors import Interrupted, MachineError, UserError
 from vae.files import create_exclusive, refuse_links
 from vae.run.layout import last_pt
 from vae.sweep.spec import (
+    OBJECTIVES,
     SPEC,
     Sweep,
     check,
@@ -95,6 +97,9 @@ def storage(sweep: Sweep, sweep_dir: Path) -> RDBStorage:
 
 
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    if sweep.two_objectives:  # generations of a quarter of the trials (Optuna's 50 would make most searches random)
+        return optuna.samplers.NSGAIISampler(population_size=min(50, max(4, sweep.trials // 4)),
+                                             seed=sweep.base.train.seed)
     if sweep.search:
         return optuna.samplers.TPESampler(seed=sweep.base.train.seed)
     return optuna.samplers.GridSampler(sweep.grid_space(), seed=sweep.base.train.seed)
@@ -139,7 +144,8 @@ def open_study(sweep: Sweep, sweep_dir: Path) -> optuna.Study:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study" before an error line
     try:
-        study = optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study, direction="minimize",
+        study = optuna.create_study(storage=storage(sweep, sweep_dir), study_name=sweep.study,
+                                    directions=["minimize"] * len(sweep.objectives),
                                     sampler=sampler(sweep), pruner=pruner(sweep), load_if_exists=True)
     except ValueError as e:  # e.g. a study of that name made by another program, to be maximized
         raise UserError(f"the study '{sweep.study}' cannot be this sweep's: {e}; pick another --study NAME") from None
@@ -189,7 +195,7 @@ def objective(sweep: Sweep, sweep_dir: Path, workers: int = 1):
     """
     trained = []
 
-    def run(trial: optuna.Trial) -> float:
+    def run(trial: optuna.Trial) -> float | tuple[float, float]:
         share = workers if not trained else 1
         trained.append(trial.number)
         try:
@@ -208,9 +214,10 @@ def reason(e: OSError) -> str:
     return str(e) if isinstance(e, MachineError) else f"{type(e).__name__}: {e}"
 
 
-def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share: int = 1) -> float:
-    """The trial's run: trained, or continued from its last.pt; its value is best.pt's loss. The run is
-    named in the study and found under this process's own sweep directory."""
+def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share: int = 1) -> float | tuple:
+    """The trial's run: trained, or continued from its last.pt; its values are its objectives at best.pt's
+    epoch (its loss, or its rate and distortion). The run is named in the study and found under this
+    process's own sweep directory."""
     values = suggest(sweep, trial)
     retried = trial.user_attrs.get("run")  # a retry carries the run it continues
     if retried is None and not sweep.search and started_elsewhere(trial, values):
@@ -224,7 +231,7 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share
     cfg = trial_config(sweep, values, where)
 
     def report(row: dict, last: bool) -> None:
-        if sweep.search:
+        if sweep.search and not sweep.two_objectives:  # Optuna reports and prunes one objective only
             trial.report(row["val_loss"], row["epoch"])
             if not last and trial.should_prune():  # a finished run (train.epochs, its budget or patience) is complete
                 raise optuna.TrialPruned(f"validation loss {row['val_loss']:.3f} at epoch {row['epoch']}")
@@ -232,7 +239,10 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share
     resume = where if last_pt(where).exists() else None
     result = train(cfg, resume=resume, argv=sweep.argv, after_epoch=report, memory_share=memory_share)
     trial.set_user_attr("epochs", len(result.rows))
-    return result.best["loss"]
+    if not sweep.two_objectives:
+        return result.best["loss"]  # on the validation split when the base config holds one out, else the test split
+    best = next(r for r in result.rows if r["epoch"] == result.best["epoch"])
+    return tuple(float(best[OBJECTIVES[name]]) for name in sweep.objectives)
 
 
 def started_elsewhere(trial: optuna.Trial, values: dict[str, Any]) -> bool:
@@ -327,7 +337,8 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def summary(sweep_dir: Path) -> str:
     """Counts of the trials by state, and the best one (by its best.pt loss)."""
     sweep = load(sweep_dir)
-    trials = open_study(sweep, sweep_dir).get_trials(deepcopy=False)
+    study = open_study(sweep, sweep_dir)
+    trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): n for s in TrialState if (n := sum(t.state == s for t in trials))}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     lines = [f"{len(done)} of {sweep.size()} trials complete ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
@@ -337,13 +348,33 @@ def summary(sweep_dir: Path) -> str:
         elif t.state == TrialState.FAIL and "requeued_because" in t.user_attrs:
             lines.append(f"  trial {t.number} was stopped by the machine and queued again: "
                          f"{t.user_attrs['requeued_because']}")
-    if done:
+
+    def where(t: optuna.trial.FrozenTrial) -> object:
+        return run_dir(sweep_dir, t.user_attrs["run"]) if "run" in t.user_attrs else f"trial {t.number}"
+    if done and sweep.two_objectives:
+        lines.append("the Pareto front on validation (no other trial has both a lower rate and a lower distortion):")
+        lines += [f"  {where(t)}: rate {t.values[0]:.3f}, distortion {t.values[1]:.3f} nats"
+                  for t in sorted(study.best_trials, key=lambda t: t.values[0])]
+    elif done:
         best = min(done, key=lambda t: t.value)
         chosen_on = "validation" if sweep.base.data.val_size else "test"
-        where = run_dir(sweep_dir, best.user_attrs["run"]) if "run" in best.user_attrs else f"trial {best.number}"
-        lines.append(f"best: {where} ({chosen_on} loss {best.value:.3f} nats)")
+        lines.append(f"best: {where(best)} ({chosen_on} loss {best.value:.3f} nats)")
     lines.append(f"compare the runs: python evaluate.py --compare {sweep_dir}")
     return "\n".join(lines)
+
+
+def front_runs(sweep_dir: Path) -> list[str]:
+    """The runs of a two-objective search's Pareto front (Optuna's best trials: no other complete trial has
+    both a lower validation rate and a lower validation distortion), by name."""
+    sweep = load(sweep_dir)
+    if not sweep.two_objectives:
+        return []
+    try:
+        study = plain_study(sweep, sweep_dir)
+    except (UserError, KeyError) as e:
+        print(f"warning: no Pareto front: {e}", file=sys.stderr)
+        return []
+    return [t.user_attrs["run"] for t in study.best_trials if "run" in t.user_attrs]
 
 
 def draw_search(sweep_dir: Path, out: Path) -> list[tuple[Path, str]]:
@@ -360,12 +391,18 @@ def draw_search(sweep_dir: Path, out: Path) -> list[tuple[Path, str]]:
     if len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
         return []
     from vae.evaluate.plots import save_figure  # here: plots imports torch, which the sweep's parent never needs
+    # two objectives: the history of their sum, the negative ELBO (the front is drawn on the comparison's plane)
+    elbo = {"target": lambda t: sum(t.values), "target_name": "rate + distortion"} if sweep.two_objectives else {}
     with experimental():
-        figures = [("search_history.png", optuna.visualization.matplotlib.plot_optimization_history(study),
+        figures = [("search_history.png", optuna.visualization.matplotlib.plot_optimization_history(study, **elbo),
                     "The search's history: each trial's best validation negative ELBO, and the best so far")]
         if len(sweep.search) > 1:
-            figures.append(("search_importance.png", optuna.visualization.matplotlib.plot_param_importances(study),
-                            "Which searched key mattered (Optuna's fANOVA importance)"))
+            warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes")  # low values: what we want
+            importance = optuna.visualization.matplotlib.plot_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), **elbo)
+            figures.append(("search_importance.png", importance,
+                            "Which searched key mattered for the validation negative ELBO (Optuna's PED-ANOVA "
+                            "importance)"))
     for name, ax, _ in figures:
         ax.figure.set_size_inches(7, 4.5)
         ax.figure.tight_layout()
