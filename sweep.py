@@ -20,11 +20,12 @@ def main(argv: list[str]) -> None:
                         help="train every value of KEY (values as YAML; lists in brackets); repeat for a grid")
     parser.add_argument("--search", action="append", default=[], metavar="KEY=DIST",
                         help="search KEY over log(low,high), uniform(low,high), int(low,high) or choice(a,b,...) "
-                             "with TPE, on the validation loss (needs data.val_size)")
+                             "with TPE on the validation loss, or NSGA-II on its rate and distortion "
+                             "(--objectives; needs data.val_size)")
     parser.add_argument("--trials", type=int, default=0, help="trials of a --search")
     parser.add_argument("--prune", nargs="?", const="median", default="", choices=["median", "halving"],
                         help="stop unpromising trials of a search after any epoch (default: median)")
-    parser.add_argument("--objectives", default="loss", metavar="loss|rate,distortion",
+    parser.add_argument("--objectives", metavar="loss|rate,distortion",
                         help="what a search minimizes: the validation -ELBO with TPE (default), or its rate and "
                              "distortion as two objectives with NSGA-II, for the Pareto front (not with --prune)")
     parser.add_argument("--seeds", type=int, default=1, help="train each grid point with this many train.seed values")
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
         sweep_dir = Path(args.dir or f"outputs/{Path(args.config).stem}_sweep")
         create(Sweep(config=to_dict(base), grid=parse_grid(args.grid), search=parse_search(args.search),
                      seeds=args.seeds, trials=args.trials, prune=args.prune,
-                     objectives=args.objectives.split(","), storage=without_password(args.storage),
+                     objectives=(args.objectives or "loss").split(","), storage=without_password(args.storage),
                      heartbeat=args.heartbeat, study=args.study, argv=[without_password(a) for a in sys.argv]),
                sweep_dir)
     run_workers(sweep_dir, args.workers, Path(__file__).resolve())
@@ -77,7 +78,7 @@ def check_resume(parser: ArgumentParser, args: argparse.Namespace, sweep: Sweep)
     stored database's password again; anything else would be silently ignored, so it is refused."""
     given = [flag for flag, value, default in (
         ("--config", args.config, None), ("--grid", args.grid, []), ("--search", args.search, []),
-        ("--trials", args.trials, 0), ("--prune", args.prune, ""), ("--objectives", args.objectives, "loss"),
+        ("--trials", args.trials, 0), ("--prune", args.prune, ""), ("--objectives", args.objectives, None),
         ("--seeds", args.seeds, 1),
         ("--dir", args.dir, None),
         ("--study", args.study, "sweep"), ("--heartbeat", args.heartbeat, HEARTBEAT_SECONDS),

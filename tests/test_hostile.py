@@ -332,7 +332,8 @@ def test_a_run_with_a_broken_config_yaml_is_one_line_in_a_comparison(tiny_cfg, t
         compare([run], tmp_path / "c")
 
 
-@pytest.mark.parametrize("extra", [["--grid", "loss.beta=2"], ["train.epochs=5"], ["--seeds", "3"]])
+@pytest.mark.parametrize("extra", [["--grid", "loss.beta=2"], ["train.epochs=5"], ["--seeds", "3"],
+                                   ["--objectives", "loss"]])
 def test_resume_refuses_what_it_would_ignore(tmp_path, mnist_root, extra):
     sweep_dir = sweep_of(tmp_path, mnist_root, ["loss.beta=1"])
     result = subprocess.run(SWEEP + ["--resume", str(sweep_dir), *extra], capture_output=True, text=True, timeout=60)

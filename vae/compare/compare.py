@@ -99,7 +99,7 @@ def compare(paths: list[Path], out: Path, overrides: list[str] = ()) -> dict:
     found = groups(rows, keys)
     ref = reference(found, keys)
     sweeps = [p for p in paths if (p / "sweep.json").is_file()]
-    on_front = {str(run_dir(p, name)) for p in sweeps for name in front_runs(p)}
+    on_front = {str(run_dir(sweeps[0], name)) for name in front_runs(sweeps[0])} if len(sweeps) == 1 else set()
     result = {"differing_keys": keys, "eval": list(overrides), "runs": rows, "groups": found,
               "chosen": dict(zip(("group", "on"), chosen(found))),
               "reference": ref, "moved": moved(found, ref),

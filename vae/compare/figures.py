@@ -20,8 +20,8 @@ def draw(result: dict, out: Path) -> list[tuple[Path, str]]:
     labels = [label(g["values"]) for g in found]
     plot_rate_distortion([g["rate"] for g in found], [g["distortion"] for g in found], labels,
                          result["chosen"]["group"], marked(result), out / "rate_distortion.png", result["front"])
-    front = (" Ringed and joined: the search's Pareto front, the trials that no other trial beats in both "
-             "validation rate and validation distortion, drawn at their evaluated numbers." if result["front"] else "")
+    front = (" Ringed and joined: the search's Pareto front, the trials that no other trial dominates in "
+             "validation rate and distortion, drawn at their evaluated numbers." if result["front"] else "")
     figures = [(out / "rate_distortion.png", "The rate-distortion plane: one point per config (error bars: the "
                 f"standard deviation over seeds); the diagonals are equal negative ELBO D + R; starred: "
                 f"{marked(result)}.{front}")]

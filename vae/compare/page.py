@@ -32,7 +32,8 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
 <p>Each row's change of the means: Δ NLL = Δ distortion + Δ rate − Δ gap (up to the Monte Carlo noise between
 the two ELBO estimates), and Δ rate = Δ I(x; z) + Δ KL(q(z) ‖ p(z)) where both rate splits are defined. A better
 prior shows as a smaller KL(q(z) ‖ p(z)), the prior's mismatch with the aggregate posterior; a better posterior
-as a smaller gap; a better decoder as a smaller distortion. Negative is better.</p>
+as a smaller gap (a tighter bound, which lowers the negative ELBO towards the NLL); a better decoder as a
+smaller distortion. In every column negative is smaller.</p>
 {table([*keys, *(h for _, h in MOVED)], shifts, numbers_from=len(keys))}""" if shifts and keys else ""
     body = f"""<p>Each run's last.pt, evaluated on its {html.escape(first['split'])} split (NLL: IWAE with
 k = {first['iwae_samples']}); nats per example. Runs that differ only in train.seed are one

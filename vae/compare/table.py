@@ -75,7 +75,7 @@ def cell(stat: dict | None, key: str) -> str:
 
 # (metrics key, heading): NLL = distortion + rate - gap, the rate split further where it is defined
 MOVED = (("nll_iwae", "Δ NLL"), ("distortion", "Δ distortion"), ("rate", "Δ rate"),
-         ("mutual_information", "Δ I(x; z)"), ("marginal_kl", "Δ KL(q(z) ‖ p(z))"), ("inference_gap", "− Δ gap"))
+         ("mutual_information", "Δ I(x; z)"), ("marginal_kl", "Δ KL(q(z) ‖ p(z))"), ("inference_gap", "Δ gap"))
 
 
 def reference(found: list[dict], keys: list[str]) -> int:
@@ -92,8 +92,7 @@ def moved(found: list[dict], ref: int) -> list[dict]:
     def delta(g: dict, key: str) -> float | None:
         if g[key] is None or found[ref][key] is None:
             return None
-        sign = -1 if key == "inference_gap" else 1
-        return sign * (g[key]["mean"] - found[ref][key]["mean"])
+        return g[key]["mean"] - found[ref][key]["mean"]
     return [{key: delta(g, key) for key, _ in MOVED} for g in found]
 
 

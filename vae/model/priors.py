@@ -19,7 +19,7 @@ TopPosterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class LatentPrior(nn.Module):
     """The interface: forward(top_posterior) -> the distribution p(z) (its parameters may be learned)."""
 
-    extra_noise = 0  # noise numbers one draw of its distribution takes beyond the L of z
+    extra_noise: int  # noise numbers one draw of its distribution takes beyond the L of z
 
     def forward(self, top_posterior: TopPosterior) -> Prior:
         raise NotImplementedError
@@ -27,6 +27,8 @@ class LatentPrior(nn.Module):
 
 class NormalPrior(LatentPrior):
     """p(z) = N(0, I): no parameters."""
+
+    extra_noise = StandardNormal.extra_noise
 
     def forward(self, top_posterior: TopPosterior) -> StandardNormal:
         return STANDARD_NORMAL

@@ -162,7 +162,7 @@ def refuse_foreign(study: optuna.Study, sweep: Sweep, sweep_dir: Path) -> None:
     if study.user_attrs.get("sweep", sweep.identity()) != sweep.identity():
         where = f"in {sweep.storage}" if sweep.storage else f"in {sweep_dir / 'study.db'}"
         raise UserError(f"the study '{sweep.study}' {where} belongs to another sweep (another base config, grid, "
-                        f"search, seeds or heartbeat): give this one its own name with --study NAME")
+                        f"search, seeds, objectives or heartbeat): give this one its own name with --study NAME")
 
 
 def run_name(sweep: Sweep, trial: optuna.Trial, values: dict[str, Any]) -> str:
@@ -242,6 +242,9 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share
     if not sweep.two_objectives:
         return result.best["loss"]  # on the validation split when the base config holds one out, else the test split
     best = next(r for r in result.rows if r["epoch"] == result.best["epoch"])
+    if not all(OBJECTIVES[name] in best for name in sweep.objectives):
+        raise UserError("a two-objective trial needs the validation split's rate and distortion: keep "
+                        "data.val_size above 0")
     return tuple(float(best[OBJECTIVES[name]]) for name in sweep.objectives)
 
 
@@ -352,7 +355,7 @@ def summary(sweep_dir: Path) -> str:
     def where(t: optuna.trial.FrozenTrial) -> object:
         return run_dir(sweep_dir, t.user_attrs["run"]) if "run" in t.user_attrs else f"trial {t.number}"
     if done and sweep.two_objectives:
-        lines.append("the Pareto front on validation (no other trial has both a lower rate and a lower distortion):")
+        lines.append("the Pareto front on validation (the trials no other trial dominates in rate and distortion):")
         lines += [f"  {where(t)}: rate {t.values[0]:.3f}, distortion {t.values[1]:.3f} nats"
                   for t in sorted(study.best_trials, key=lambda t: t.values[0])]
     elif done:
@@ -363,16 +366,24 @@ def summary(sweep_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def front_runs(sweep_dir: Path) -> list[str]:
-    """The runs of a two-objective search's Pareto front (Optuna's best trials: no other complete trial has
-    both a lower validation rate and a lower validation distortion), by name."""
+def search_study(sweep_dir: Path, missing: str) -> tuple[Sweep, optuna.Study | None]:
+    """A sweep and, for a search, its study, read only (a comparison never makes or marks a study); None for
+    a grid, or with a warning that `missing` is not drawn when the study cannot be opened."""
     sweep = load(sweep_dir)
-    if not sweep.two_objectives:
-        return []
+    if not sweep.search:
+        return sweep, None
     try:
-        study = plain_study(sweep, sweep_dir)
+        return sweep, plain_study(sweep, sweep_dir)
     except (UserError, KeyError) as e:
-        print(f"warning: no Pareto front: {e}", file=sys.stderr)
+        print(f"warning: no {missing}: {e}", file=sys.stderr)
+        return sweep, None
+
+
+def front_runs(sweep_dir: Path) -> list[str]:
+    """The runs of a two-objective search's Pareto front, by name: Optuna's best trials, those that no other
+    complete trial dominates (at most as large in validation rate and distortion, and smaller in one)."""
+    sweep, study = search_study(sweep_dir, "Pareto front")
+    if study is None or not sweep.two_objectives:
         return []
     return [t.user_attrs["run"] for t in study.best_trials if "run" in t.user_attrs]
 
@@ -380,15 +391,8 @@ def front_runs(sweep_dir: Path) -> list[str]:
 def draw_search(sweep_dir: Path, out: Path) -> list[tuple[Path, str]]:
     """For a search: Optuna's own figures of its history and of the searched keys' importance, as PNGs in `out`
     with their captions (none for a grid, or under two complete trials)."""
-    sweep = load(sweep_dir)
-    if not sweep.search:
-        return []
-    try:
-        study = plain_study(sweep, sweep_dir)  # read only: a comparison never makes or marks a study
-    except (UserError, KeyError) as e:
-        print(f"warning: no figures of the search: {e}", file=sys.stderr)
-        return []
-    if len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
+    sweep, study = search_study(sweep_dir, "figures of the search")
+    if study is None or len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
         return []
     from vae.evaluate.plots import save_figure  # here: plots imports torch, which the sweep's parent never needs
     # two objectives: the history of their sum, the negative ELBO (the front is drawn on the comparison's plane)
