@@ -140,6 +140,33 @@ def test_the_flows_log_determinant_is_that_of_autograds_jacobian():
     assert torch.equal(one, torch.tril(one))
 
 
+def test_each_made_output_sees_only_the_dimensions_before_it_in_its_order_and_the_context():
+    torch.manual_seed(5)
+    flow = IAF(latent=4, steps=2, hidden=8, activation=ACTIVATION_MODULES["elu"]).double()
+    z, h = torch.randn(4, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    for made, later in zip(flow.steps, (torch.tril, torch.triu)):  # orders 0..3, then 3..0
+        for i in (0, 1):  # m, then the gate logits
+            dz = torch.autograd.functional.jacobian(lambda z_: made(z_, h)[i], z)  # (L, L)
+            assert torch.equal(dz, later(dz, diagonal=-1 if later is torch.tril else 1))  # strictly before
+            assert (dz != 0).sum() == 6  # and every such dimension is used
+        dh = torch.autograd.functional.jacobian(lambda h_: torch.cat(made(z, h_)), h)  # (2L, H)
+        assert (dh.abs().sum(1) > 0).all()  # every output, the first in the order too, depends on h
+
+
+def test_a_mixtures_log_density_under_bf16_autocast_is_the_fp32_one():
+    """Narrow components make the expanded quadratic's terms large and nearly cancelling: in bf16 they
+    were off by 16 nats (a VampPrior's components have logvar near -4)."""
+    g = torch.Generator().manual_seed(0)
+    K, L = 500, 50
+    mu = torch.randn(K, L, generator=g)
+    p = GaussianMixture(torch.full((K,), -math.log(K)), mu, torch.full((K, L), -4.0))
+    z = mu[:250] + 0.1 * torch.randn(250, L, generator=g)
+    with torch.autocast("cpu", torch.bfloat16):
+        got = p.log_prob(z)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch_mixture(p.double()).log_prob(z.double()), rtol=0, atol=1e-2)
+
+
 def test_the_flow_posteriors_log_q_is_its_density():
     """For one latent dimension, q(z|x) of the flow integrates to 1 over z, and its log_ratio is log p - log q."""
     torch.manual_seed(4)

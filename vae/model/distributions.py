@@ -8,6 +8,7 @@ exists (a diagonal Gaussian against N(0, I)), else a Monte Carlo estimate from t
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -65,11 +66,15 @@ class GaussianMixture(NamedTuple):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """(..., L) -> (...): a log-sum-exp over the components, each log N(z; mu_k, var_k) expanded as
-        -1/2 [z^2 . p_k - 2 z . (mu_k p_k) + const_k] with p = 1/var, so the K terms are matrix products."""
-        precision = torch.exp(-self.logvar)  # (K, L)
-        const = (self.mu.pow(2) * precision + self.logvar + LOG_2PI).sum(-1)  # (K,)
-        log_components = -0.5 * (z.pow(2) @ precision.T - 2 * z @ (self.mu * precision).T + const)  # (..., K)
-        return torch.logsumexp(self.log_weights + log_components, dim=-1)
+        -1/2 [z^2 . p_k - 2 z . (mu_k p_k) + const_k] with p = 1/var, so the K terms are matrix products.
+        In the tensors' own precision, also under bf16 autocast: the three terms reach 1e3-1e4 for narrow
+        components and nearly cancel, so bf16's 8 bits of mantissa would leave errors of tens of nats."""
+        device = z.device.type  # (the memory check runs the model on the meta device, which has no autocast)
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+            precision = torch.exp(-self.logvar)  # (K, L)
+            const = (self.mu.pow(2) * precision + self.logvar + LOG_2PI).sum(-1)  # (K,)
+            log_components = -0.5 * (z.pow(2) @ precision.T - 2 * z @ (self.mu * precision).T + const)  # (..., K)
+            return torch.logsumexp(self.log_weights + log_components, dim=-1)
 
     def sample(self, noise: torch.Tensor) -> torch.Tensor:
         """noise (n, 1 + L): Phi(noise[:, 0]) picks the component by inverse CDF, the rest is its Gaussian's."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATE_BIAS = 1.0  # the gates s = sigmoid(. + 1) start near 1: each step starts close to the identity
+GATE_BIAS = 1.0  # gate logits start near +1 (Kingma et al.: "close to +1 or +2"), s = sigmoid(1) ~ 0.73
 
 
 class MaskedLinear(nn.Linear):
@@ -27,7 +27,8 @@ class MaskedLinear(nn.Linear):
 
 class MADE(nn.Module):
     """Germain et al. (2015): z (..., L) and context h (..., H) -> m, gate logits (..., L) each, output d
-    (in `order`) depending on the inputs before it only."""
+    (in `order`) depending on the inputs before it only, and on h through the hidden layer and directly
+    (without the direct path the first output in the order would be a bare bias, blind to x)."""
 
     def __init__(self, order: torch.Tensor, hidden: int, activation: type[nn.Module]):
         super().__init__()
@@ -39,11 +40,12 @@ class MADE(nn.Module):
         self.act = activation()
         out = (degree_in[:, None] > degree_hidden[None, :]).float()  # (L, hidden): d sees hidden units < d
         self.out = MaskedLinear(torch.cat([out, out]))  # m and the gate logits
+        self.context_out = nn.Linear(hidden, 2 * L, bias=False)
         with torch.no_grad():
             self.out.bias[L:] += GATE_BIAS
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.out(self.act(self.inp(z) + self.context(h))).chunk(2, dim=-1)
+        return (self.out(self.act(self.inp(z) + self.context(h))) + self.context_out(h)).chunk(2, dim=-1)
 
 
 class IAF(nn.Module):
