@@ -75,21 +75,27 @@ def test_runs_that_differ_only_in_the_seed_are_one_group_with_mean_and_sample_st
 def test_where_the_nats_moved_is_each_term_against_the_reference_and_sums_to_the_nll(runs):
     dirs, result, out = runs
     assert result["reference"] == 0  # neither beta is the default (1): the first group
-    mean = {key: [sum(own(d)[key] if key in own(d) else own(d)["rate_split"][key] for d in pair) / 2
-                  for pair in (dirs[:2], dirs[2:])]
-            for key in ("nll_iwae", "distortion", "rate", "inference_gap", "negative_elbo",
-                        "negative_elbo_k_samples", "mutual_information", "marginal_kl")}
-    moved = result["moved"][1]
+    values = {key: [[own(d)[key] if key in own(d) else own(d)["rate_split"][key] for d in pair]
+                    for pair in (dirs[:2], dirs[2:])]
+              for key in ("nll_iwae", "distortion", "rate", "inference_gap", "negative_elbo",
+                          "negative_elbo_k_samples", "mutual_information", "marginal_kl")}
+    mean = {key: [sum(pair) / 2 for pair in v] for key, v in values.items()}
+    moved = {key: d["mean"] for key, d in result["moved"][1].items()}
     for key, value in moved.items():
         assert value == pytest.approx(mean[key][1] - mean[key][0], abs=1e-9), key
+        # the standard error of a difference of two 2-seed means: sqrt(s1^2 / 2 + s0^2 / 2), s = |a - b| / sqrt(2)
+        (a0, b0), (a1, b1) = values[key]
+        se = math.sqrt((a1 - b1) ** 2 / 4 + (a0 - b0) ** 2 / 4)
+        assert result["moved"][1][key]["se"] == pytest.approx(se, rel=1e-9), key
     assert moved["rate"] == pytest.approx(moved["mutual_information"] + moved["marginal_kl"], abs=0.05)
     # what the terms leave of NLL is the change between the two ELBO estimates (1 and k samples)
     elbo_noise = (mean["negative_elbo_k_samples"][1] - mean["negative_elbo"][1]) \
         - (mean["negative_elbo_k_samples"][0] - mean["negative_elbo"][0])
     terms = moved["distortion"] + moved["rate"] - moved["inference_gap"]
     assert moved["nll_iwae"] - terms == pytest.approx(elbo_noise, abs=1e-9)
-    assert result["moved"][0] == {key: 0.0 for key in moved}
-    assert "Where the nats moved, against beta=0.5" in (out / "comparison.html").read_text()
+    assert {key: d["mean"] for key, d in result["moved"][0].items()} == {key: 0.0 for key in moved}
+    page = (out / "comparison.html").read_text()
+    assert "Where the nats moved, against beta=0.5" in page and f"{moved['nll_iwae']:+.3f} ± " in page
 
 
 def test_the_reference_is_the_group_at_the_defaults():

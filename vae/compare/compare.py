@@ -86,7 +86,8 @@ def run_row(run: Path, cfg: Config, metrics: dict) -> dict:
     numbers.update(mutual_information=split.get("mutual_information"), marginal_kl=split.get("marginal_kl"),
                    epochs=metrics["epoch"], seconds=sum(r["seconds"] for r in rows),
                    best_val=min((r["val_loss"] for r in rows if "val_loss" in r), default=None))
-    return {"run": str(run), "split": metrics["split"], "iwae_samples": metrics["protocol"]["iwae_samples"],
+    return {"run": str(run), "split": metrics["split"], "examples": metrics["examples"],
+            "iwae_samples": metrics["protocol"]["iwae_samples"],
             "finished": finished(cfg, metrics, rows), "config": flat(to_dict(cfg)), **numbers}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from vae.compare.table import COLUMNS, MOVED, cell, label
@@ -26,14 +27,17 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
     first = result["runs"][0]
     ref = result["reference"]
     shifts = [[*(json.dumps(g["values"][k]) for k in keys),
-               *("—" if d[c] is None else f"{d[c]:+.3f}" for c, _ in MOVED)]
+               *(cell(d[c], c, "se", "+") for c, _ in MOVED)]
               for i, (g, d) in enumerate(zip(found, result["moved"])) if i != ref]
     where = f"""<h2>Where the nats moved, against {html.escape(label(found[ref]['values']))}</h2>
 <p>Each row's change of the means: Δ NLL = Δ distortion + Δ rate − Δ gap (up to the Monte Carlo noise between
 the two ELBO estimates), and Δ rate = Δ I(x; z) + Δ KL(q(z) ‖ p(z)) where both rate splits are defined. A better
 prior shows as a smaller KL(q(z) ‖ p(z)), the prior's mismatch with the aggregate posterior; a better posterior
 as a smaller gap (a tighter bound, which lowers the negative ELBO towards the NLL); a better decoder as a
-smaller distortion. In every column negative is smaller.</p>
+smaller distortion. In every column negative is smaller; ± is the standard error of the difference over the
+seeds. I(x; z) is measured with the evaluated images as the aggregate posterior, so it is at most log N
+({math.log(first['examples']):.3f} for these {first['examples']:,}); where both sides sit at that ceiling,
+a change of rate shows whole in KL(q(z) ‖ p(z)).</p>
 {table([*keys, *(h for _, h in MOVED)], shifts, numbers_from=len(keys))}""" if shifts and keys else ""
     body = f"""<p>Each run's last.pt, evaluated on its {html.escape(first['split'])} split (NLL: IWAE with
 k = {first['iwae_samples']}); nats per example. Runs that differ only in train.seed are one

@@ -65,12 +65,12 @@ def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def cell(stat: dict | None, key: str) -> str:
-    """mean ± std, to 3 decimals (whole numbers for counts)."""
+def cell(stat: dict | None, key: str, spread: str = "std", sign: str = "") -> str:
+    """mean ± std (or another spread), to 3 decimals (whole numbers for counts)."""
     if stat is None:
         return "—"
     digits = 0 if key in ("active_units", "epochs") else 1 if key == "seconds" else 3
-    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] else "")
+    return f"{stat['mean']:{sign}.{digits}f}" + (f" ± {stat[spread]:.{digits}f}" if stat[spread] else "")
 
 
 # (metrics key, heading): NLL = distortion + rate - gap, the rate split further where it is defined
@@ -88,11 +88,14 @@ def reference(found: list[dict], keys: list[str]) -> int:
 def moved(found: list[dict], ref: int) -> list[dict]:
     """Each group's change of NLL against group `ref`, term by term: Δ NLL = Δ distortion + Δ rate - Δ gap
     (to the Monte Carlo noise of the two ELBO estimates), Δ rate = Δ I(x; z) + Δ KL(q(z) ‖ p(z)) where both
-    rate splits are defined; None where a term is not."""
-    def delta(g: dict, key: str) -> float | None:
-        if g[key] is None or found[ref][key] is None:
+    rate splits are defined; each the difference of the means and its standard error over the seeds,
+    sqrt(s_a^2 / n_a + s_b^2 / n_b) (0 with one seed a side: unknown); None where a term is not defined."""
+    def delta(g: dict, key: str) -> dict | None:
+        a, b = g[key], found[ref][key]
+        if a is None or b is None:
             return None
-        return g[key]["mean"] - found[ref][key]["mean"]
+        se = math.sqrt(a["std"] ** 2 / len(g["runs"]) + b["std"] ** 2 / len(found[ref]["runs"]))
+        return {"mean": a["mean"] - b["mean"], "se": se}
     return [{key: delta(g, key) for key, _ in MOVED} for g in found]
 
 

@@ -24,9 +24,18 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[
 LogWeight = Callable[[torch.Tensor], torch.Tensor]
 
 
-def active_units(mu: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """Latent dims whose posterior mean varies across the data: Var_x(mu_d) > threshold. mu (N, L)."""
-    return int((mu.double().var(dim=0) > threshold).sum())
+def activity(mu: torch.Tensor, logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each latent dim's posterior mean varies across the data (N, L) -> (L,): Var_x(mu_d), on the
+    scale that N(0, I) fixes (Burda et al.); given logvar, as a share of z_d's whole variance under the
+    aggregate posterior, Var_x(mu_d) / (Var_x(mu_d) + E_x sigma_d^2), for a learned prior, which leaves z's
+    scale free (the two agree where the aggregate posterior has unit variance)."""
+    variance = mu.double().var(dim=0)
+    return variance if logvar is None else variance / (variance + logvar.double().exp().mean(0))
+
+
+def active_units(mu: torch.Tensor, logvar: torch.Tensor | None = None, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """Latent dims whose activity (above) is over the threshold."""
+    return int((activity(mu, logvar) > threshold).sum())
 
 
 def importance_weighted_bound(log_weight: LogWeight, shape: tuple[int, int], k: int, chunk: int,

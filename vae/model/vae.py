@@ -76,9 +76,14 @@ class VAE(nn.Module):
         return self.noise_dim + self.prior.extra_noise
 
     @property
+    def learned_prior(self) -> bool:
+        """Whether p(z) is learned (mog, vamp), which leaves the scale of z free, or N(0, I)."""
+        return not isinstance(self.prior, NormalPrior)
+
+    @property
     def analytic_kl(self) -> bool:
         """Whether the rate is the closed-form KL (a Gaussian posterior against N(0, I)), not a sampled one."""
-        return self.flow is None and isinstance(self.prior, NormalPrior)
+        return self.flow is None and not self.learned_prior
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, 784) in [0, 1] -> mu, logvar (B, latent) of q(z|x) (under a flow, of its base Gaussian), and
