@@ -36,7 +36,6 @@ def test_each_choice_trains_resumes_exactly_and_is_evaluated_in_its_own_terms(ti
     m = evaluate_checkpoint(whole.run_dir / "checkpoints" / "last.pt", ["eval.iwae_samples=16"])
     assert m["kl"] == "monte_carlo" and m["kl_per_dim"] is None and "kl_per_dim" in m["not_defined"]
     assert (m["prior"], m["posterior"]) == (cfg.model.prior, cfg.model.posterior)
-    assert m["nll_iwae"] <= m["negative_elbo_k_samples"] + 1e-6  # IWAE-16 is the tighter bound
     if cfg.model.posterior == "gaussian" and not cfg.model.latent2_dim:
         # split against the model's own prior: two one-sample estimates of the rate
         rs = m["rate_split"]
@@ -60,6 +59,7 @@ def test_the_api_exports_the_vamp_prior_as_a_gaussian_mixture(tiny_cfg):
     assert p.mu.shape == p.logvar.shape == (5, 4) and torch.exp(p.log_weights).sum().item() == pytest.approx(1)
     mu, logvar = model.module.encode(model.module.prior.pseudo_inputs.clamp(0, 1))
     torch.testing.assert_close(p.mu, mu)
+    torch.testing.assert_close(p.logvar, logvar)
 
 
 @pytest.mark.parametrize("overrides, message", [
