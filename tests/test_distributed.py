@@ -77,3 +77,14 @@ def test_free_bits_clamp_the_whole_batch_mean_under_torchrun(config_file, tiny_c
     assert result.returncode == 0, result.stderr
     cfg = with_(tiny_cfg, train={"batch_size": 60, "checkpoint_every_steps": 4}, loss={"free_bits": 0.9})
     assert_close_runs(train(with_(cfg, output={"dir": str(tmp_path / "one")})).run_dir, two)
+
+
+def test_a_vamp_prior_and_a_flow_under_torchrun_match_one_process(config_file, tiny_cfg, tmp_path):
+    # The learned prior's pseudo-inputs and the flow's MADEs are parameters DDP must average like the rest.
+    choice = {"prior": "vamp", "prior_components": 5, "posterior": "flow", "flow_steps": 2, "flow_hidden": 16}
+    two = tmp_path / "two"
+    result = torchrun("--config", config_file, f"output.dir={two}", *(f"model.{k}={v}" for k, v in choice.items()),
+                      "loss.iwae_k=2")
+    assert result.returncode == 0, result.stderr
+    cfg = with_(tiny_cfg, train={"batch_size": 60, "checkpoint_every_steps": 4}, model=choice, loss={"iwae_k": 2})
+    assert_close_runs(train(with_(cfg, output={"dir": str(tmp_path / "one")})).run_dir, two)
