@@ -41,8 +41,9 @@ def main(argv: list[str]) -> None:
     width = max(len(k) for k, _ in metric_rows(metrics))
     for key, value in metric_rows(metrics):
         print(f"{key:<{width}}  {value}")
-    ranked = sorted(enumerate(metrics["kl_per_dim"]), key=lambda p: -p[1])
-    print("KL per dim (nats): " + ", ".join(f"z{d} {kl:.2f}" for d, kl in ranked))
+    if metrics["kl_per_dim"] is not None:  # not defined against a mixture prior or under a flow (said above)
+        ranked = sorted(enumerate(metrics["kl_per_dim"]), key=lambda p: -p[1])
+        print("KL per dim (nats): " + ", ".join(f"z{d} {kl:.2f}" for d, kl in ranked))
     print(f"wrote {metrics['report']} and, in eval/ beside it, the pictures, metrics.json and latents.npz")
 
 

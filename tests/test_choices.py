@@ -2,6 +2,7 @@
 and the combinations that do not fit, refused in one line."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -50,6 +51,13 @@ def test_each_choice_trains_resumes_exactly_and_is_evaluated_in_its_own_terms(ti
     model = load(whole.run_dir, device="cpu")
     assert model.sample(6, seed=1).shape == (6, 1, 28, 28)
     assert torch.equal(model.sample(6, seed=1), model.sample(6, seed=1))
+
+
+def test_evaluate_py_prints_a_mixture_priors_numbers_without_a_kl_per_dimension(tiny_cfg, capsys):
+    run = train(with_(tiny_cfg, model=CHOICES["mog"]["model"], train={"epochs": 1})).run_dir
+    importlib.import_module("evaluate").main(["--checkpoint", str(run), "eval.iwae_samples=4"])
+    out = capsys.readouterr().out
+    assert "KL per dimension" in out and "not defined" in out and "KL per dim (nats)" not in out
 
 
 def test_the_api_exports_the_vamp_prior_as_a_gaussian_mixture(tiny_cfg):
