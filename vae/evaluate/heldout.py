@@ -50,7 +50,8 @@ def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
     the layer next to x); with two stochastic layers also kl_z2, the part of the rate that z2 carries."""
     post = encode_split(model, split, seed)
     recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
-    nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active_units(post.mu, post.logvar if model.learned_prior else None)}
+    active = active_units(post.mu, post.logvar if model.learned_prior else None)
+    nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active}
     if post.kl_top is not None:
         nats["kl_z2"] = post.kl_top.double().mean().item()
     return nats
