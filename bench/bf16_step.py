@@ -11,6 +11,7 @@ instructions give before the casts. bf16 autocast on the CPU needs AVX512-BF16 o
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -18,9 +19,11 @@ import torch
 
 from vae.config.load import load_config
 from vae.config.schema import Config
-from vae.data.split import PIXELS
+from vae.data.split import MNIST_SHAPE
 from vae.model.vae import build_model
 from vae.train.step import StepOptions, optimizer_step
+
+PIXELS = math.prod(MNIST_SHAPE)
 
 ROUNDS = 5
 

@@ -3,6 +3,7 @@ matrix-product floor, the graphed step's overhead, peak memory. They return numb
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import threading
 import time
@@ -15,7 +16,7 @@ from bench.reference import run_reference, sync
 from vae.config.schema import Config, ModelConfig, TrainConfig
 from vae.data.load import Splits
 from vae.data.mnist import load_dataset
-from vae.data.split import PIXELS, Split
+from vae.data.split import MNIST_SHAPE, Split
 from vae.evaluate.heldout import evaluate
 from vae.model.vae import build_model
 from vae.train.distributed import World
@@ -145,7 +146,8 @@ def floor_seconds(batch: int, dtype: torch.dtype, device: torch.device, n: int, 
     first layer (the data needs no gradient), the input gradient. On CUDA the products are replayed
     as one CUDA graph, so that the floor is the GPU's time and not that of launching them.
     """
-    layers = [(PIXELS, hidden), (hidden, 2 * latent), (latent, hidden), (hidden, PIXELS)]
+    pixels = math.prod(MNIST_SHAPE)
+    layers = [(pixels, hidden), (hidden, 2 * latent), (latent, hidden), (hidden, pixels)]
     shapes = []
     for i, (a, b) in enumerate(layers):
         shapes += [((batch, a), (a, b)), ((a, batch), (batch, b))] + ([((batch, b), (b, a))] if i else [])

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.config.schema import CLASS_NAMES, Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
+from vae.data.split import Split
 from vae.evaluate.analyze import evaluate_checkpoint
 from vae.evaluate.estimators import importance_weighted_bound
 from vae.model.distributions import gaussian_rate
@@ -38,6 +39,12 @@ def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         images[i, 3:25, k:k + 2] = 1
     images *= 0.6 + 0.4 * torch.rand(n, 1, 1, generator=g)
     return (images * 255).round().to(torch.uint8), labels
+
+
+def digit_split(n: int, seed: int) -> Split:
+    """synthetic_digits as a Split of (n, 1, 28, 28) images named as MNIST's classes."""
+    images, labels = synthetic_digits(n, seed)
+    return Split(images[:, None], labels, CLASS_NAMES["mnist"])
 
 
 def make_mnist(root: Path, n_train: int = 640, n_test: int = 200, folder: str = "MNIST") -> Path:

@@ -30,7 +30,7 @@ def run(evaluated):
 @pytest.fixture(scope="module")
 def test_images(run):
     model = load(run, device="cpu")
-    return load_data(model.config.data, torch.device("cpu")).test.images  # (200, 28, 28) uint8
+    return load_data(model.config.data, torch.device("cpu")).test.images[:, 0]  # (200, 28, 28) uint8
 
 
 def test_reconstruct_is_decode_of_the_posterior_mean_in_every_layout(run, test_images):
@@ -78,7 +78,8 @@ def test_nll_is_evaluate_pys_number_and_latents_npz_holds_its_codes(evaluated, r
 
 
 @pytest.mark.parametrize("images, message", [
-    (torch.zeros(3, 32, 32, dtype=torch.uint8), r"images must be \(28, 28\).*got shape \(3, 32, 32\)"),
+    (torch.zeros(3, 32, 32, dtype=torch.uint8), r"images must be one of \(1, 28, 28\), \(784,\), \(28, 28\), or N of "
+                                                r"them \(N, ...\); got shape \(3, 32, 32\)"),
     (torch.zeros(0, 784), r"got shape \(0, 784\)"),
     (torch.full((2, 784), 2.0), r"float images must lie in \[0, 1\]"),
     (torch.zeros(2, 784, dtype=torch.int64), r"must be uint8 \(0..255\) or float \(0..1\); got torch.int64"),

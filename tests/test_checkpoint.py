@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vae.config.load import to_dict
-from vae.config.schema import Config, ModelConfig, TrainConfig
+from vae.config.schema import CLASS_NAMES, Config, DataConfig, ModelConfig, TrainConfig
 from vae.errors import UserError
 from vae.model.vae import VAE
 from vae.run.checkpoint import (
@@ -23,7 +23,8 @@ from vae.run.checkpoint import (
 def make_state(epoch=3, cfg=Config()):
     model = VAE(cfg.model)
     opt = torch.optim.Adam(model.parameters())
-    return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "epoch": epoch,
+    return {"format_version": FORMAT_VERSION, "config": to_dict(cfg),
+            "data": {"shape": [1, 28, 28], "classes": list(CLASS_NAMES["mnist"])}, "epoch": epoch,
             "best": {"loss": 101.5, "epoch": 2}, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": {"device_type": "cpu", "generator": torch.Generator().get_state(),
                     "torch": torch.get_rng_state(), "cuda": []},
@@ -41,7 +42,7 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_a_format_1_checkpoint_is_upgraded_on_load(tmp_path):
-    old = {k: v for k, v in make_state().items() if k not in ("progress", "best")}  # as v1 wrote them
+    old = {k: v for k, v in make_state().items() if k not in ("progress", "best", "data")}  # as v1 wrote them
     torch.save({**old, "format_version": 1, "best_test_loss": 98.5}, tmp_path / "v1.pt")
     state, _ = load_checkpoint(tmp_path / "v1.pt")
     assert state["format_version"] == FORMAT_VERSION and state["progress"] is None
@@ -49,20 +50,38 @@ def test_a_format_1_checkpoint_is_upgraded_on_load(tmp_path):
 
 
 def test_a_format_2_checkpoint_is_upgraded_on_load(tmp_path):
-    old = {k: v for k, v in make_state().items() if k != "best"}
+    old = {k: v for k, v in make_state().items() if k not in ("best", "data")}
     torch.save({**old, "format_version": 2, "best_test_loss": 99.5}, tmp_path / "v2.pt")
     state, _ = load_checkpoint(tmp_path / "v2.pt")
     # v2 chose best.pt on the test loss and did not record its epoch
-    assert state["format_version"] == FORMAT_VERSION == 4 and state["best"] == {"loss": 99.5, "epoch": None}
+    assert state["format_version"] == FORMAT_VERSION == 5 and state["best"] == {"loss": 99.5, "epoch": None}
     assert "best_test_loss" not in state
 
 
 def test_a_format_3_checkpoint_is_upgraded_to_one_without_an_average(tmp_path):
-    old = {k: v for k, v in make_state().items() if k != "average"}
+    old = {k: v for k, v in make_state().items() if k not in ("average", "data")}
     torch.save({**old, "format_version": 3}, tmp_path / "v3.pt")
     state, _ = load_checkpoint(tmp_path / "v3.pt")
     assert state["format_version"] == FORMAT_VERSION and state["average"] is None
     assert evaluated_weights(state) is state["model"]
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_a_format_4_checkpoint_is_upgraded_to_28x28_grey_images_of_its_datasets_classes(tmp_path, dataset):
+    old = {k: v for k, v in make_state(cfg=Config(data=DataConfig(dataset=dataset))).items() if k != "data"}
+    torch.save({**old, "format_version": 4}, tmp_path / "v4.pt")
+    state, _ = load_checkpoint(tmp_path / "v4.pt")
+    assert state["data"] == {"shape": [1, 28, 28], "classes": list(CLASS_NAMES[dataset])}
+    assert state["data"]["classes"][1] == ("1" if dataset == "mnist" else "Trouser")
+
+
+@pytest.mark.parametrize("data", [None, {"shape": [28, 28], "classes": ["a"]}, {"shape": [1, 28, 28], "classes": []},
+                                  {"shape": [1, 0, 28], "classes": ["a"]}, {"shape": [1, 28, 28], "classes": [3]}])
+def test_a_malformed_record_of_the_data_is_one_line(tmp_path, data):
+    torch.save({**make_state(), "data": data}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=r"bad.pt is malformed: its record of the data .* is not an image shape and "
+                                        r"class names"):
+        load_checkpoint(tmp_path / "bad.pt")
 
 
 def test_save_leaves_no_temporary_files(tmp_path):

@@ -104,7 +104,7 @@ def test_wrong_types_are_refused(override, message):
     ("loss.iwae_k=0", "loss.iwae_k"),
     ("data.val_size=-1", "data.val_size"),
     ("model.arch=resnet", "model.arch"),
-    ("model.channels=[8,8,8,8]", "model.channels"),
+    ("model.channels=[8,8,8,8,8,8,8]", "model.channels"),
     ("model.channels=[]", "model.channels"),
     ("model.res_blocks=-1", "model.res_blocks"),
     ("train.patience=-1", "train.patience"),
@@ -195,7 +195,7 @@ def test_viz_digit_takes_a_class_name_of_the_dataset_and_keeps_its_index():
     assert load_config(None, ["data.dataset=kmnist", "viz.digit=tsu"]).viz.digit == 3
     assert load_config(None, ["viz.digit='7'"]).viz.digit == 7  # a quoted digit is MNIST's class name
     cfg = load_config(None, ["data.dataset=fashion_mnist", "viz.digit=Ankle boot"])
-    assert to_dict(cfg)["viz"]["digit"] == 9 and cfg.class_names[9] == "Ankle boot"
+    assert to_dict(cfg)["viz"]["digit"] == 9
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -18,8 +18,8 @@ CPU = torch.device("cpu")
 def test_synthetic_idx_files_load_through_torchvision(mnist_root):
     train, test = load_dataset(mnist_root, download=False, device=CPU)
     images, labels = synthetic_digits(640, seed=0)
-    assert train.images.dtype == torch.uint8 and train.images.shape == (640, 28, 28)
-    assert torch.equal(train.images, images) and torch.equal(train.labels, labels)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (640, 1, 28, 28)
+    assert torch.equal(train.images[:, 0], images) and torch.equal(train.labels, labels)
     assert len(test) == 200
 
 
@@ -52,7 +52,7 @@ def test_fashion_mnist_and_kmnist_read_their_own_folders_through_torchvision(tmp
     make_mnist(tmp_path, n_train=30, n_test=20, folder=folder)
     train, _, test = load_data(DataConfig(dataset=dataset, root=str(tmp_path), download=False), CPU)
     images, labels = synthetic_digits(30, seed=0)
-    assert torch.equal(train.images, images) and torch.equal(train.labels, labels) and len(test) == 20
+    assert torch.equal(train.images[:, 0], images) and torch.equal(train.labels, labels) and len(test) == 20
     with pytest.raises(UserError, match=rf"{folder} files not found in {tmp_path.resolve()}/elsewhere/{folder}/raw .*"
                                         rf"missing train-images-idx3-ubyte.*holding {folder}/raw/"):
         load_data(DataConfig(dataset=dataset, root=str(tmp_path / "elsewhere"), download=False), CPU)
@@ -82,9 +82,9 @@ def test_corrupt_files_are_reported_not_raised(tmp_path, damage):
 
 
 def test_binarized_pixels_are_bernoulli_draws_of_the_intensities():
-    images = torch.full((2000, 28, 28), 64, dtype=torch.uint8)
-    images[:, :14] = 255
-    split = Split(images, torch.zeros(2000, dtype=torch.long))
+    images = torch.full((2000, 1, 28, 28), 64, dtype=torch.uint8)
+    images[:, :, :14] = 255
+    split = Split(images, torch.zeros(2000, dtype=torch.long), ("all",))
     a, b = split.binarized(seed=1), split.binarized(seed=1)
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, split.binarized(seed=2).images)
     x = a.pixels(torch.arange(2000))
@@ -123,5 +123,5 @@ def test_the_validation_split_is_held_out_of_the_training_images(mnist_root):
 
 
 def test_a_validation_split_as_big_as_the_training_set_is_refused(mnist_root):
-    with pytest.raises(UserError, match=r"data.val_size=640 leaves no training images: the training split has 640"):
+    with pytest.raises(UserError, match=r"data.val_size=640 leaves no training images: 640 of 640 held out"):
         load_data(DataConfig(root=str(mnist_root), download=False, val_size=640), CPU)

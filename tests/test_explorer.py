@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import torch
-from conftest import synthetic_digits
+from conftest import digit_split
 
 from vae.config.schema import Config, ModelConfig
-from vae.data.split import Split
 from vae.evaluate.explorer import explorer_data, save_explorer
 from vae.evaluate.heldout import encode_split
 from vae.evaluate.report import explorer_section
@@ -17,7 +16,7 @@ from vae.model.vae import build_model
 def payload(model_cfg, n=200):
     torch.manual_seed(0)
     model = build_model(model_cfg).eval()
-    split = Split(*synthetic_digits(n, seed=0))
+    split = digit_split(n, seed=0)
     post = encode_split(model, split, seed=0)
     return model, split, post, explorer_data(model, split, post, Config(model=model_cfg),
                                              post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())

@@ -7,7 +7,7 @@ from torch.distributions import Normal
 
 from vae.config.load import load_config
 from vae.config.schema import LossConfig, ModelConfig
-from vae.model.distributions import bernoulli_log_likelihood
+from vae.model.likelihoods import bernoulli_log_likelihood
 from vae.model.vae import VAE, init_output_bias
 from vae.train.loop import train
 from vae.train.objective import objective_nats

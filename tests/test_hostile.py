@@ -29,7 +29,7 @@ from vae.sweep.pool import run_workers
 from vae.sweep.spec import MAX_NAME_BYTES, Sweep, load, parse_grid
 from vae.sweep.study import create, open_study, plain_study, requeue, summary
 from vae.train.loop import train
-from vae.train.plan import plan_run
+from vae.train.plan import check_machine
 
 SWEEP = [sys.executable, str(REPO / "sweep.py")]
 
@@ -144,7 +144,7 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed_not_as_status_0(tmp_p
     suicide.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     with pytest.raises(UserError, match=r"^a sweep worker was killed by SIGKILL; continue with: python sweep.py "
                                         r"--resume"):
-        run_workers(sweep_dir, 2, suicide)
+        run_workers(sweep_dir, 2, (str(suicide),))
 
 
 def test_a_held_directory_whose_name_has_braces_is_named_in_one_line(tmp_path):
@@ -188,11 +188,12 @@ def test_a_link_planted_in_a_run_directory_is_refused_and_its_target_untouched(t
 # 6. The memory check knows each worker's share.
 
 def test_the_memory_check_counts_each_workers_share_of_the_free_memory(tiny_cfg, monkeypatch):
-    needed = sum(vae.train.memory.estimate_bytes(tiny_cfg).values())
+    images = 640 + 200  # the synthetic MNIST's
+    needed = sum(vae.train.memory.estimate_bytes(tiny_cfg, (1, 28, 28), images).values())
     monkeypatch.setattr(vae.train.memory, "available_bytes", lambda device: int(1.5 * needed))
-    plan_run(tiny_cfg, None, False, torch.device("cpu"))  # alone, it fits
+    check_machine(tiny_cfg, Path(tiny_cfg.output.dir), torch.device("cpu"), (1, 28, 28), images)  # alone, it fits
     with pytest.raises(UserError, match=r"is available \(its share of 2 workers\).*or run fewer --workers"):
-        plan_run(tiny_cfg, None, False, torch.device("cpu"), memory_share=2)
+        check_machine(tiny_cfg, Path(tiny_cfg.output.dir), torch.device("cpu"), (1, 28, 28), images, memory_share=2)
 
 
 # 7. A failure of the machine is queued again, and a comparison marks a run that did not finish.
@@ -209,7 +210,7 @@ def test_a_trial_the_machine_stopped_is_queued_again_with_its_reason_and_marked_
     monkeypatch.setattr(vae.run.rundir, "write_metrics", full_disk_at_epoch_2)
     with pytest.raises(UserError, match=r"a trial stopped on OSError: \[Errno 28\] No space left on device; it is "
                                         r"queued again: free the cause, then continue with: python sweep.py"):
-        run_workers(sweep_dir, 1, REPO / "sweep.py")
+        run_workers(sweep_dir, 1)
     trials = open_study(load(sweep_dir), sweep_dir).get_trials()
     failed, = [t for t in trials if t.state.name == "FAIL"]
     queued, = [t for t in trials if t.state.name == "WAITING"]
@@ -218,7 +219,7 @@ def test_a_trial_the_machine_stopped_is_queued_again_with_its_reason_and_marked_
     result = compare([sweep_dir], tmp_path / "c", ["eval.iwae_samples=4"])
     assert [r["finished"] for r in result["runs"]] == [False] and result["groups"][0]["unfinished"] == 1
     monkeypatch.undo()
-    run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1)
     for run in (sweep_dir / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
     assert all(r["finished"] for r in compare([sweep_dir], tmp_path / "c", ["eval.iwae_samples=4"])["runs"])
@@ -231,7 +232,7 @@ def test_a_check_that_finds_the_disk_full_queues_the_trial_again(tmp_path, mnist
         raise MachineError(f"only 0 MiB free on the disk of {run_dir}")
     monkeypatch.setattr(vae.run.rundir, "check_space", full)
     with pytest.raises(UserError, match=r"a trial stopped on only 0 MiB free on the disk of .*; it is queued again"):
-        run_workers(sweep_dir, 1, REPO / "sweep.py")
+        run_workers(sweep_dir, 1)
     states = sorted(t.state.name for t in open_study(load(sweep_dir), sweep_dir).get_trials())
     assert states == ["FAIL", "WAITING"]
 
@@ -244,11 +245,11 @@ def test_a_retried_trial_continues_in_the_sweep_directory_that_runs_it_wherever_
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     sweep_of(tmp_path, mnist_root, ["loss.beta=1"], Path("s"))  # a relative --dir
-    run_workers(Path("s"), 1, REPO / "sweep.py")
+    run_workers(Path("s"), 1)
     study = plain_study(load(Path("s")), Path("s"))
     requeue(study, study.get_trials()[0])  # as a worker that died would be retried
     monkeypatch.chdir(tmp_path / "b")
-    run_workers(tmp_path / "a" / "s", 1, REPO / "sweep.py")
+    run_workers(tmp_path / "a" / "s", 1)
     assert not (tmp_path / "b" / "s").exists()
     run, = (tmp_path / "a" / "s" / "runs").iterdir()
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
@@ -258,7 +259,7 @@ def test_a_run_name_from_the_database_that_leaves_the_sweep_directory_is_refused
     sweep_dir = sweep_of(tmp_path, mnist_root, ["loss.beta=1"])
     study = plain_study(load(sweep_dir), sweep_dir)
     study.enqueue_trial({"loss.beta": "1"}, user_attrs={"run": "../../escaped"})
-    run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1)
     assert "'../../escaped', which is not a run name of a sweep" in summary(sweep_dir)
     assert not (tmp_path / "escaped").exists()
 
@@ -279,7 +280,7 @@ def test_a_huge_grid_or_seed_count_is_refused_in_one_line_at_once(tmp_path, mnis
 def test_a_grid_point_with_a_long_value_gets_a_run_name_the_file_system_takes(tmp_path, mnist_root):
     long_root = str(mnist_root) + "/." * 150  # the same folder, spelled long
     sweep_dir = sweep_of(tmp_path, mnist_root, [f"data.root={mnist_root},{long_root}"])
-    run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1)
     runs = sorted((sweep_dir / "runs").iterdir())
     assert len(runs) == 2 and all(len(r.name.encode()) <= MAX_NAME_BYTES for r in runs)
     assert all([r["epoch"] for r in rundir.read_metrics(run)] == [1, 2] for run in runs)

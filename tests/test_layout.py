@@ -13,15 +13,18 @@ from vae.model.vae import ACTIVATION_MODULES
 
 PACKAGE = REPO / "vae"
 # The stages in the order data flows; a module may import its own stage and those before it.
-STAGES = ("foundation", "data", "model", "run", "evaluate", "train", "sweep", "compare", "api")
+STAGES = ("foundation", "data", "model", "run", "evaluate", "train", "sweep", "compare", "api", "commands")
 FOUNDATION = ("config", "errors", "files", "device", "cli")
 
 
 def stage(module: str) -> str:
-    """'vae.train.loop' -> 'train'; 'vae.config.load' and 'vae.errors' -> 'foundation'; 'vae' -> 'api'."""
+    """'vae.train.loop' -> 'train'; 'vae.config.load' and 'vae.errors' -> 'foundation'; 'vae' -> 'api';
+    'vae.__main__' -> 'commands'."""
     parts = module.split(".")[1:]
     if not parts or parts[0] == "api":
         return "api"
+    if parts[0] == "__main__":
+        return "commands"
     return "foundation" if parts[0] in FOUNDATION else parts[0]
 
 

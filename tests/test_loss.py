@@ -6,14 +6,8 @@ from conftest import gaussian_bound
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vae.config.schema import LossConfig
-from vae.model.distributions import (
-    bernoulli_log_likelihood,
-    gaussian_rate,
-    kl_per_dim,
-    log_normal,
-    log_standard_normal,
-    vae_loss,
-)
+from vae.model.distributions import gaussian_rate, kl_per_dim, log_normal, log_standard_normal
+from vae.model.likelihoods import bernoulli_log_likelihood, vae_loss
 from vae.train.objective import iwae_nats, objective_nats
 
 

@@ -39,7 +39,7 @@ CONFIGS = {
     "infinite lr": ("train:\n  lr: .inf\n", [], "train.lr must be a finite number"),
     "negative grad clip": ("train:\n  grad_clip: -1\n", [], "train.grad_clip must be"),
     "unknown device": ("train:\n  device: gpu\n", [], "train.device must be auto, cpu"),
-    "digit 11": ("viz:\n  digit: 11\n", [], "viz.digit must be a class index 0..9 or a class name"),
+    "digit 11": ("viz:\n  digit: 11\n", [], "viz.digit must be a class index 0..9 of mnist, got 11"),
     "unknown class name": ("data:\n  dataset: fashion_mnist\nviz:\n  digit: trousers\n", [],
                            "viz.digit must be a class of fashion_mnist (T-shirt/top, Trouser, Pullover"),
     "unknown dataset": ("data:\n  dataset: cifar10\n", [], "data.dataset must be one of mnist, fashion_mnist, kmnist"),

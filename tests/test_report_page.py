@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from chromium import Chromium, chromium_binary
-from conftest import synthetic_digits
+from conftest import digit_split
 from matplotlib.image import imread
 
 from vae.config.schema import Config, ModelConfig
@@ -126,6 +126,16 @@ def test_a_screenshot_of_the_report_is_not_blank(browser, evaluated):
     assert shot.std() > 0.1 and (shot < 0.5).float().mean() > 0.01  # text, digits and a map on white
 
 
+def open_explorer(browser, tmp_path, model, split, model_cfg, dim_kl=None):
+    """The explorer section alone in a page, for `model` on `split`, opened and ready."""
+    post = encode_split(model, split, seed=0)
+    (tmp_path / "eval").mkdir()
+    save_explorer(model, split, post, Config(model=model_cfg), dim_kl(post) if dim_kl else None, tmp_path / "eval")
+    page = tmp_path / "page.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
+    browser.open(page.as_uri(), READY)
+
+
 @pytest.mark.parametrize("model_cfg", [
     ModelConfig(hidden_dims=(16, 8), latent_dim=3, activation="tanh"),
     ModelConfig(hidden_dims=(16,), latent_dim=3, activation="elu"),
@@ -135,15 +145,8 @@ def test_a_screenshot_of_the_report_is_not_blank(browser, evaluated):
 def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     torch.manual_seed(0)
     model = build_model(model_cfg).eval()
-    images, labels = synthetic_digits(40, seed=0)
-    split = Split(images, labels)
-    post = encode_split(model, split, seed=0)
-    (tmp_path / "eval").mkdir()
-    save_explorer(model, split, post, Config(model=model_cfg), post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist(),
-                  tmp_path / "eval")
-    page = tmp_path / "page.html"
-    page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
-    browser.open(page.as_uri(), READY)
+    open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg,
+                  lambda post: post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())
     z = 3 * torch.randn(8, model_cfg.latent_dim, generator=torch.Generator().manual_seed(1))
     assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
     browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
@@ -158,14 +161,7 @@ def test_the_page_samples_a_mixture_prior_component_by_component(browser, tmp_pa
     with torch.no_grad():  # three sharp components far apart: each page sample must sit on one of them
         model.prior.mu.copy_(torch.tensor([[-30.0, 0.0], [0.0, 30.0], [30.0, 0.0]]))
         model.prior.logvar.fill_(-12.0)
-    images, labels = synthetic_digits(40, seed=0)
-    split = Split(images, labels)
-    post = encode_split(model, split, seed=0)
-    (tmp_path / "eval").mkdir()
-    save_explorer(model, split, post, Config(model=model_cfg), None, tmp_path / "eval")
-    page = tmp_path / "page.html"
-    page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
-    browser.open(page.as_uri(), READY)
+    open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg)
     hit = set()
     for _ in range(12):
         browser.click(*centre_of(browser, "#sample"))
@@ -174,3 +170,24 @@ def test_the_page_samples_a_mixture_prior_component_by_component(browser, tmp_pa
         assert distance.min() < 0.05
         hit.add(int(distance.argmin()))
     assert len(hit) >= 2  # equal weights: 12 draws from one component alone have probability 3 * 3^-12
+
+
+@pytest.mark.parametrize("likelihood, components", [("continuous_bernoulli", 1), ("logistic", 2)])
+def test_the_page_draws_colour_images_of_any_size_and_each_likelihoods_means(browser, tmp_path, likelihood, components):
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(hidden_dims=(16,), latent_dim=3, likelihood=likelihood, likelihood_components=components)
+    shape = (3, 6, 5)
+    model = build_model(model_cfg, shape).eval()
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (20, *shape), generator=g, dtype=torch.uint8), torch.arange(20) % 2, ("a", "b"))
+    open_explorer(browser, tmp_path, model, split, model_cfg)
+    z = 2 * torch.randn(5, 3, generator=g)
+    with torch.no_grad():
+        expected = model.means(model.decode(z)).flatten(1).double()  # (5, 90): the red, green and blue planes
+    assert (page_means(browser, z) - expected).abs().max() <= 1e-4
+    pixels = torch.tensor(browser.evaluate(  # the original test image's canvas: 5 x 6, RGBA
+        "Array.from(document.getElementById('original').getContext('2d').getImageData(0, 0, 5, 6).data)"))
+    data = json.loads((tmp_path / "eval" / "explorer.json").read_text())
+    first = data["examples"][data["start"]]["index"]
+    assert pixels.shape == (6 * 5 * 4,)
+    assert torch.equal(pixels.view(30, 4)[:, :3], split.images[first].flatten(1).T.long())

@@ -96,15 +96,16 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_resume(tiny_cfg):
 
 def test_the_memory_estimate_counts_the_state_and_each_layers_activations():
     cfg = Config(train=TrainConfig(batch_size=100))  # 784-400-20 MLP, one sample of z per example
-    parts = estimate_bytes(cfg)
+    parts = estimate_bytes(cfg, (1, 28, 28), 70_000)
     weights = (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
     assert parts["weights, gradients and Adam's moments"] == 4 * 4 * weights  # 4 copies of fp32
     assert "the average of the weights" not in parts
-    assert estimate_bytes(with_(cfg, train={"ema_decay": 0.999}))["the average of the weights"] == 4 * weights
+    assert estimate_bytes(with_(cfg, train={"ema_decay": 0.999}), (1, 28, 28), 1)["the average of the weights"] \
+        == 4 * weights
     # each layer's output per example, kept for backward and matched by its gradient, + the loss over 784 logits
     per_example = (400 + 400 + 40) + (400 + 400 + 784)
     assert parts["one batch's activations"] == 100 * 4 * (2 * per_example + 3 * 784)
-    wide = estimate_bytes(with_(cfg, model={"hidden_dims": (65536, 65536)}))
+    wide = estimate_bytes(with_(cfg, model={"hidden_dims": (65536, 65536)}), (1, 28, 28), 1)
     assert wide["weights, gradients and Adam's moments"] > 16 * 65536**2  # the 65536 x 65536 layer alone
 
 
@@ -112,7 +113,7 @@ def test_a_run_too_large_for_memory_is_refused_before_anything_is_written(tiny_c
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)  # 1 MiB free
     with pytest.raises(UserError, match=r"^this run needs about 0\.\d\d GiB of memory on cpu \(weights, gradients "
                                         r"and Adam's moments 0\.00 GiB, one batch's activations 0\.00 GiB, "
-                                        r"the images 0\.05 GiB\) but only 0\.00 GiB is available: lower "
+                                        r"the images 0\.00 GiB\) but only 0\.00 GiB is available: lower "
                                         r"train.batch_size"):
         train(tiny_cfg)
     assert not Path(tiny_cfg.output.dir).exists()

@@ -5,7 +5,7 @@ from conftest import assert_same_parameters, with_
 
 from vae.data.mnist import load_dataset
 from vae.evaluate.heldout import evaluate
-from vae.model.distributions import vae_loss
+from vae.model.likelihoods import vae_loss
 from vae.model.vae import VAE
 from vae.train.progress import EpochProgress
 from vae.train.step import Batches, EagerStep, StepOptions

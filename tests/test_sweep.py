@@ -47,7 +47,7 @@ def final_weights(sweep_dir):
 def test_a_grid_over_seeds_trains_every_point_once_as_an_ordinary_run(tmp_path, mnist_root):
     spec, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=0.5,2", "model.hidden_dims=[16],[8,8]"], seeds=2)
     assert spec.size() == 8
-    run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1)
     done = trials(sweep_dir)
     assert [t.state.name for t in done] == ["COMPLETE"] * 8
     points = sorted((t.params["loss.beta"], t.params["model.hidden_dims"], t.params["train.seed"]) for t in done)
@@ -110,7 +110,7 @@ def test_an_existing_sweep_directory_is_refused(tmp_path, mnist_root):
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, mnist_root):
     # 700 validation images leave none of the 640 to train on: a UserError inside that trial only
     _, sweep_dir = make(tmp_path, mnist_root, ["data.val_size=100,700"])
-    run_workers(sweep_dir, 1, REPO / "sweep.py")
+    run_workers(sweep_dir, 1)
     by_size = {t.params["data.val_size"]: t for t in trials(sweep_dir)}
     assert by_size["100"].state.name == "COMPLETE"
     assert by_size["700"].state.name == "FAIL"
@@ -125,7 +125,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_sweep(tmp_
     straight = tmp_path / "straight"  # in process: what the killed sweep must end as
     create(Sweep(config=to_dict(load_config(config)), grid=parse_grid(["loss.beta=0.5,1"]), seeds=2, heartbeat=1),
            straight)
-    run_workers(straight, 1, REPO / "sweep.py")
+    run_workers(straight, 1)
     killed = tmp_path / "killed"
     rng = random.Random(int(os.environ.get("VAE_FAULT_SEED", "0")))
     def command():  # a sweep killed before it wrote sweep.json is started again
@@ -177,7 +177,7 @@ def test_ctrl_c_stops_the_workers_saves_and_says_how_to_resume(tmp_path, mnist_r
     assert f"continue with: python sweep.py --resume {tmp_path / 's'}" in err
     states = [t.state.name for t in trials(tmp_path / "s")]
     assert "RUNNING" not in states and "WAITING" in states  # the stopped trials are queued again
-    run_workers(tmp_path / "s", 1, REPO / "sweep.py")  # the resume, in process
+    run_workers(tmp_path / "s", 1)  # the resume, in process
     for run in (tmp_path / "s" / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == list(range(1, 13))
 
@@ -188,7 +188,7 @@ def test_a_search_draws_from_its_space_chooses_on_validation_and_prunes(tmp_path
                                                                        "model.latent_dim=int(2,6)"]),
                        trials=4, prune="median", heartbeat=1)
     create(spec, tmp_path / "s")
-    run_workers(tmp_path / "s", 1, REPO / "sweep.py")
+    run_workers(tmp_path / "s", 1)
     done = trials(tmp_path / "s")
     assert len(done) == 4 and {t.state.name for t in done} <= {"COMPLETE", "PRUNED"}
     for t in done:
@@ -218,7 +218,7 @@ def test_a_two_objective_search_draws_the_non_dominated_trials_as_its_pareto_fro
     space = parse_search(["loss.beta=log(0.05,20)", "train.lr=log(1e-4,3e-2)"])
     spec = Sweep(config=to_dict(cfg), search=space, trials=6, objectives=["rate", "distortion"], heartbeat=1)
     create(spec, tmp_path / "s")
-    run_workers(tmp_path / "s", 1, REPO / "sweep.py")
+    run_workers(tmp_path / "s", 1)
     done = trials(tmp_path / "s")
     assert [t.state.name for t in done] == ["COMPLETE"] * 6
     assert isinstance(open_study(spec, tmp_path / "s").sampler, optuna.samplers.NSGAIISampler)

@@ -11,7 +11,7 @@ from vae.data.load import load_data
 from vae.data.mnist import load_dataset
 from vae.errors import UserError
 from vae.evaluate.heldout import evaluate
-from vae.model.distributions import vae_loss
+from vae.model.likelihoods import vae_loss
 from vae.model.vae import VAE
 from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint

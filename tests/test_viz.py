@@ -15,7 +15,7 @@ def grey(path) -> torch.Tensor:
 
 
 def test_pairs_put_each_row_of_originals_above_its_reconstructions(tmp_path):
-    originals, recons = torch.ones(16, 784), torch.zeros(16, 784)
+    originals, recons = torch.ones(16, 1, 28, 28), torch.zeros(16, 1, 28, 28)
     save_pairs(originals, recons, tmp_path / "pairs.png", nrow=8)
     img = grey(tmp_path / "pairs.png")
     assert img.shape == (4 * 30 + 2, 8 * 30 + 2)  # 28 px + 2 px padding per cell
@@ -24,7 +24,7 @@ def test_pairs_put_each_row_of_originals_above_its_reconstructions(tmp_path):
 
 
 def test_grid_of_64_is_8_by_8_and_not_blank(tmp_path):
-    save_grid(torch.rand(64, 784), tmp_path / "grid.png")
+    save_grid(torch.rand(64, 1, 28, 28), tmp_path / "grid.png")
     img = grey(tmp_path / "grid.png")
     assert img.shape == (242, 242) and img.std() > 10
 
@@ -51,3 +51,13 @@ def test_pictures_of_a_model_include_the_chosen_digit(tmp_path, mnist_root):
     # The digit grid's originals (grid rows 0, 2, ...) are 7s: a cross at row/column 18 +- 1.
     first = grey(paths[1])[2:30, 2:30]
     assert first[17:21, 3:25].mean() > 100 and first[:10, :10].mean() < 5
+
+
+def test_a_grid_of_colour_images_of_another_size_keeps_their_colours(tmp_path):
+    images = torch.zeros(6, 3, 5, 9)
+    images[:, 0] = 1.0  # pure red
+    save_grid(images, tmp_path / "red.png", nrow=3)
+    rgb = torch.from_numpy(imread(tmp_path / "red.png"))[..., :3] * 255
+    assert rgb.shape == (2 * 7 + 2, 3 * 11 + 2, 3)  # 5 x 9 cells + 2 px padding
+    cell = rgb[2:7, 2:11]
+    assert (cell[..., 0] == 255).all() and (cell[..., 1:] == 0).all()

@@ -2,8 +2,9 @@
 
     from vae import load
     model = load("outputs/mnist")                  # or a .pt file; device="cpu" | "cuda" | "auto"
-    mu, logvar = model.encode(images)              # uint8 (28, 28) / (N, 28, 28), float [0, 1] (N, 784) ...
-    probs = model.reconstruct(images)              # Bernoulli means, in the layout the images came in
+    mu, logvar = model.encode(images)              # uint8 0..255 or float [0, 1]: (N, C, H, W), (N, H, W), (N, D) ...
+    probs = model.reconstruct(images)              # the means of p(x|z), in the layout the images came in
+    model.shape, model.classes                     # (C, H, W) of the images it was trained on, its label names
     p = model.prior()                              # p(z): N(0, I) or a Gaussian mixture (mog, the VampPrior)
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 import torch
 
 from vae.config.schema import Config
-from vae.data.split import IMAGE_SHAPE, PIXELS
 from vae.device import resolve_device
 from vae.errors import UserError
 from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
@@ -21,58 +21,70 @@ from vae.model.distributions import Prior
 from vae.model.vae import VAE, build_model
 from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 
-SHAPES = "(28, 28), (N, 28, 28), (N, 1, 28, 28), (784,) or (N, 784)"
+def layouts(shape: tuple[int, int, int]) -> dict[tuple[int, ...], bool]:
+    """The layouts one image of `shape` (C, H, W) may come in, each mapped to whether its channels come last:
+    (C, H, W), flat (C * H * W,), and (H, W) when grey or (H, W, C) when colour (as PIL and NumPy hold it)."""
+    c, h, w = shape
+    return {(c, h, w): False, (c * h * w,): False, **({(h, w): False} if c == 1 else {(h, w, c): True})}
 
 
-def as_pixels(images, device: torch.device) -> torch.Tensor:
-    """Images (a tensor or NumPy array: uint8 0..255, or float in [0, 1]) as (N, 784) float32 on `device`."""
-    x = torch.as_tensor(images)
-    single = tuple(x.shape) in ((28, 28), (PIXELS,))
-    if single:
+def as_pixels(images, device: torch.device, shape: tuple[int, int, int]) -> tuple[torch.Tensor, bool]:
+    """Images of `shape` (C, H, W) (a tensor or NumPy array: uint8 0..255, or float in [0, 1]; one, or N of them in
+    a layout of `layouts`) as (N, C * H * W) float32 on `device`, and whether their channels came last."""
+    x, forms = torch.as_tensor(images), layouts(shape)
+    if tuple(x.shape) in forms:
         x = x[None]
-    if tuple(x.shape[1:]) not in ((28, 28), IMAGE_SHAPE, (PIXELS,)) or x.shape[0] == 0:
-        raise UserError(f"images must be {SHAPES}; got shape {tuple(x.shape)}")
+    last = forms.get(tuple(x.shape[1:]))
+    if last is None or x.shape[0] == 0:
+        shown = ", ".join(str(f) for f in forms)
+        raise UserError(f"images must be one of {shown}, or N of them (N, ...); got shape {tuple(x.shape)}")
+    x = x.movedim(-1, 1) if last else x
     if x.dtype == torch.uint8:
-        return x.to(device).reshape(-1, PIXELS).float().div_(255)
+        return x.to(device).reshape(len(x), -1).float().div_(255), last
     if not x.is_floating_point():
         raise UserError(f"images must be uint8 (0..255) or float (0..1); got {x.dtype}")
-    x = x.to(device, torch.float32).reshape(-1, PIXELS)
+    x = x.to(device, torch.float32).reshape(len(x), -1)
     if not bool(((x >= 0) & (x <= 1)).all()):
         raise UserError("float images must lie in [0, 1] (divide uint8 images by 255, or pass them as uint8)")
-    return x
+    return x, last
 
 
 class Model:
     """A trained VAE in eval mode; every method runs without gradients on `device`."""
 
-    def __init__(self, module: VAE, config: Config, device: torch.device, checkpoint: Path):
+    def __init__(self, module: VAE, config: Config, device: torch.device, checkpoint: Path, classes: tuple[str, ...]):
         self.module, self.config, self.device, self.checkpoint = module, config, device, checkpoint
+        self.shape, self.classes = module.shape, classes  # (C, H, W) of its images; the name of each label
 
     def __repr__(self) -> str:
-        return f"Model({self.checkpoint}, latent_dim={self.module.latent_dim}, device={self.device})"
+        c, h, w = self.shape
+        return (f"Model({self.checkpoint}, {h}x{w}x{c} images, latent_dim={self.module.latent_dim}, "
+                f"device={self.device})")
 
     @torch.no_grad()
     def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) = N(mu, diag(exp(logvar))) of each image (of z1 with two stochastic layers; under a flow, its
         base Gaussian): (N, latent) each."""
-        return self.module.encode(as_pixels(images, self.device))
+        return self.module.encode(as_pixels(images, self.device, self.shape)[0])
 
     @torch.no_grad()
     def decode(self, z) -> torch.Tensor:
-        """Bernoulli means of p(x|z) for latents z (N, latent) or (latent,): (N, 1, 28, 28) in [0, 1]."""
+        """The means of p(x|z) for latents z (N, latent) or (latent,): images (N, C, H, W) in [0, 1]."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         z = z[None] if z.dim() == 1 else z
         if z.dim() != 2 or z.shape[1] != self.module.latent_dim:
             raise UserError(f"z must be (N, {self.module.latent_dim}) or ({self.module.latent_dim},); "
                             f"got shape {tuple(z.shape)}")
-        return torch.sigmoid(self.module.decode(z)).view(-1, *IMAGE_SHAPE)
+        return self.module.means(self.module.decode(z))
 
     @torch.no_grad()
     def reconstruct(self, images) -> torch.Tensor:
-        """Bernoulli means decoded from each image's code (its posterior mean, or under a flow the flow's image of
+        """The means of p(x|z) decoded from each image's code (its posterior mean, or under a flow the flow's image of
         the base mean), in the images' own shape."""
         shape = torch.as_tensor(images).shape
-        return self.decode(self.module.code(as_pixels(images, self.device))).reshape(shape)
+        x, channels_last = as_pixels(images, self.device, self.shape)
+        out = self.decode(self.module.code(x))
+        return (out.movedim(1, -1) if channels_last else out).reshape(shape)
 
     @torch.no_grad()
     def prior(self) -> Prior:
@@ -82,12 +94,12 @@ class Model:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """n images: z ~ p(z) (ancestrally with two layers), then the Bernoulli means of p(x|z): (n, 1, 28, 28)."""
+        """n images: z ~ p(z) (ancestrally with two layers), then the means of p(x|z): (n, C, H, W)."""
         if n < 1:
             raise UserError(f"n must be >= 1, got {n}")
         noise = torch.randn(n, self.module.prior_noise_dim, generator=torch.Generator().manual_seed(seed))
         noise = noise.to(self.device)
-        return torch.sigmoid(self.module.generate(noise)).view(-1, *IMAGE_SHAPE)
+        return self.module.means(self.module.generate(noise))
 
     @torch.no_grad()
     def nll(self, images, k: int | None = None, seed: int | None = None) -> torch.Tensor:
@@ -96,7 +108,7 @@ class Model:
         k = self.config.eval.iwae_samples if k is None else k
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
-        x = as_pixels(images, self.device)
+        x = as_pixels(images, self.device, self.shape)[0]
         gen = torch.Generator(device=self.device).manual_seed(self.config.eval.seed if seed is None else seed)
         return torch.cat([iwae_batch(self.module, batch, k, gen)[0] for batch in x.split(IWAE_EXAMPLES)]).float()
 
@@ -109,6 +121,6 @@ def load(path: str | Path, device: str = "auto") -> Model:
         where = resolve_device(device)
     except (RuntimeError, ValueError):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
-    module = build_model(cfg.model)
+    module = build_model(cfg.model, tuple(state["data"]["shape"]))
     load_state(module, evaluated_weights(state), checkpoint)
-    return Model(module.to(where).eval(), cfg, where, checkpoint)
+    return Model(module.to(where).eval(), cfg, where, checkpoint, tuple(state["data"]["classes"]))

@@ -1,4 +1,4 @@
-"""What the two entry points share: running a main() so that user errors print as one line."""
+"""What the commands share: running a main() so that user errors print as one line."""
 from __future__ import annotations
 
 import argparse
@@ -15,13 +15,14 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """Call main(argv); a UserError or OS error becomes 'error: ...' on stderr and exit status 2.
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+    """Call main(argv) (default: the command line's); a UserError or OS error becomes 'error: ...' on stderr and
+    exit status 2.
 
     A stop on a signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
     """
     try:
-        main(sys.argv[1:])
+        main(sys.argv[1:] if argv is None else argv)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -47,5 +47,6 @@ def main(argv: list[str]) -> None:
     print(f"wrote {metrics['report']} and, in eval/ beside it, the pictures, metrics.json and latents.npz")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command `vae-evaluate` (and `python -m vae evaluate`, and evaluate.py in a checkout)."""
     run(main)

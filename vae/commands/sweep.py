@@ -15,7 +15,8 @@ from vae.sweep.study import STORAGE_ENV, create, summary, work
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(description="Train many runs of one config as an Optuna study: a grid or a search.")
-    parser.add_argument("--config", help="YAML config file of the base run")
+    parser.add_argument("--config", metavar="FILE|NAME", help="YAML config file of the base run, or a shipped "
+                        "config's name (mnist, ...)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="train every value of KEY (values as YAML; lists in brackets); repeat for a grid")
     parser.add_argument("--search", action="append", default=[], metavar="KEY=DIST",
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> None:
                      objectives=(args.objectives or "loss").split(","), storage=without_password(args.storage),
                      heartbeat=args.heartbeat, study=args.study, argv=[without_password(a) for a in sys.argv]),
                sweep_dir)
-    run_workers(sweep_dir, args.workers, Path(__file__).resolve())
+    run_workers(sweep_dir, args.workers)
     print(summary(sweep_dir))
 
 
@@ -91,5 +92,6 @@ def check_resume(parser: ArgumentParser, args: argparse.Namespace, sweep: Sweep)
                      f"sweep's is {sweep.storage or 'its study.db'}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command `vae-sweep` (and `python -m vae sweep`, and sweep.py in a checkout)."""
     run(main)

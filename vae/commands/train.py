@@ -12,7 +12,8 @@ from vae.errors import UserError
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(description="Train a VAE on MNIST from a YAML config.")
-    parser.add_argument("--config", help="YAML config file (default with --resume: the checkpoint's own)")
+    parser.add_argument("--config", metavar="FILE|NAME", help="YAML config file, or a shipped config's name (mnist, "
+                        "mnist_cpu_hour, ...; default with --resume: the checkpoint's own)")
     parser.add_argument("--resume", metavar="RUN_DIR|CKPT",
                         help="continue a run: its directory (uses checkpoints/last.pt) or a checkpoint file")
     parser.add_argument("--overwrite", action="store_true",
@@ -40,5 +41,6 @@ def main(argv: list[str]) -> None:
     train(cfg, resume=resume, overwrite=args.overwrite, argv=sys.argv)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command `vae-train` (and `python -m vae train`, and train.py in a checkout)."""
     run(main)

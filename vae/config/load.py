@@ -124,14 +124,32 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UserError(f"{source} is not valid YAML: {problem}{where}") from None
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs this project ships, by name: configs/ of a checkout, or vae/configs/ where pip installed them."""
+    package = Path(__file__).resolve().parent.parent
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / "mnist.yaml").is_file():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def config_file(path: str | Path) -> Path:
+    """A config file, or the name of a shipped one (`mnist`, `mnist_cpu_hour.yaml`) where no such file is here."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if path.parent == Path(".") and path.suffix in ("", ".yaml") and path.stem in shipped:
+        return shipped[path.stem]
+    raise UserError(f"config file not found: {path} (the shipped configs, by name: {', '.join(shipped)})")
+
+
 def read_config_file(path: str | Path) -> dict:
-    """The raw nested dict of a YAML config file.
+    """The raw nested dict of a YAML config file (or a shipped config, by name).
 
     An empty file is refused (a truncated or unsaved file, most likely); `{}` means all defaults.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+    path = config_file(path)
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise UserError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a config file")
     try:

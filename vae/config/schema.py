@@ -87,19 +87,33 @@ def _sizes(low: int, high: int, most: int | None = None) -> Callable[[tuple], bo
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = key("mnist", "28x28 grey images of 10 classes, read by torchvision's `MNIST`, `FashionMNIST` "
-                       "(Zalando's Fashion-MNIST) or `KMNIST` (Kuzushiji-MNIST) from `<data.root>/MNIST/raw/`, "
-                       "`FashionMNIST/raw/` or `KMNIST/raw/` (the same four IDX file names)",
-                       choices=tuple(CLASS_NAMES))
-    root: str = key("data", "the folder holding the dataset's folder (`MNIST/raw/`, ...: torchvision's layout)",
-                    role=SETTING)
-    download: bool = key(True, "let torchvision download the dataset when its files are missing", role=SETTING)
-    binarize: str = key("none", "`none`: pixel intensities in [0, 1] are the Bernoulli targets; `dynamic`: each "
+    dataset: str = key("mnist", "`mnist`, `fashion_mnist`, `kmnist`: 28x28 grey images of 10 classes, read by "
+                       "torchvision's `MNIST`, `FashionMNIST` (Zalando's Fashion-MNIST) or `KMNIST` (Kuzushiji-MNIST) "
+                       "from `<data.root>/MNIST/raw/`, `FashionMNIST/raw/` or `KMNIST/raw/` (the same four IDX file "
+                       "names); `folder`: your own images (PNG, JPEG, WebP, BMP, TIFF) in the folder `data.path`, "
+                       "one class per subfolder (as torchvision's `ImageFolder`), or all in it unlabelled, with "
+                       "`train/` and `test/` subfolders for splits of your own; `npz`: a NumPy `.npz` file "
+                       "`data.path` holding `x`, uint8 "
+                       "N x H x W (grey) or N x H x W x C (C = 1 or 3), and optionally `y`, N integer labels (or "
+                       "`x_train`, `x_test`, `y_train`, `y_test`). Grey images beside colour ones become colour",
+                       choices=(*CLASS_NAMES, "folder", "npz"))
+    root: str = key("data", "`mnist`, `fashion_mnist`, `kmnist`: the folder holding the dataset's folder "
+                    "(`MNIST/raw/`, ...: torchvision's layout)", role=SETTING)
+    download: bool = key(True, "let torchvision download `mnist`, `fashion_mnist` or `kmnist` when its files are "
+                         "missing", role=SETTING)
+    path: str | None = key(None, "`folder`, `npz`: the folder of images or the `.npz` file", role=SETTING)
+    image_size: int = key(0, "resize every image (its shorter side, antialiased) and centre-crop it to this many "
+                          "pixels a side. `0` = as they are, which must then be of one size", within=(0, 4096))
+    test_fraction: float = key(0.1, "`folder`, `npz` without a test split of their own: the share of the images held "
+                               "out as the test split (a permutation seeded by `data.seed`)",
+                               ok=lambda v: 0 < v < 1, rule="must be a number in (0, 1)")
+    binarize: str = key("none", "`none`: pixel intensities in [0, 1] are the likelihood's targets; `dynamic`: each "
                         "training image is drawn as Bernoulli(intensity) every time it is used, the test and "
                         "validation images once (seeded by `data.seed`); `static`: every split drawn once",
                         choices=("none", "dynamic", "static"))
-    seed: int = key(0, "seeds the binarizations and the choice of the validation images, so every run with the "
-                    "same `data.seed` is measured on the same test and validation sets",
+    seed: int = key(0, "seeds the binarizations and the choice of the validation images (and of the test images "
+                    "where the data has no test split), so every run with the same `data.seed` is measured on the "
+                    "same test and validation sets",
                     within=(0, 2**62 - 1), rule="must be in 0..2**62-1")
     val_size: int = key(0, "training images held out as a validation split (a permutation seeded by `data.seed`; "
                         "binarized once, like the test set): measured every epoch (`val_*` columns), it chooses "
@@ -107,11 +121,14 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self, "data")
+        _require(self.dataset in CLASS_NAMES or bool(self.path), "data.dataset", self.dataset,
+                 "needs data.path (the folder of images, or the .npz file)")
 
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
 PRIORS = ("normal", "mog", "vamp")
 POSTERIORS = ("gaussian", "flow")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "logistic")
 
 
 @dataclass(frozen=True)
@@ -126,10 +143,11 @@ class ModelConfig:
     arch: str = key("mlp", "`mlp`: fully connected encoder and decoder (`model.hidden_dims`); `conv`: "
                     "convolutional ones with residual blocks (`model.channels`, `model.res_blocks`)",
                     choices=("mlp", "conv"))
-    channels: tuple[int, ...] = key((32, 64), "`conv`: the channels of each stage, 1 to 3 stages at 28, 14 and 7 "
-                                    "pixels a side (stride-2 4x4 convolutions between stages, mirrored by "
-                                    "transposed ones in the decoder)", ok=_sizes(1, 4096, most=3),
-                                    rule="must hold 1 to 3 sizes in 1..4096 (one stage per halving of 28 pixels)")
+    channels: tuple[int, ...] = key((32, 64), "`conv`: the channels of each stage, 1 to 6 stages, the first at the "
+                                    "images' size, each next at half of it (28, 14 and 7 pixels a side on MNIST), so "
+                                    "the sides must divide by 2^(stages - 1); stride-2 4x4 convolutions between "
+                                    "stages, mirrored by transposed ones in the decoder", ok=_sizes(1, 4096, most=6),
+                                    rule="must hold 1 to 6 sizes in 1..4096 (one stage per halving of the sides)")
     res_blocks: int = key(1, "`conv`: residual blocks per stage, each x + conv3x3(act(conv3x3(act(x))))",
                           within=(0, 64))
     latent2_dim: int = key(0, "units of a second stochastic layer z2 above z1 (Burda et al.): q(z1|x) q(z2|z1), "
@@ -153,6 +171,13 @@ class ModelConfig:
                           "consecutive steps reverse the order of the dimensions", within=(1, 64))
     flow_hidden: int = key(256, "`flow`: the MADE's hidden units and the size of the context h from the encoder",
                            within=(1, 65536))
+    likelihood: str = key("bernoulli", "p(x|z): `bernoulli`, a probability of binary pixels (on grey levels only a "
+                          "cross-entropy, not a likelihood); `continuous_bernoulli` (Loaiza-Ganem & Cunningham "
+                          "2019), a density of intensities in [0, 1] (its nats may be negative); `logistic`, a "
+                          "discretized logistic per pixel (a mixture of `model.likelihood_components`, as "
+                          "PixelCNN++'s but per pixel), a probability of the 256 levels of 8-bit images, so its NLL is "
+                          "a code length (bits/dim). The last two need `data.binarize=none`", choices=LIKELIHOODS)
+    likelihood_components: int = key(1, "`logistic`: the logistics mixed in each pixel's distribution", within=(1, 64))
     output_bias_init: str = key("torch", "`pixel_means`: the decoder's last bias starts at logit(mean of each "
                                 "training pixel) (clamped to [0.001, 0.999]), so that before training p(x|z) is the "
                                 "data's pixel marginals, not a coin flip per pixel (`mlp` only); `torch`: torch's "
@@ -162,6 +187,8 @@ class ModelConfig:
         check_fields(self, "model")
         _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
                  self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in one shared bias)")
+        _require(self.output_bias_init == "torch" or self.likelihood == "bernoulli", "model.output_bias_init",
+                 self.output_bias_init, "pixel_means sets Bernoulli logits: it needs model.likelihood=bernoulli")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
                  "flow is built for one stochastic layer (set model.latent2_dim=0)")
 
@@ -257,9 +284,10 @@ class VizConfig:
     every: int = key(1, "write the image grids and the loss curves every N epochs (and always after the last)",
                      ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
     digit: int | str = key(2, "the class shown in the single-class grid, and where the report's decoder starts: its "
-                           "index 0..9 or its name in `data.dataset` (`Trouser`, `tsu`; any case), kept as the index",
-                           ok=lambda v: isinstance(v, str) or 0 <= v <= 9,
-                           rule="must be a class index 0..9 or a class name", role=SETTING)
+                           "index or its name in `data.dataset` (`Trouser`, `tsu`, a class folder's name; any case), "
+                           "kept as the index (unlabelled images have the one class `all`, index 0, which any index "
+                           "then means)", ok=lambda v: isinstance(v, str) or v >= 0,
+                           rule="must be a class index >= 0 or a class name", role=SETTING)
 
     def __post_init__(self):
         check_fields(self, "viz")
@@ -311,19 +339,34 @@ class Config:
         _require(self.loss.gradient == "standard" or self.model.posterior == "gaussian", "loss.gradient",
                  self.loss.gradient, "dreg needs model.posterior=gaussian (it evaluates log q(z|x) at z with the "
                  "posterior's parameters held fixed, which a flow cannot without its inverse)")
+        _require(self.model.likelihood == "bernoulli" or self.data.binarize == "none", "model.likelihood",
+                 self.model.likelihood, "models grey levels: it needs data.binarize=none (binary pixels take "
+                 "model.likelihood=bernoulli)")
         _require(not self.loss.free_bits or (self.model.prior, self.model.posterior) == ("normal", "gaussian"),
                  "loss.free_bits", self.loss.free_bits, "needs model.prior=normal and model.posterior=gaussian "
                  "(free bits floor each dimension's KL, which only a factorized prior and posterior define)")
-        if isinstance(self.viz.digit, str):  # a class name: kept as its index, which is what files are named by
-            names = [n.lower() for n in CLASS_NAMES[self.data.dataset]]
-            _require(self.viz.digit.lower() in names, "viz.digit", self.viz.digit,
-                     f"must be a class of {self.data.dataset} ({', '.join(CLASS_NAMES[self.data.dataset])}) "
-                     f"or its index 0..9")
-            object.__setattr__(self, "viz", dataclasses.replace(self.viz, digit=names.index(self.viz.digit.lower())))
+        if self.data.dataset in CLASS_NAMES:  # the classes are known now; a folder's or an array's when read
+            object.__setattr__(self, "viz", dataclasses.replace(self.viz, digit=class_index(
+                self.viz.digit, CLASS_NAMES[self.data.dataset], self.data.dataset)))
 
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return CLASS_NAMES[self.data.dataset]
+
+def with_classes(cfg: Config, classes: tuple[str, ...]) -> Config:
+    """cfg with viz.digit the index of one of the `classes` its data was read with."""
+    where = cfg.data.dataset if cfg.data.dataset in CLASS_NAMES else cfg.data.path
+    return dataclasses.replace(cfg, viz=dataclasses.replace(cfg.viz, digit=class_index(cfg.viz.digit, classes, where)))
+
+
+def class_index(digit: int | str, classes: tuple[str, ...], where: str) -> int:
+    """viz.digit as the index of one of `classes` (those of `where`, said in an error): a name matched in any case."""
+    if isinstance(digit, str):
+        names = [n.lower() for n in classes]
+        _require(digit.lower() in names, "viz.digit", digit,
+                 f"must be a class of {where} ({', '.join(classes)}) or its index 0..{len(classes) - 1}")
+        return names.index(digit.lower())
+    if len(classes) == 1:  # unlabelled images: one class, whatever the index
+        return 0
+    _require(digit < len(classes), "viz.digit", digit, f"must be a class index 0..{len(classes) - 1} of {where}")
+    return digit
 
 
 def sections() -> dict[str, type]:

@@ -1,25 +1,61 @@
-"""The splits a config asks for: the dataset's train and test images, a validation split held out of
-the training images, and their binarization."""
+"""The splits a config asks for: the dataset's train and test images (a share of its images held out
+as the test split when it has none), a validation split held out of the training images, and their
+binarization."""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
 
-from vae.config.schema import DataConfig
+from vae.config.schema import CLASS_NAMES, DataConfig
+from vae.data.images import centre_crop, load_images
 from vae.data.mnist import load_dataset
 from vae.data.split import Split
 from vae.errors import UserError
 
 # data.seed + these seed the fixed binarizations of the training and validation images (the test
-# images' is data.seed itself)
-TRAIN_DRAW, VAL_DRAW = 1, 2
+# images' is data.seed itself) and the choice of the test images where the data has no test split
+TRAIN_DRAW, VAL_DRAW, TEST_PICK = 1, 2, 3
 
 
 class Splits(NamedTuple):
     train: Split
     val: Split | None  # held out of the training images by data.val_size; None when it is 0
     test: Split
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        return self.train.shape
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+
+def held_out(split: Split, size: int, seed: int, key: str) -> tuple[Split, Split]:
+    """(`size` examples chosen by a permutation seeded by `seed`, the rest), each in the original order;
+    `key` is the config key that asked, named when nothing would be left."""
+    if size >= len(split):
+        raise UserError(f"{key} leaves no training images: {size} of {len(split)} held out")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[:size].sort().values), split.subset(order[size:].sort().values)
+
+
+def read_splits(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
+    """The dataset's (train, test) splits on `device`, resized when data.image_size asks."""
+    if cfg.dataset in CLASS_NAMES:
+        train, test = load_dataset(cfg.root, cfg.download, device, cfg.dataset)
+    else:
+        splits = load_images(cfg.dataset, cfg.path, cfg.image_size)
+        if len(splits) == 1:
+            n_test = max(1, round(cfg.test_fraction * len(splits[0])))
+            splits = held_out(splits[0], n_test, cfg.seed + TEST_PICK, f"data.test_fraction={cfg.test_fraction:g}")
+            splits = splits[::-1]
+        train, test = (Split(s.images.to(device), s.labels.to(device), s.classes) for s in splits)
+    if cfg.image_size and train.shape[1:] != (cfg.image_size, cfg.image_size):
+        train, test = (Split(centre_crop(s.images, cfg.image_size), s.labels, s.classes) for s in (train, test))
+    return train, test
 
 
 def load_data(cfg: DataConfig, device: torch.device) -> Splits:
@@ -30,14 +66,10 @@ def load_data(cfg: DataConfig, device: torch.device) -> Splits:
     validation splits once and the training images anew each time they are used (in the training
     loop), so evaluation numbers compare between runs. The draws are seeded by data.seed.
     """
-    train, test = load_dataset(cfg.root, cfg.download, device, cfg.dataset)
+    train, test = read_splits(cfg, device)
     val = None
     if cfg.val_size:
-        if cfg.val_size >= len(train):
-            raise UserError(f"data.val_size={cfg.val_size} leaves no training images: the training split "
-                            f"has {len(train)}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-        val, train = train.subset(order[:cfg.val_size].sort().values), train.subset(order[cfg.val_size:].sort().values)
+        val, train = held_out(train, cfg.val_size, cfg.seed, f"data.val_size={cfg.val_size}")
     if cfg.binarize == "none":
         return Splits(train, val, test)
     return Splits(train.binarized(cfg.seed + TRAIN_DRAW) if cfg.binarize == "static" else train,

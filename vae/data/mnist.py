@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
-from vae.data.split import IMAGE_SHAPE, Split
+from vae.config.schema import CLASS_NAMES
+from vae.data.split import MNIST_SHAPE, Split
 from vae.errors import UserError
 
 # data.dataset -> torchvision's class; each reads <root>/<class name>/raw/ with the same four file names
@@ -41,20 +42,21 @@ def _read(root: Path, dataset: str, train: bool, download: bool) -> MNIST:
                         f"{str(e).strip() or type(e).__name__} (corrupt or truncated?)") from None
 
 
-def _to_split(ds: MNIST, device: torch.device) -> Split:
+def _to_split(ds: MNIST, device: torch.device, classes: tuple[str, ...]) -> Split:
     images, labels, name = ds.data, ds.targets, type(ds).__name__
     where = Path(ds.raw_folder).resolve()
-    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE[1:]:
+    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != MNIST_SHAPE[1:]:
         raise UserError(f"{name} images in {where} must be 28x28 uint8, got {tuple(images.shape)} "
                         f"{images.dtype}")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
         raise UserError(f"{name} in {where}: {images.shape[0]} images but {labels.numel()} labels")
     if images.shape[0] == 0 or labels.min() < 0 or labels.max() > 9:
         raise UserError(f"{name} in {where}: empty split or labels outside 0..9")
-    return Split(images.to(device), labels.long().to(device))
+    return Split(images.unsqueeze(1).to(device), labels.long().to(device), classes)  # (N, 1, 28, 28)
 
 
 def load_dataset(root: str | Path, download: bool, device: torch.device, dataset: str = "mnist") -> tuple[Split, Split]:
     """(train, test) splits of `dataset` (a key of DATASETS) found under `root`/<its folder>/raw, on `device`."""
     root = Path(root).expanduser()
-    return tuple(_to_split(_read(root, dataset, train, download), device) for train in (True, False))
+    return tuple(_to_split(_read(root, dataset, train, download), device, CLASS_NAMES[dataset])
+                 for train in (True, False))

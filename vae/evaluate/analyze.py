@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from vae.config.load import load_config, to_dict
-from vae.config.schema import Config
+from vae.config.schema import Config, with_classes
 from vae.data.load import TRAIN_DRAW, load_data
-from vae.data.split import PIXELS, Split
+from vae.data.split import Split
 from vae.device import resolve_device
 from vae.evaluate.estimators import ACTIVE_THRESHOLD, active_units, activity, iwae_nll, rate_split
 from vae.evaluate.explorer import save_explorer
@@ -24,6 +24,7 @@ from vae.files import atomic_write_text
 from vae.model.vae import VAE, TwoLayerVAE, build_model
 from vae.run import rundir
 from vae.run.checkpoint import (
+    check_same_data,
     checkpoint_id,
     evaluated_weights,
     load_checkpoint,
@@ -36,8 +37,9 @@ from vae.run.resume import check_same_run
 BITS_PER_NAT = 1 / math.log(2)
 
 
-def bits_per_dim(nats: float) -> float:
-    return nats * BITS_PER_NAT / PIXELS
+def bits_per_dim(nats: float, dims: int) -> float:
+    """Nats per image as bits per number of it (C * H * W of them)."""
+    return nats * BITS_PER_NAT / dims
 
 
 TARGETS = {
@@ -45,7 +47,16 @@ TARGETS = {
             "cross-entropy, not a code length)",
     "dynamic": "binary pixels: the split binarized once, seeded by data.seed (training resampled them)",
     "static": "binary pixels: the split binarized once, seeded by data.seed",
+    "continuous_bernoulli": "pixel intensities in [0, 1] under a continuous Bernoulli: the NLL is that of a density "
+                            "on [0, 1]^D (it may be negative), not a code length of the 8-bit images",
+    "logistic": "8-bit pixels under a discretized logistic: the NLL is a probability of the 256-level images, so "
+                "bits/dim is a code length (as flows report it)",
 }
+
+
+def targets(cfg: Config) -> str:
+    """What the evaluated numbers are numbers of: the data as the likelihood sees it."""
+    return TARGETS[cfg.data.binarize if cfg.model.likelihood == "bernoulli" else cfg.model.likelihood]
 
 
 @torch.no_grad()
@@ -121,16 +132,17 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
         rate_per_layer = [rate - sum(top), *top]
     nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
     metrics = {
-        "split": cfg.eval.split, "examples": len(split), "latent_dim": cfg.model.latent_dim,
+        "split": cfg.eval.split, "examples": len(split), "image_shape": list(split.shape),
+        "classes": list(split.classes), "latent_dim": cfg.model.latent_dim,
         "unit": "nats per example unless named otherwise",
-        "protocol": {"targets": TARGETS[cfg.data.binarize], "binarize": cfg.data.binarize,
+        "protocol": {"targets": targets(cfg), "binarize": cfg.data.binarize,
                      "data_seed": cfg.data.seed, "val_size": cfg.data.val_size, "iwae_samples": k, "seed": seed,
                      "elbo": rate_protocol(model, cfg)},
-        "prior": cfg.model.prior, "posterior": cfg.model.posterior,
+        "prior": cfg.model.prior, "posterior": cfg.model.posterior, "likelihood": cfg.model.likelihood,
         "kl": "analytic" if model.analytic_kl else "monte_carlo",
         "negative_elbo": distortion + rate, "distortion": distortion, "rate": rate,
-        "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate),
-        "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean),
+        "negative_elbo_bits_per_dim": bits_per_dim(distortion + rate, split.dims),
+        "nll_iwae": nll_mean, "nll_iwae_bits_per_dim": bits_per_dim(nll_mean, split.dims),
         "negative_elbo_k_samples": neg_elbo_k_mean,
         "inference_gap": neg_elbo_k_mean - nll_mean,
         "active_units": sum(active),
@@ -164,7 +176,9 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     check_same_run(stored, cfg)
     device = resolve_device(cfg.train.device)
     splits = load_data(cfg.data, device)
-    model = build_model(cfg.model).to(device)
+    check_same_data(state, splits, path)
+    cfg = with_classes(cfg, splits.classes)
+    model = build_model(cfg.model, splits.shape).to(device)
     load_state(model, evaluated_weights(state), path)
     model.eval()
 

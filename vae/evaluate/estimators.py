@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from vae.data.split import Split
-from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, Prior, bernoulli_log_likelihood, log_normal
+from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, Prior, log_normal
 from vae.model.vae import VAE
 
 IWAE_EXAMPLES = 100  # examples per IWAE batch
@@ -62,12 +62,12 @@ def importance_weighted_bound(log_weight: LogWeight, shape: tuple[int, int], k: 
 
 @torch.no_grad()
 def iwae_batch(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """IWAE-k estimate of -log p(x) and the k-sample negative ELBO of images x (B, 784): each (B,)."""
+    """IWAE-k estimate of -log p(x) and the k-sample negative ELBO of images x (B, D): each (B,)."""
     chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(x.device.type, 4096) // IWAE_EXAMPLES)
 
     def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
         out = model(x, eps)
-        return bernoulli_log_likelihood(out.logits, x) + out.rate.log_ratio
+        return model.likelihood.log_prob(out.logits, x) + out.rate.log_ratio
     log_px, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), k, chunk, generator, x.device)
     return -log_px, -elbo
 

@@ -1,10 +1,10 @@
 // report.html's live decoder: the MLP decoder's forward pass on the weights in #vae-model, in plain JavaScript.
-// window.vaeExplorer.decode(zs) returns the Bernoulli means of p(x|z) for latents zs (arrays of latent_dim numbers).
+// window.vaeExplorer.decode(zs) returns the means of p(x|z) for latents zs (arrays of latent_dim numbers).
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("vae-model").textContent);
   const $ = (id) => document.getElementById(id);
-  const SIDE = 28;
+  const [C, H, W] = data.shape;  // the images, flattened channel by channel
   const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf"]; // matplotlib's tab10, as in the scatter PNG
 
@@ -45,7 +45,20 @@
   const L = data.latent_dim;
   const decoder = network(data.decoder);
   const prior = data.prior && network(data.prior);
-  const decode = (z) => decoder(z).map((logit) => 1 / (1 + Math.exp(-logit)));
+  const sigmoid = (l) => 1 / (1 + Math.exp(-l)), D = C * H * W, K = data.likelihood.components;
+  const MEANS = {  // the decoder's outputs (params planes of D) -> the means of p(x|z), as vae/model/likelihoods.py
+    bernoulli: (out) => out.map(sigmoid),
+    continuous_bernoulli: (out) =>  // 1/2 + l / 12 near l = 0
+      out.map((l) => (Math.abs(l) < 1e-2 ? 0.5 + l / 12 : sigmoid(l) / Math.tanh(l / 2) - 1 / l)),
+    logistic: (out) => Float64Array.from({ length: D }, (_, d) => {
+      const clamp = (m) => Math.min(1, Math.max(0, m));
+      if (K === 1) return clamp(out[d]);
+      const logits = Array.from({ length: K }, (_, k) => out[k * D + d]), top = Math.max(...logits);
+      const w = logits.map((l) => Math.exp(l - top)), total = w.reduce((a, b) => a + b);
+      return w.reduce((s, wk, k) => s + (wk / total) * clamp(out[(K + k) * D + d]), 0);
+    }),
+  };
+  const decode = (z) => MEANS[data.likelihood.name](decoder(z));
 
   function gaussian() {  // Box-Muller
     return Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
@@ -63,11 +76,12 @@
     return Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * h[L + d]) * gaussian());
   }
 
-  function draw(canvas, pixels) {  // pixels: 784 values in [0, 1]
-    const ctx = canvas.getContext("2d"), image = ctx.createImageData(SIDE, SIDE);
-    for (let i = 0; i < SIDE * SIDE; i++) {
-      const v = Math.round(255 * pixels[i]);
-      image.data.set([v, v, v, 255], 4 * i);
+  for (const id of ["original", "decoded", "between"]) Object.assign($(id), { width: W, height: H });
+  function draw(canvas, pixels) {  // pixels: C * H * W values in [0, 1], grey (C = 1) or red, green, blue planes
+    const ctx = canvas.getContext("2d"), image = ctx.createImageData(W, H), plane = H * W;
+    for (let i = 0; i < plane; i++) {
+      const rgb = [0, 1, 2].map((c) => Math.round(255 * pixels[(C === 3 ? c * plane : 0) + i]));
+      image.data.set([...rgb, 255], 4 * i);
     }
     ctx.putImageData(image, 0, 0);
   }
@@ -148,8 +162,8 @@
     drawMap([px, py]);
   });
 
-  COLOURS.forEach((colour, c) => {
-    const key = document.createElement("span");
+  data.class_names.slice(0, COLOURS.length).forEach((_, c) => {
+    const colour = COLOURS[c], key = document.createElement("span");
     key.style.color = colour;
     key.textContent = `\u25A0 ${className(c)}`;
     $("legend").append(key);

@@ -24,6 +24,7 @@ from vae.model.vae import VAE, TwoLayerVAE
 EXAMPLES_PER_CLASS = 2  # test images the page can start from
 MAP_POINTS = 2000  # points on the clickable latent map
 MAX_SLIDERS = 64  # the most informative dims get sliders; the rest keep the chosen image's values
+MAX_CLASSES = 10  # the classes whose test images the page can start from
 
 
 def floats(t: torch.Tensor) -> str:
@@ -48,23 +49,28 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     if cfg.model.arch != "mlp":
         return {"absent": "the convolutional decoder (transposed convolutions and residual blocks) is not "
                           "ported to the page's JavaScript; the pictures below are drawn by torch"}
-    mu, labels = post.mu.cpu(), split.labels.cpu()
-    chosen = [int(i) for c in range(10) for i in (labels == c).nonzero().flatten()[:EXAMPLES_PER_CLASS]]
+    mu, labels, classes = post.mu.cpu(), split.labels.cpu(), split.classes
+    per_class = EXAMPLES_PER_CLASS if len(classes) > 1 else 2 * MAX_CLASSES  # unlabelled: the first images
+    chosen = [int(i) for c in range(min(len(classes), MAX_CLASSES))
+              for i in (labels == c).nonzero().flatten()[:per_class]]
     first_of = lambda c: next((n for n, i in enumerate(chosen) if labels[i] == c), 0)  # noqa: E731
     origin, axes, names = latent_plane(mu)
     shown = mu[:MAP_POINTS].double()
     points = (shown - origin) @ axes.T  # (M, 2)
     order, label = ranked_dims(post, dim_kl)
     return {
-        "latent_dim": model.latent_dim, "activation": cfg.model.activation,
+        "shape": list(split.shape), "latent_dim": model.latent_dim, "activation": cfg.model.activation,
+        "likelihood": {"name": cfg.model.likelihood, "components": cfg.model.likelihood_components},
         "decoder": layers(model.decoder),
         # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling
         "prior": layers(model.prior1) if isinstance(model, TwoLayerVAE) else None,
         # p(z) of the top layer when it is a Gaussian mixture (mog, or the VampPrior at its pseudo-inputs)
         "mixture": mixture(model.prior_distribution()),
-        "latent2_dim": cfg.model.latent2_dim, "class_names": list(cfg.class_names),
-        # where the sliders and the interpolation start: a viz.digit, and the class five on from it
-        "start": first_of(cfg.viz.digit), "end": first_of((cfg.viz.digit + 5) % 10),
+        "latent2_dim": cfg.model.latent2_dim, "class_names": list(classes),
+        # where the sliders and the interpolation start: a viz.digit, and the class five on from it (the next image
+        # without classes)
+        "start": first_of(cfg.viz.digit),
+        "end": first_of((cfg.viz.digit + 5) % len(classes)) if len(classes) > 1 else min(1, len(chosen) - 1),
         "sliders": [{"dim": d, "label": label[d], "low": min(-4.0, float(mu[:, d].min())),
                      "high": max(4.0, float(mu[:, d].max()))} for d in order[:MAX_SLIDERS]],
         "examples": [{"label": int(labels[i]), "index": i, "mu": mu[i].tolist(),

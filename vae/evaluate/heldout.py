@@ -7,7 +7,7 @@ import torch
 
 from vae.data.split import Split
 from vae.evaluate.estimators import active_units
-from vae.model.distributions import vae_loss
+from vae.model.likelihoods import vae_loss
 from vae.model.vae import VAE
 
 EVAL_BATCH = 1000
@@ -39,7 +39,7 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
     for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
         x = split.pixels(idx)
         out = model(x, model.noise(len(x), gen, device))
-        terms = vae_loss(out.logits, x, out.rate)
+        terms = vae_loss(out.logits, x, out.rate, model.likelihood)
         code = out.mu if model.flow is None else model.code(x)
         parts.append((code, out.logvar, terms.reconstruction, out.rate.kl, out.rate.kl_dims, out.rate.kl_top))
     return Posteriors(*(None if p[0] is None else torch.cat(p) for p in zip(*parts)))

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from vae.config.schema import Config
-from vae.data.split import PIXELS, Split
+from vae.data.split import Split
 from vae.evaluate.estimators import latent_plane
 from vae.evaluate.heldout import Posteriors
 from vae.evaluate.plots import (
@@ -23,6 +23,7 @@ SHOWN = 32  # images in each reconstruction grid
 SAMPLES = 64  # images in the prior-sample grid
 INTERPOLATION_PAIRS = ((2, 7), (0, 6), (1, 8), (3, 5), (4, 9))
 TRAVERSED_DIMS = 8
+MAX_ROWS = 10  # classes shown in the per-class grid
 
 
 def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -32,9 +33,16 @@ def fixed_latents(noise_dim: int, seed: int, device: torch.device) -> torch.Tens
 
 @torch.no_grad()
 def reconstruct(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Bernoulli means decoded from each image's code (the posterior mean): grids change only when the model does."""
+    """Images (B, C, H, W) decoded from the code of each row of x (B, D) (its posterior mean): grids change only
+    when the model does."""
     model.eval()
-    return torch.sigmoid(model.decode(model.code(x)))
+    return model.means(model.decode(model.code(x)))
+
+
+def shaped(split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images at `index` as rows (B, D) for the model and as pictures (B, C, H, W)."""
+    x = split.pixels(index)
+    return x, x.view(-1, *split.shape)
 
 
 @torch.no_grad()
@@ -44,14 +52,14 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
     model.eval()
     paths = [folder / f"recon{suffix}.png", folder / f"digit{digit}{suffix}.png",
              folder / f"samples{suffix}.png"]
-    x = split.pixels(torch.arange(min(shown, len(split)), device=fixed_z.device))
-    save_pairs(x, reconstruct(model, x), paths[0])
-    x = split.pixels((split.labels == digit).nonzero().flatten()[:shown])
+    x, images = shaped(split, torch.arange(min(shown, len(split)), device=fixed_z.device))
+    save_pairs(images, reconstruct(model, x), paths[0])
+    x, images = shaped(split, (split.labels == digit).nonzero().flatten()[:shown])
     if len(x):
-        save_pairs(x, reconstruct(model, x), paths[1])
+        save_pairs(images, reconstruct(model, x), paths[1])
     else:
         paths.pop(1)
-    save_grid(torch.sigmoid(model.generate(fixed_z)), paths[-1])
+    save_grid(model.means(model.generate(fixed_z)), paths[-1])
     return paths
 
 
@@ -68,24 +76,27 @@ def ranked_dims(post: Posteriors, dim_kl: list[float] | None) -> tuple[list[int]
 def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
                              active: list[bool], per_example: dict[str, torch.Tensor], out: Path) -> None:
     """evaluate.py's pictures in `out`: grids, digits, interpolations, traversals, the latent space, the worst."""
-    device, names = post.mu.device, cfg.class_names
-    decode = lambda z: torch.sigmoid(model.decode(z))  # noqa: E731 - Bernoulli means
+    device, names = post.mu.device, split.classes
     save_pictures(model, split, fixed_latents(model.prior_noise_dim, cfg.train.seed, device), cfg.viz.digit,
                   out, shown=64)
 
-    first = {c: (split.labels == c).nonzero().flatten() for c in range(10)}
-    rows = [split.pixels(first[c][:8]) for c in range(10) if len(first[c])]
-    if rows and all(len(r) == 8 for r in rows):
-        originals = torch.stack(rows)  # (10, 8, 784)
-        recons = reconstruct(model, originals.reshape(-1, PIXELS)).reshape(originals.shape)
-        save_labeled_rows(torch.cat([originals, recons], dim=1), list(names), out / "digits.png",
+    first = {c: (split.labels == c).nonzero().flatten() for c in range(len(names))}
+    shown = [c for c in range(min(len(names), MAX_ROWS)) if len(first[c]) >= 8]  # the first classes with 8 images
+    if shown:
+        x, originals = shaped(split, torch.cat([first[c][:8] for c in shown]))
+        rows = torch.stack([originals, reconstruct(model, x)]).unflatten(1, (len(shown), 8)).transpose(0, 1)
+        save_labeled_rows(rows.flatten(1, 2), [names[c] for c in shown], out / "digits.png",
                           "8 test images per class | their reconstructions")
 
     steps = torch.linspace(0, 1, 10, device=device)[:, None]
-    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if len(first[a]) and len(first[b])]
+    classes = INTERPOLATION_PAIRS if len(names) >= 10 else [(c, c + 1) for c in range(min(len(names) - 1, 5))]
+    pairs = [(first[a][0], first[b][0], f"{names[a]} -> {names[b]}") for a, b in classes
+             if len(first[a]) and len(first[b])]
+    if len(names) < 2:  # unlabelled: between the first test images
+        pairs = [(i, i + 1, f"image {i} -> {i + 1}") for i in range(0, min(len(split), 10) - 1, 2)]
     if pairs:
-        lines = [decode(post.mu[first[a][0]] * (1 - steps) + post.mu[first[b][0]] * steps) for a, b in pairs]
-        save_labeled_rows(torch.stack(lines), [f"{names[a]} -> {names[b]}" for a, b in pairs],
+        lines = [model.means(model.decode(post.mu[a] * (1 - steps) + post.mu[b] * steps)) for a, b, _ in pairs]
+        save_labeled_rows(torch.stack(lines), [label for _, _, label in pairs],
                           out / "interpolation.png", "linear interpolation between posterior means")
 
     order, label = ranked_dims(post, dim_kl)
@@ -96,7 +107,7 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
     for d in top:
         z = base.repeat(len(values), 1)
         z[:, d] = values
-        lines.append(decode(z))
+        lines.append(model.means(model.decode(z)))
     save_labeled_rows(torch.stack(lines), [f"z{d} {label[d]}" for d in top], out / "traversal.png",
                       f"z_d from -3 to 3 around a {names[cfg.viz.digit]}, most informative dims first")
 
@@ -104,9 +115,8 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         plot_kl_per_dim(dim_kl, active, out / "kl_per_dim.png")
     save_latent_space(model, split, post, cfg, out)
     plot_nats_histogram(per_example, out / "nats_histogram.png")
-    worst = post.recon.argsort(descending=True)[:16]
-    x = split.pixels(worst)
-    save_pairs(x, reconstruct(model, x), out / "worst.png")
+    x, images = shaped(split, post.recon.argsort(descending=True)[:16])
+    save_pairs(images, reconstruct(model, x), out / "worst.png")
 
 
 @torch.no_grad()
@@ -119,7 +129,7 @@ def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, o
         grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 20, device=device))
         z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
         z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
-        save_grid(torch.sigmoid(model.decode(z)), out / "manifold.png", nrow=20)
+        save_grid(model.means(model.decode(z)), out / "manifold.png", nrow=20)
     origin, axes, names = latent_plane(post.mu)
     points = (post.mu.double() - origin) @ axes.T
-    plot_latent_scatter(points, split.labels, names, cfg.class_names, out / "latent_scatter.png")
+    plot_latent_scatter(points, split.labels, names, split.classes, out / "latent_scatter.png")

@@ -12,26 +12,24 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
-from vae.data.split import IMAGE_SHAPE as IMAGE  # noqa: E402
 from vae.files import atomic_write  # noqa: E402
 
 MAX_LABELLED = 40  # a figure names at most this many configs (a comparison may hold hundreds)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """Images (N, 784) or (N, 1, 28, 28) in [0, 1] as one PNG grid, nrow per row."""
-    grid = make_grid(images.detach().float().cpu().reshape(-1, *IMAGE), nrow=nrow, padding=2,
-                     pad_value=0.5)
+    """Images (N, C, H, W) in [0, 1] as one PNG grid, nrow per row."""
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
     atomic_write(path, lambda f: save_image(grid, f, format="png"))
 
 
 def save_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """Rows of originals, each directly above the row of their reconstructions."""
+    """Rows of originals (N, C, H, W), each directly above the row of their reconstructions."""
     nrow = min(nrow, len(originals))
     n = len(originals) // nrow * nrow
-    o = originals[:n].reshape(-1, nrow, *IMAGE)
-    r = reconstructions[:n].reshape(-1, nrow, *IMAGE)
-    save_grid(torch.stack([o, r], dim=1).reshape(-1, *IMAGE), path, nrow=nrow)
+    o = originals[:n].reshape(-1, nrow, *originals.shape[1:])
+    r = reconstructions[:n].reshape(-1, nrow, *originals.shape[1:])
+    save_grid(torch.stack([o, r], dim=1).flatten(0, 2), path, nrow=nrow)
 
 
 def plot_loss_curves(rows: list[dict], path: Path) -> None:
@@ -62,12 +60,12 @@ def save_figure(fig, path: Path) -> None:
 
 
 def save_labeled_rows(images: torch.Tensor, row_labels: list[str], path: Path, title: str) -> None:
-    """Images (R, C, 784) as an R x C grid with a label at the left of each row."""
-    rows, cols = images.shape[:2]
-    grid = make_grid(images.detach().float().cpu().reshape(-1, *IMAGE), nrow=cols, padding=2, pad_value=0.5)
+    """Images (R, N, C, H, W) as an R x N grid with a label at the left of each row."""
+    rows, cols, height = *images.shape[:2], images.shape[-2]
+    grid = make_grid(images.detach().float().cpu().flatten(0, 1), nrow=cols, padding=2, pad_value=0.5)
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * cols, 0.6 + 0.45 * rows))
-    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_yticks([2 + 30 * r + 14 for r in range(rows)], row_labels)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), vmin=0, vmax=1)  # make_grid gives 3 channels, grey ones repeated
+    ax.set_yticks([2 + (height + 2) * r + height // 2 for r in range(rows)], row_labels)
     ax.set_xticks([])
     ax.set_title(title)
     fig.tight_layout()
@@ -89,12 +87,15 @@ def plot_kl_per_dim(kl: list[float], active: list[bool], path: Path) -> None:
 
 def plot_latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str],
                         class_names: tuple[str, ...], path: Path) -> None:
-    """2-D points (N, 2) of the posterior means, coloured by class."""
-    points, labels = points.cpu().numpy(), labels.cpu().numpy()
+    """2-D points (N, 2) of the posterior means, coloured by class (the first MAX_LABELLED classes named)."""
+    points, labels, n = points.cpu().numpy(), labels.cpu().numpy(), len(class_names)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.7)
-    bar = fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
-    bar.ax.set_yticklabels(class_names)
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10" if n <= 10 else "turbo", vmin=-0.5,
+                    vmax=max(n, 10) - 0.5, s=3, alpha=0.7)  # up to 10 classes, tab10's colours in order
+    if n > 1:
+        shown = range(min(n, MAX_LABELLED))
+        bar = fig.colorbar(sc, ax=ax, ticks=list(shown), label="class")
+        bar.ax.set_yticklabels([class_names[c] for c in shown])
     ax.set(title="posterior means of the evaluated images", xlabel=axis_names[0], ylabel=axis_names[1])
     fig.tight_layout()
     save_figure(fig, path)

@@ -49,7 +49,8 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
         ("negative ELBO", f"{m['negative_elbo']:.3f} nats ({m['negative_elbo_bits_per_dim']:.4f} bits/dim)"),
         ("distortion (reconstruction)", f"{m['distortion']:.3f} nats"),
         ("rate KL(q(z|x) || p(z))", f"{m['rate']:.3f} nats ({m['protocol']['elbo']})"),
-        ("prior, posterior", f"{m.get('prior', 'normal')}, {m.get('posterior', 'gaussian')}"),
+        ("prior, posterior, likelihood", f"{m.get('prior', 'normal')}, {m.get('posterior', 'gaussian')}, "
+                                         f"{m.get('likelihood', 'bernoulli')}"),
         (f"NLL, IWAE-{m['protocol']['iwae_samples']}", f"{m['nll_iwae']:.3f} nats "
                                                         f"({m['nll_iwae_bits_per_dim']:.4f} bits/dim)"),
         ("inference gap (IWAE's lower bound on E KL(q(z|x) || p(z|x)))", f"{m['inference_gap']:.3f} nats"),
@@ -126,7 +127,7 @@ def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) ->
                     f"{best[f'{split}_loss']:.3f} nats at epoch {best['epoch']}.</p>")
     training += figure_rows([[(run_dir / "images" / "loss_curves.png", "Training curves: negative ELBO, distortion, "
                                                                        "rate and active units per epoch")]])
-    name = cfg.class_names[cfg.viz.digit]
+    name = metrics["classes"][cfg.viz.digit]
     shown = figure_rows(pictures(run_dir, PICTURES, digit=cfg.viz.digit,
                                  name=f"digit {name}" if cfg.data.dataset == "mnist" else f"class {name}"))
     sections = [("summary", "Summary", summary_cards(metrics)),

@@ -1,9 +1,10 @@
-"""Convolutional encoder and decoder with residual blocks (model.arch=conv)."""
+"""Convolutional encoder and decoder with residual blocks (model.arch=conv), for images (C, H, W) whose sides
+halve evenly once per stage after the first."""
 from __future__ import annotations
 
 from torch import nn
 
-SIDE = 28  # MNIST images are SIDE x SIDE
+from vae.errors import UserError
 
 
 class ResidualBlock(nn.Module):
@@ -18,25 +19,39 @@ class ResidualBlock(nn.Module):
         return x + self.f(x)
 
 
-def conv_encoder(channels: tuple[int, ...], blocks: int, out: int, activation: type[nn.Module]) -> nn.Sequential:
-    """(B, 784) -> (B, out). Stage i works at 28 / 2^i pixels a side with channels[i] channels:
-    a stride-2 4x4 convolution enters it (a 3x3 one the first), `blocks` residual blocks follow."""
-    layers: list[nn.Module] = [nn.Unflatten(1, (1, SIDE, SIDE)), nn.Conv2d(1, channels[0], 3, padding=1)]
+def innermost(shape: tuple[int, int, int], stages: int) -> tuple[int, int]:
+    """(H, W) at the last of `stages` stages, each after the first halving the sides; a UserError where a side
+    does not halve evenly."""
+    _, h, w = shape
+    scale = 1 << (stages - 1)
+    if h % scale or w % scale:
+        raise UserError(f"model.arch=conv with {stages} stages (model.channels) halves the image's sides "
+                        f"{stages - 1} times, so they must be multiples of {scale}; these images are {h}x{w}: "
+                        f"set data.image_size to one, use fewer stages, or model.arch=mlp")
+    return h // scale, w // scale
+
+
+def conv_encoder(shape: tuple[int, int, int], channels: tuple[int, ...], blocks: int, out: int,
+                 activation: type[nn.Module]) -> nn.Sequential:
+    """(B, C * H * W) -> (B, out). Stage i works at sides / 2^i with channels[i] channels: a stride-2 4x4
+    convolution enters it (a 3x3 one the first), `blocks` residual blocks follow."""
+    h, w = innermost(shape, len(channels))
+    layers: list[nn.Module] = [nn.Unflatten(1, shape), nn.Conv2d(shape[0], channels[0], 3, padding=1)]
     for i, c in enumerate(channels):
         if i:
-            layers += [activation(), nn.Conv2d(channels[i - 1], c, 4, stride=2, padding=1)]  # halves the side
+            layers += [activation(), nn.Conv2d(channels[i - 1], c, 4, stride=2, padding=1)]  # halves the sides
         layers += [ResidualBlock(c, activation) for _ in range(blocks)]
-    side = SIDE >> (len(channels) - 1)
-    return nn.Sequential(*layers, activation(), nn.Flatten(), nn.Linear(channels[-1] * side * side, out))
+    return nn.Sequential(*layers, activation(), nn.Flatten(), nn.Linear(channels[-1] * h * w, out))
 
 
-def conv_decoder(channels: tuple[int, ...], blocks: int, latent: int, activation: type[nn.Module]) -> nn.Sequential:
-    """(N, latent) -> (N, 784) logits: the encoder mirrored, with stride-2 transposed convolutions."""
-    side = SIDE >> (len(channels) - 1)
-    layers: list[nn.Module] = [nn.Linear(latent, channels[-1] * side * side),
-                               nn.Unflatten(1, (channels[-1], side, side))]
+def conv_decoder(shape: tuple[int, int, int], channels: tuple[int, ...], blocks: int, latent: int,
+                 activation: type[nn.Module], params: int = 1) -> nn.Sequential:
+    """(N, latent) -> (N, params * C * H * W), `params` numbers of p(x|z) per pixel, each a (C, H, W) plane: the
+    encoder mirrored, with stride-2 transposed convolutions."""
+    h, w = innermost(shape, len(channels))
+    layers: list[nn.Module] = [nn.Linear(latent, channels[-1] * h * w), nn.Unflatten(1, (channels[-1], h, w))]
     for i in reversed(range(len(channels))):
         layers += [ResidualBlock(channels[i], activation) for _ in range(blocks)]
         if i:
             layers += [activation(), nn.ConvTranspose2d(channels[i], channels[i - 1], 4, stride=2, padding=1)]
-    return nn.Sequential(*layers, activation(), nn.Conv2d(channels[0], 1, 3, padding=1), nn.Flatten())
+    return nn.Sequential(*layers, activation(), nn.Conv2d(channels[0], params * shape[0], 3, padding=1), nn.Flatten())

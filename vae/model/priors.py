@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.data.split import PIXELS
 from vae.model.distributions import STANDARD_NORMAL, GaussianMixture, Prior, StandardNormal
 
-# x (K, 784) -> (mu, logvar) of q(z|x) at the top layer, each (K, L)
+# x (K, D) -> (mu, logvar) of q(z|x) at the top layer, each (K, L)
 TopPosterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -51,13 +50,13 @@ class MixturePrior(LatentPrior):
 
 class VampPrior(LatentPrior):
     """Tomczak & Welling (2018): p(z) = (1/K) sum_k q(z | u_k), the posterior at K learned pseudo-inputs u_k
-    (K, 784), kept in [0, 1] by a hard tanh and started at 0.05 +- 0.01 per pixel as in their code."""
+    (K, D), kept in [0, 1] by a hard tanh and started at 0.05 +- 0.01 per pixel as in their code."""
 
     extra_noise = GaussianMixture.extra_noise
 
-    def __init__(self, components: int):
+    def __init__(self, components: int, pixels: int):
         super().__init__()
-        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(components, PIXELS))
+        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(components, pixels))
 
     def forward(self, top_posterior: TopPosterior) -> GaussianMixture:
         mu, logvar = top_posterior(F.hardtanh(self.pseudo_inputs, 0.0, 1.0))  # (K, L) each
@@ -65,11 +64,11 @@ class VampPrior(LatentPrior):
         return GaussianMixture(torch.full((K,), -math.log(K), device=mu.device), mu.float(), logvar.float())
 
 
-def build_prior(name: str, components: int, latent: int) -> LatentPrior:
-    """The module that gives p(z) of a top layer of `latent` units: model.prior."""
+def build_prior(name: str, components: int, latent: int, pixels: int) -> LatentPrior:
+    """The module that gives p(z) of a top layer of `latent` units, of images of `pixels` numbers: model.prior."""
     if name == "mog":
         return MixturePrior(components, latent)
     if name == "vamp":
-        return VampPrior(components)
+        return VampPrior(components, pixels)
     return NormalPrior()
 

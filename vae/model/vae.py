@@ -1,14 +1,17 @@
 """The VAE: encoder q(z|x) = N(mu, diag(sigma^2)) (or a flow on it), reparameterization, Bernoulli
-decoder p(x|z), a prior p(z); and its two-stochastic-layer form."""
+decoder p(x|z), a prior p(z); and its two-stochastic-layer form. Images (C, H, W) enter and leave it
+flattened, D = C * H * W numbers each."""
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import math
 
 import torch
 from torch import nn
 
 from vae.config.schema import ModelConfig
-from vae.data.split import PIXELS
+from vae.data.split import MNIST_SHAPE
 from vae.model.conv import conv_decoder, conv_encoder
 from vae.model.distributions import (
     DiagonalGaussian,
@@ -20,6 +23,7 @@ from vae.model.distributions import (
     sampled_rate,
 )
 from vae.model.flow import IAF
+from vae.model.likelihoods import build_likelihood
 from vae.model.priors import NormalPrior, build_prior
 
 ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -36,7 +40,7 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
 
 
 class Output(NamedTuple):
-    logits: torch.Tensor  # (..., B, 784) Bernoulli logits of p(x|z), one row per sample of z
+    logits: torch.Tensor  # (..., B, params * D) p(x|z)'s parameters (Bernoulli logits, ...), a row per sample of z
     mu: torch.Tensor  # (B, latent) q(z|x) = N(mu, diag(exp(logvar))) of the layer next to x (under a flow, its base)
     logvar: torch.Tensor
     rate: Rate
@@ -48,22 +52,26 @@ class VAE(nn.Module):
     or convolutional ones with residual blocks (model.arch=conv); the prior N(0, I), a Gaussian mixture
     or the VampPrior (model.prior); the posterior Gaussian or an inverse autoregressive flow on it."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
         super().__init__()
-        self.latent_dim = cfg.latent_dim
+        self.shape, self.latent_dim = tuple(shape), cfg.latent_dim  # shape: (C, H, W) of the images
+        pixels = math.prod(shape)
+        self.likelihood = build_likelihood(cfg.likelihood, cfg.likelihood_components)  # p(x|z)
+        outputs = self.likelihood.params  # per pixel, from the decoder
         # The encoder's last layer emits mu and logvar side by side, then the flow's context: (B, 2 * latent + H).
         context = cfg.flow_hidden if cfg.posterior == "flow" else 0
         if cfg.arch == "conv":
             activation = ACTIVATION_MODULES[cfg.activation]
-            self.encoder = conv_encoder(cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim + context, activation)
-            self.decoder = conv_decoder(cfg.channels, cfg.res_blocks, cfg.latent_dim, activation)
+            self.encoder = conv_encoder(self.shape, cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim + context,
+                                        activation)
+            self.decoder = conv_decoder(self.shape, cfg.channels, cfg.res_blocks, cfg.latent_dim, activation, outputs)
         else:
             hidden = list(cfg.hidden_dims)
-            self.encoder = mlp([PIXELS, *hidden, 2 * cfg.latent_dim + context], cfg.activation)
-            self.decoder = mlp([cfg.latent_dim, *reversed(hidden), PIXELS], cfg.activation)
+            self.encoder = mlp([pixels, *hidden, 2 * cfg.latent_dim + context], cfg.activation)
+            self.decoder = mlp([cfg.latent_dim, *reversed(hidden), outputs * pixels], cfg.activation)
         self.flow = (IAF(cfg.latent_dim, cfg.flow_steps, cfg.flow_hidden, ACTIVATION_MODULES[cfg.activation])
                      if context else None)
-        self.prior = build_prior(cfg.prior, cfg.prior_components, cfg.latent2_dim or cfg.latent_dim)
+        self.prior = build_prior(cfg.prior, cfg.prior_components, cfg.latent2_dim or cfg.latent_dim, pixels)
 
     @property
     def noise_dim(self) -> int:
@@ -86,17 +94,17 @@ class VAE(nn.Module):
         return self.flow is None and not self.learned_prior
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, 784) in [0, 1] -> mu, logvar (B, latent) of q(z|x) (under a flow, of its base Gaussian), and
+        """x (B, D) in [0, 1] -> mu, logvar (B, latent) of q(z|x) (under a flow, of its base Gaussian), and
         the flow's context (B, flow_hidden; empty without a flow): the encoder's output, split."""
         out, L = self.encoder(x), self.latent_dim
         return out[..., :L], out[..., L:2 * L], out[..., 2 * L:]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 784) in [0, 1] -> mu, logvar, each (B, latent) (under a flow, of its base Gaussian)."""
+        """x (B, D) in [0, 1] -> mu, logvar, each (B, latent) (under a flow, of its base Gaussian)."""
         return self.posterior(x)[:2]
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu, logvar of the top stochastic layer at x (B, 784): what the VampPrior is a mixture of."""
+        """mu, logvar of the top stochastic layer at x (B, D): what the VampPrior is a mixture of."""
         return self.encode(x)
 
     def prior_distribution(self) -> Prior:
@@ -112,11 +120,17 @@ class VAE(nn.Module):
         return DiagonalGaussian(mu.float(), logvar.float()).rsample(eps)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (..., latent) -> Bernoulli logits of p(x|z), (..., 784)."""
-        return self.decoder(z.reshape(-1, self.latent_dim)).view(*z.shape[:-1], PIXELS)
+        """z (..., latent) -> the parameters of p(x|z) (Bernoulli logits, ...): (..., params * D)."""
+        out = self.decoder(z.reshape(-1, self.latent_dim))
+        return out.view(*z.shape[:-1], out.shape[-1])
+
+    def means(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decoder's output (..., params * D) -> the means of p(x|z) as images (..., C, H, W) in [0, 1]: what
+        pictures show."""
+        return self.likelihood.mean(logits).view(*logits.shape[:-1], *self.shape)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
-        """The point of z each image (B, 784) is drawn and decoded at: the posterior mean, or under a flow
+        """The point of z each image (B, D) is drawn and decoded at: the posterior mean, or under a flow
         the flow's image of its base mean (eps = 0). (B, latent)"""
         mu, _, context = self.posterior(x)
         return mu if self.flow is None else self.flow(mu.float(), context)[0]
@@ -130,7 +144,7 @@ class VAE(nn.Module):
         return torch.randn(n, self.noise_dim, generator=generator, device=device)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
-        """x (B, 784) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
+        """x (B, D) with noise eps (B, latent), or (k, B, latent) for k samples of z per example."""
         if self.analytic_kl:
             mu, logvar = self.encode(x)
             z = self.reparameterize(mu, logvar, eps)
@@ -152,8 +166,8 @@ class TwoLayerVAE(VAE):
     against a prior that depends on z2, has no closed form and is a single-sample estimate.
     """
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
+        super().__init__(cfg, shape)
         self.latent2_dim = cfg.latent2_dim
         hidden2 = list(cfg.hidden2_dims)
         self.encoder2 = mlp([cfg.latent_dim, *hidden2, 2 * cfg.latent2_dim], cfg.activation)  # q(z2|z1)
@@ -174,7 +188,7 @@ class TwoLayerVAE(VAE):
         return self.decode(self.reparameterize(mu_p, logvar_p, e1))
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
-        """x (B, 784) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
+        """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
         e1, e2 = eps.split([self.latent_dim, self.latent2_dim], dim=-1)
         mu1, logvar1 = self.encode(x)
         z1 = self.reparameterize(mu1, logvar1, e1)  # (..., B, L1)
@@ -195,13 +209,14 @@ class TwoLayerVAE(VAE):
         return Output(self.decode(z1), mu1, logvar1, rate, z1)
 
 
-def build_model(cfg: ModelConfig) -> VAE:
-    """The VAE that model.* describes: one stochastic layer, or two when model.latent2_dim > 0."""
-    return TwoLayerVAE(cfg) if cfg.latent2_dim else VAE(cfg)
+def build_model(cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE) -> VAE:
+    """The VAE that model.* describes for images of `shape` (C, H, W): one stochastic layer, or two when
+    model.latent2_dim > 0."""
+    return TwoLayerVAE(cfg, shape) if cfg.latent2_dim else VAE(cfg, shape)
 
 
 @torch.no_grad()
 def init_output_bias(model: VAE, pixel_means: torch.Tensor) -> None:
-    """Set the decoder's last bias to logit(mean of each training pixel) (784,), clamped to [1e-3, 1 - 1e-3]:
+    """Set the decoder's last bias to logit(mean of each training pixel) (D,), clamped to [1e-3, 1 - 1e-3]:
     before training, p(x|z) is then the data's pixel marginals, not a coin flip per pixel."""
     model.decoder[-1].bias.copy_(torch.logit(pixel_means.clamp(1e-3, 1 - 1e-3)))

@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 
 from vae.config.load import from_dict
-from vae.config.schema import Config
+from vae.config.schema import CLASS_NAMES, Config
+from vae.data.split import MNIST_SHAPE
 from vae.errors import UserError
 from vae.files import atomic_write
 from vae.run.layout import CHECKPOINTS, last_pt
 
-FORMAT_VERSION = 4
-REQUIRED_KEYS = ("format_version", "config", "epoch", "best", "model", "optimizer", "rng", "progress", "average")
+FORMAT_VERSION = 5
+REQUIRED_KEYS = ("format_version", "config", "data", "epoch", "best", "model", "optimizer", "rng", "progress",
+                 "average")
 
 
 def _best_of_v2(state: dict) -> dict:
@@ -26,12 +28,35 @@ def _best_of_v2(state: dict) -> dict:
     return state
 
 
+def _data_of_v4(state: dict) -> dict:
+    """v4 trained on an MNIST-class dataset only: 28x28 grey images of its 10 classes."""
+    config = state.get("config")
+    dataset = config.get("data", {}).get("dataset", "mnist") if isinstance(config, dict) else "mnist"
+    classes = CLASS_NAMES.get(dataset, CLASS_NAMES["mnist"]) if isinstance(dataset, str) else CLASS_NAMES["mnist"]
+    return {**state, "format_version": 5, "data": {"shape": list(MNIST_SHAPE), "classes": list(classes)}}
+
+
 # Each step upgrades a checkpoint of format N to N + 1.
 UPGRADES = {
     1: lambda state: {**state, "format_version": 2, "progress": None},  # v1 saved at epoch ends only
     2: _best_of_v2,
     3: lambda state: {**state, "format_version": 4, "average": None},  # v3 kept no average of the weights
+    4: _data_of_v4,
 }
+
+
+def data_info(splits) -> dict:
+    """What a checkpoint records of the data it was trained on, so that it is used without the data: the
+    images' (C, H, W) and the name of each label."""
+    return {"shape": list(splits.shape), "classes": list(splits.classes)}
+
+
+def check_same_data(state: dict, splits, source: Path) -> None:
+    """Refuse to go on with data whose images differ in shape from those the checkpoint `source` learned."""
+    if tuple(state["data"]["shape"]) != splits.shape:
+        c, h, w = state["data"]["shape"]
+        raise UserError(f"{source} was trained on {h}x{w} images of {c} channel(s); the data now read is "
+                        f"{splits.shape[1]}x{splits.shape[2]} of {splits.shape[0]} (data.image_size, data.path?)")
 
 
 def save_checkpoint(state: dict, *paths: Path) -> None:
@@ -95,6 +120,12 @@ def load_checkpoint(path: str | Path, data: bytes | None = None) -> tuple[dict, 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise UserError(f"{path} is incomplete: missing {', '.join(missing)}")
+    info = state["data"]
+    shape, classes = (info.get("shape"), info.get("classes")) if isinstance(info, dict) else (None, None)
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
+            and isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise UserError(f"{path} is malformed: its record of the data ({info!r:.80}) is not an image shape and "
+                        f"class names")
     try:
         cfg = from_dict(state["config"])
     except UserError as e:

@@ -14,6 +14,7 @@ from vae.files import locked
 from vae.sweep.spec import load
 from vae.sweep.study import work
 
+PATH_ENV = "PYTHONPATH"
 PARENT_ENV = "VAE_SWEEP_PARENT"  # a worker's parent's pid: the worker stops when that process is gone
 PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal this process gets when its parent dies
 
@@ -43,18 +44,21 @@ def configure_worker(workers: int) -> None:
     torch.set_num_threads(threads_per_worker(workers))
 
 
-def run_workers(sweep_dir: Path, workers: int, script: Path) -> None:
+def run_workers(sweep_dir: Path, workers: int, command: tuple[str, ...] = ("-m", "vae", "sweep")) -> None:
     """Run the sweep with `workers` local processes (one in this process when 1), each with its share of
-    the cores. Ctrl-C or SIGTERM stops every worker after its current step, each saving its trial; a second
-    sweep.py on the same directory is refused while this one runs."""
+    the cores, each `python COMMAND --worker ...` (this package's sweep command). Ctrl-C or SIGTERM stops every
+    worker after its current step, each saving its trial; a second sweep.py on the same directory is refused
+    while this one runs."""
     sweep = load(sweep_dir)
     with locked(sweep_dir, f"{sweep_dir} is being run by another sweep.py on this machine{{pid}}: wait for it, "
                            f"or stop it first"):
         if workers == 1:
             work(sweep, sweep_dir)
             return
-        cmd = [sys.executable, str(script), "--worker", str(sweep_dir), "--workers", str(workers)]
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        cmd = [sys.executable, *command, "--worker", str(sweep_dir), "--workers", str(workers)]
+        # this very package, installed or not: the folder that holds vae/
+        path = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get(PATH_ENV)])])
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), PATH_ENV: path}
         # Their own sessions: a terminal's Ctrl-C reaches this process alone, which passes it on once.
         procs = [subprocess.Popen(cmd, env=env, start_new_session=True) for _ in range(workers)]
         codes = wait_for(procs)

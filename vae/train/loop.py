@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vae.config.load import to_dict
-from vae.config.schema import Config, LossConfig, TrainConfig
+from vae.config.schema import Config, LossConfig, TrainConfig, with_classes
 from vae.data.load import Splits, load_data
 from vae.device import resolve_device, uses_bf16
 from vae.errors import Interrupted, UserError
@@ -29,7 +29,7 @@ from vae.evaluate.pictures import fixed_latents, save_pictures
 from vae.evaluate.plots import plot_loss_curves
 from vae.model.vae import VAE, build_model, init_output_bias
 from vae.run import rundir
-from vae.run.checkpoint import FORMAT_VERSION, load_state, save_checkpoint
+from vae.run.checkpoint import FORMAT_VERSION, check_same_data, data_info, load_state, save_checkpoint
 from vae.run.layout import best_pt, last_pt
 from vae.run.resume import restore_rng, rng_state
 from vae.train.averaging import WeightAverage
@@ -37,7 +37,7 @@ from vae.train.distributed import World, all_reduce, process_group, world_from_e
 from vae.train.epoch_report import collapse_warning, epoch_line
 from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
-from vae.train.plan import Plan, claimed, plan_run
+from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
 from vae.train.step import Batches, EagerStep, GraphedStep, Step, StepOptions
@@ -82,7 +82,8 @@ class Run:
 
     def checkpoint(self, epochs_done: int, inside: EpochProgress | None = None) -> dict:
         """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
-        return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "epoch": epochs_done,
+        return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "data": data_info(self.splits),
+                "epoch": epochs_done,
                 "best": self.best, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "rng": rng_state(self.gen), "progress": inside.state() if inside else None,
                 "average": self.average.state() if self.average else None}
@@ -119,11 +120,14 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
 def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
            device: torch.device, after_epoch: Callable[[dict, bool], None] | None, memory_share: int) -> TrainResult:
     # 1. Plan: what the run continues, and every check that can fail before a file is written.
-    plan = plan_run(cfg, resume, overwrite, device, memory_share)
+    plan = plan_run(cfg, resume, overwrite, device)
     for warning in plan.warnings:
         log(world, warning, file=sys.stderr)
-    # 2. Data, read (or downloaded) by rank 0 first.
+    # 2. Data, read (or downloaded) by rank 0 first; then whether the machine holds a run on it.
     splits = load_splits(cfg, world, device)
+    cfg = with_classes(cfg, splits.classes)
+    images = sum(len(s) for s in (splits.train, splits.val, splits.test) if s is not None)
+    check_machine(cfg, plan.run_dir, device, splits.shape, images, memory_share)
     # 3. Build: the seeded model, optimizer and training stream, restored from the checkpoint.
     run = build(cfg, plan, splits, world, device)
     if plan.nothing_to_do:
@@ -172,7 +176,9 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
+    if plan.state is not None:
+        check_same_data(plan.state, splits, plan.resume)
+    model = build_model(cfg.model, splits.shape).to(device)
     if cfg.model.output_bias_init == "pixel_means":  # a checkpoint's weights replace it on resume
         init_output_bias(model, splits.train.images.float().mean(0).flatten() / 255)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
@@ -199,7 +205,7 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if cfg.train.compile else net
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
-    options = StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip)
+    options = StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip, model.likelihood)
     step = EagerStep(net, opt, batches, options, world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         return GraphedStep(step, cfg.train.batch_size)

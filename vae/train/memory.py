@@ -1,45 +1,47 @@
 """Will a run fit? What training needs in memory, estimated before it starts, against what is free."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from vae.config.schema import Config
-from vae.data.split import PIXELS
 from vae.errors import UserError
 from vae.model.priors import LatentPrior
 from vae.model.vae import build_model
 
-DATA_BYTES = 70_000 * PIXELS  # the MNIST-class images, one uint8 tensor on the device
 FLOAT = 4  # bytes
 
 
-def estimate_bytes(cfg: Config) -> dict[str, int]:
+def estimate_bytes(cfg: Config, shape: tuple[int, int, int], images: int) -> dict[str, int]:
     """Bytes that training holds at its peak, by part.
 
     The weights, their gradients and Adam's two moments; one batch's activations (each layer's
     output of a forward pass over the batch's loss.iwae_k samples, measured on the meta device, kept
     for the backward pass and matched there by a gradient of the same size; the loss's
-    elementwise terms over the logits; a mixture prior's (k, B, K) log-densities); and the images.
+    elementwise terms over the decoder's outputs; a mixture prior's (k, B, K) log-densities); and the `images`,
+    one uint8 tensor of (C, H, W) `shape` each on the device.
     """
+    pixels = math.prod(shape)
     batch, k = cfg.train.batch_size, cfg.loss.iwae_k
     outputs = []
     with torch.device("meta"):  # shapes only: no memory, no random numbers
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, shape)
         hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
                  for m in model.modules() if not list(m.children()) and not isinstance(m, LatentPrior)]
-        model(torch.empty(batch, PIXELS), torch.empty(k, batch, model.noise_dim))
+        model(torch.empty(batch, pixels), torch.empty(k, batch, model.noise_dim))
     for hook in hooks:
         hook.remove()
     n_params = sum(p.numel() for p in model.parameters())
+    outputs_per_image = pixels * model.likelihood.params  # the decoder's, which the loss runs over
     if cfg.model.prior != "normal":  # a mixture's log-densities: (k, B, K) components, their sum and exponentials
         outputs.append(3 * k * batch * cfg.model.prior_components)
     return {"weights, gradients and Adam's moments": 4 * FLOAT * n_params,
             **({"the average of the weights": FLOAT * n_params} if cfg.train.ema_decay else {}),
-            "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * PIXELS,
-            "the images": DATA_BYTES}
+            "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * outputs_per_image,
+            "the images": images * pixels}
 
 
 def available_bytes(device: torch.device) -> int:
@@ -59,10 +61,10 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_memory(cfg: Config, device: torch.device, share: int = 1) -> None:
-    """Refuse a run whose estimated peak does not fit in its share of the memory free on `device`: a
-    1/`share` part when that many processes (a sweep's workers) start on it at once."""
-    parts = estimate_bytes(cfg)
+def check_memory(cfg: Config, shape: tuple[int, int, int], images: int, device: torch.device, share: int = 1) -> None:
+    """Refuse a run on `images` of `shape` whose estimated peak does not fit in its share of the memory free on
+    `device`: a 1/`share` part when that many processes (a sweep's workers) start on it at once."""
+    parts = estimate_bytes(cfg, shape, images)
     needed, free = sum(parts.values()), available_bytes(device) // share
     if needed > free:
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())

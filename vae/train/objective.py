@@ -7,7 +7,8 @@ import math
 import torch
 
 from vae.config.schema import LossConfig
-from vae.model.distributions import LossTerms, Rate, bernoulli_log_likelihood, log_normal, log_standard_normal, vae_loss
+from vae.model.distributions import LossTerms, Rate, log_normal, log_standard_normal
+from vae.model.likelihoods import BERNOULLI, Likelihood, vae_loss
 from vae.train.distributed import batch_mean
 
 
@@ -55,9 +56,10 @@ def dreg_nats(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: t
 
 
 def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossConfig,
-                   kl_weight: float | torch.Tensor, posterior: tuple[torch.Tensor, ...] | None = None
-                   ) -> tuple[torch.Tensor, LossTerms]:
-    """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report.
+                   kl_weight: float | torch.Tensor, posterior: tuple[torch.Tensor, ...] | None = None,
+                   likelihood: Likelihood = BERNOULLI) -> tuple[torch.Tensor, LossTerms]:
+    """What training minimizes, summed over the batch, and the negative ELBO's terms (B,) to report, from the
+    decoder's output `logits` (k, B, params * D) (or (B, ...)) under `likelihood` p(x|z).
 
     iwae_k = 1: distortion + kl_weight * rate, where with free bits each dimension's rate, as a
     batch mean, counts as at least loss.free_bits nats (Kingma et al. 2016). iwae_k > 1: -IWAE_k,
@@ -65,15 +67,15 @@ def objective_nats(logits: torch.Tensor, x: torch.Tensor, rate: Rate, cfg: LossC
     (the ELBO at k = 1, its rate sampled) with DReG gradients, which need the `posterior` (z, mu, logvar).
     """
     if cfg.gradient == "dreg":
-        log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
+        log_px = likelihood.log_prob(logits, x)  # (k, B)
         return (dreg_nats(log_px, *posterior, kl_weight, rate.log_prior).sum(),
                 LossTerms(-log_px.detach().mean(0), rate.kl))
     if cfg.iwae_k > 1:
-        # One pass over the (k, B, 784) logits serves the bound and the reported terms: on the CPU
+        # One pass over the (k, B, D) logits serves the bound and the reported terms: on the CPU
         # it costs about as much as the decoder's forward pass.
-        log_px = bernoulli_log_likelihood(logits, x)  # (k, B)
+        log_px = likelihood.log_prob(logits, x)  # (k, B)
         return iwae_nats(log_px, rate, kl_weight).sum(), LossTerms(-log_px.detach().mean(0), rate.kl)
-    terms = vae_loss(logits, x, rate)
+    terms = vae_loss(logits, x, rate, likelihood)
     if cfg.free_bits:
         # Dimensions whose mean over the whole batch (all processes under torchrun) is under the
         # floor count as free_bits nats, a constant: no gradient pushes them to the prior.

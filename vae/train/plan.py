@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from vae.config.schema import Config
+from vae.data.split import MNIST_SHAPE
 from vae.device import native_bf16
 from vae.errors import UserError
 from vae.model.vae import build_model
@@ -23,7 +24,7 @@ from vae.train.memory import check_memory
 from vae.train.schedule import seconds_spent, stops_early
 from vae.train.tblog import summary_writer_class
 
-IMAGE_BYTES_PER_EPOCH = 300_000
+IMAGE_BYTES_PER_EPOCH = 300_000  # the pictures of an epoch, at MNIST's size
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,10 @@ class Plan:
         return {"loss": math.inf, "epoch": None} if self.state is None else self.state["best"]
 
 
-def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: torch.device,
-             memory_share: int = 1) -> Plan:
-    """What the run continues, checked against where it writes and what the machine has (its free memory
-    shared by `memory_share` processes)."""
-    if cfg.logging.tensorboard:
-        summary_writer_class()  # fail now, not after the data has loaded
+def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: torch.device) -> Plan:
+    """What the run continues, checked against where it writes and the tools it needs (check_machine, once the
+    data is read, checks the disk and the memory)."""
+    check_tools(cfg)
     plan = Plan(Path(cfg.output.dir).expanduser(), overwrite)
     if resume is not None:
         resume = resolve_checkpoint(resume)
@@ -68,7 +67,6 @@ def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: to
         rows = tuple(r for r in rundir.read_metrics(source) if r["epoch"] < start) if source else ()
         plan = Plan(plan.run_dir, overwrite, resume, state, source, rows, nothing_to_do(cfg, resume, state, rows))
     check_target(plan)
-    check_machine(cfg, plan.run_dir, device, memory_share)
     return dataclasses.replace(plan, warnings=tuple(w for w in [bf16_warning(cfg, device)] if w))
 
 
@@ -95,20 +93,29 @@ def check_target(plan: Plan) -> None:
                         f"Fork it with output.dir=DIR, or pass --overwrite to discard it")
 
 
-def check_machine(cfg: Config, run_dir: Path, device: torch.device, memory_share: int = 1) -> None:
-    """Disk, memory and the tools the config asks for."""
-    with torch.device("meta"):  # sizes only: no memory, no random numbers
-        n_params = sum(p.numel() for p in build_model(cfg.model).parameters())
-    # last.pt, best.pt and a temp file (weights, Adam's two moments and the average, if kept), plus the
-    # images of every viz.every-th epoch
-    copies = 3 + bool(cfg.train.ema_decay)
-    pictures = (cfg.train.epochs // cfg.viz.every + 1) * IMAGE_BYTES_PER_EPOCH
-    rundir.check_space(run_dir, 3 * copies * 4 * n_params + pictures + 10 * 2**20)
-    check_memory(cfg, device, memory_share)
+def check_tools(cfg: Config) -> None:
+    """What the config asks for beyond torch: TensorBoard's writer, a C++ compiler for torch.compile."""
+    if cfg.logging.tensorboard:
+        summary_writer_class()
     compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
     if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):
         raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none "
                         "was found ($CXX, g++, clang++, c++): install one, or set train.compile=false")
+
+
+def check_machine(cfg: Config, run_dir: Path, device: torch.device, shape: tuple[int, int, int], images: int,
+                  memory_share: int = 1) -> None:
+    """Disk and memory for a run on `images` of `shape` (C, H, W); its free memory shared by `memory_share`
+    processes."""
+    with torch.device("meta"):  # sizes only: no memory, no random numbers
+        n_params = sum(p.numel() for p in build_model(cfg.model, shape).parameters())
+    # last.pt, best.pt and a temp file (weights, Adam's two moments and the average, if kept), plus the
+    # images of every viz.every-th epoch
+    copies = 3 + bool(cfg.train.ema_decay)
+    per_epoch = IMAGE_BYTES_PER_EPOCH * math.prod(shape) // math.prod(MNIST_SHAPE)
+    pictures = (cfg.train.epochs // cfg.viz.every + 1) * per_epoch
+    rundir.check_space(run_dir, 3 * copies * 4 * n_params + pictures + 10 * 2**20)
+    check_memory(cfg, shape, images, device, memory_share)
 
 
 def bf16_warning(cfg: Config, device: torch.device) -> str:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from vae.config.schema import LossConfig
-from vae.data.split import PIXELS, Split, binarize
+from vae.data.split import Split, binarize
+from vae.model.likelihoods import BERNOULLI, Likelihood
 from vae.train.distributed import World
 from vae.train.objective import objective_nats
 from vae.train.progress import EpochProgress
@@ -30,12 +31,13 @@ class StepOptions(NamedTuple):
     loss: LossConfig
     bf16: bool = False  # the forward pass under bf16 autocast
     grad_clip: float = 0.0  # clip the gradient norm to this; 0 = off
+    likelihood: Likelihood = BERNOULLI  # the model's p(x|z)
 
 
 def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
                    options: StepOptions, kl_weight: float | torch.Tensor,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on `scale` times the batch-summed objective of rows x (b, 784) with noise
+    """One Adam step on `scale` times the batch-summed objective of rows x (b, D) with noise
     eps (k, b, noise_dim), k = loss.iwae_k.
 
     Returns the negative ELBO's summed nats (3,) (total, reconstruction, KL) and the sum of logvar,
@@ -44,9 +46,9 @@ def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
     """
     # No autocast cache: a graph must not hold casts made outside it (each weight is used once anyway).
     with torch.autocast(x.device.type, torch.bfloat16, enabled=options.bf16, cache_enabled=False):
-        out = net(x, eps)  # logits (k, b, 784)
+        out = net(x, eps)  # logits (k, b, D)
     objective, terms = objective_nats(out.logits.float(), x, out.rate, options.loss, kl_weight,
-                                      (out.z, out.mu.float(), out.logvar.float()))
+                                      (out.z, out.mu.float(), out.logvar.float()), options.likelihood)
     opt.zero_grad(set_to_none=True)
     (objective * scale).backward()
     if options.grad_clip:
@@ -68,20 +70,20 @@ class Batches:
 
     def randoms(self, n: int, gen: torch.Generator, out: tuple[torch.Tensor | None, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Uniforms (n, 784) (None unless dynamic) and noise (n, k, noise_dim) from `gen`, into `out` if given."""
+        """Uniforms (n, D) (None unless dynamic) and noise (n, k, noise_dim) from `gen`, into `out` if given."""
         uniform, noise = out or (None, None)
         device = self.split.images.device
         if self.dynamic:
-            uniform = torch.rand((n, PIXELS), generator=gen, device=device, out=uniform)
+            uniform = torch.rand((n, self.split.dims), generator=gen, device=device, out=uniform)
         return uniform, torch.randn((n, self.k, self.noise_dim), generator=gen, device=device, out=noise)
 
     def examples(self, index: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
-        """The rows at `index` (b, 784), binarized with `uniform` when given."""
+        """The rows at `index` (b, D), binarized with `uniform` when given."""
         x = self.split.pixels(index)
         return x if uniform is None else binarize(x, uniform)
 
     def draw(self, index: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (b, 784) and noise (b, k, noise_dim) of the examples at `index`."""
+        """x (b, D) and noise (b, k, noise_dim) of the examples at `index`."""
         uniform, noise = self.randoms(len(index), gen)
         return self.examples(index, uniform), noise
 
@@ -120,7 +122,7 @@ class GraphedStep:
         self.eager, self.batches = eager, eager.batches
         device = self.batches.split.images.device
         self.index = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.uniform = torch.zeros(batch_size, PIXELS, device=device) if self.batches.dynamic else None
+        self.uniform = torch.zeros(batch_size, self.batches.split.dims, device=device) if self.batches.dynamic else None
         self.noise = torch.zeros(batch_size, self.batches.k, self.batches.noise_dim, device=device)
         self.kl_weight, self.kl_weight_value = torch.ones((), device=device), 1.0
         self.graph, self.outputs, self.lr, self.warm_steps = None, None, None, 0

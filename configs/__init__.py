@@ -1,0 +1,1 @@
+"""The shipped configs, installed as the package vae.configs so that `--config NAME` finds them anywhere."""

@@ -1,0 +1,125 @@
+"""p(x|z), the likelihood of an image given its code (model.likelihood): what the decoder's output means.
+
+One interface: `params` numbers per pixel from the decoder, laid out (..., params, D) flattened to
+(..., params * D); log_prob(out, x) -> (...) summed over the D pixels, x (B, D) in [0, 1]; mean(out) ->
+(..., D) in [0, 1], the picture of p(x|z).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vae.model.distributions import LossTerms, Rate
+
+LEVELS = 256  # 8-bit pixels: x = k / 255
+LOG_SCALE_MIN = -7.0 - math.log(2)  # PixelCNN++'s floor of log s on [-1, 1], on [0, 1]
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_d log Bernoulli(x_d | sigmoid(l_d)): logits (..., B, D), x (B, D) -> (..., B).
+
+    torch's cross-entropy from logits, stable where sigmoid saturates; x may be soft (in [0, 1]).
+    (It measured 1.04-1.27x faster on the CPU, forward and backward, than sum x * l - softplus(l).)
+    """
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(dim=-1)
+
+
+class Bernoulli:
+    """x_d ~ Bernoulli(sigmoid(l_d)): a probability of binary pixels; of grey levels only a cross-entropy."""
+
+    params = 1
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_likelihood(out, x)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out)
+
+
+def log_cb_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda) of the continuous Bernoulli at lambda = sigmoid(l) (Loaiza-Ganem & Cunningham 2019):
+    C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) = l / tanh(l / 2), even in l, 2 + l^2 / 6 + O(l^4) near 0."""
+    a = logits.abs()
+    near = a < 1e-2
+    safe = torch.where(near, torch.ones_like(a), a)  # no 0 / 0 in the branch not taken (nor in its gradient)
+    return torch.where(near, torch.log(2 + a.pow(2) / 6), torch.log(safe / torch.tanh(safe / 2)))
+
+
+class ContinuousBernoulli:
+    """x_d in [0, 1] with density C(lambda_d) lambda_d^x (1 - lambda_d)^(1 - x), lambda = sigmoid(l): a true
+    density of intensities, whose nats are those of a density on [0, 1]^D (they may be negative)."""
+
+    params = 1
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_likelihood(out, x) + log_cb_normalizer(out).sum(-1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[x] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)) = sigmoid(l) / tanh(l / 2) - 1 / l,
+        1/2 + l / 12 + O(l^3) near 0."""
+        near = out.abs() < 1e-2
+        safe = torch.where(near, torch.ones_like(out), out)
+        return torch.where(near, 0.5 + out / 12, torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe)
+
+
+class DiscretizedLogistic:
+    """x_d in {0, 1/255, ..., 1}: a mixture of K logistics (K = 1: one), each integrated over the pixel's bin of
+    width 1/255 (the end bins reach to -inf and +inf), as PixelCNN++ (Salimans et al. 2017) has it per pixel: a
+    probability of the 8-bit images, so its NLL is a code length. Decoder outputs per pixel: (mu, log s), and with
+    K > 1 K of each after K mixture logits."""
+
+    def __init__(self, components: int = 1):
+        self.components = components
+        self.params = 2 if components == 1 else 3 * components
+
+    def parts(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """out (..., params * D) -> mu, log s (..., K, D) and the mixture's log weights (..., K, D) (None at K = 1)."""
+        K = self.components
+        out = out.unflatten(-1, (self.params, -1))  # (..., params, D)
+        if K == 1:
+            return out[..., :1, :], out[..., 1:, :].clamp(min=LOG_SCALE_MIN), None
+        logits, mu, log_s = out.split(K, dim=-2)
+        return mu, log_s.clamp(min=LOG_SCALE_MIN), F.log_softmax(logits, dim=-2)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mu, log_s, log_w = self.parts(out)
+        x = x.unsqueeze(-2)  # (B, 1, D)
+        inv_s = torch.exp(-log_s)
+        upper = inv_s * (x - mu + 0.5 / (LEVELS - 1))  # the bin's edges, standardized
+        lower = inv_s * (x - mu - 0.5 / (LEVELS - 1))
+        # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)): in logs, stable in both tails
+        inside = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+        log_p = torch.where(x <= 0, F.logsigmoid(upper), torch.where(x >= 1, F.logsigmoid(-lower), inside))
+        if log_w is not None:
+            log_p = torch.logsumexp(log_w + log_p, dim=-2, keepdim=True)
+        return log_p.squeeze(-2).sum(-1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The mixture's mean, each logistic's mean kept in [0, 1] (where its bins are)."""
+        mu, _, log_w = self.parts(out)
+        mu = mu.clamp(0, 1)
+        return mu.squeeze(-2) if log_w is None else (log_w.exp() * mu).sum(-2)
+
+
+Likelihood = Bernoulli | ContinuousBernoulli | DiscretizedLogistic
+
+
+def build_likelihood(name: str, components: int = 1) -> Likelihood:
+    """The p(x|z) that model.likelihood names (`logistic` with model.likelihood_components)."""
+    if name == "continuous_bernoulli":
+        return ContinuousBernoulli()
+    if name == "logistic":
+        return DiscretizedLogistic(components)
+    return Bernoulli()
+
+
+BERNOULLI = Bernoulli()
+
+
+def vae_loss(logits: torch.Tensor, x: torch.Tensor, rate: Rate, likelihood: Likelihood = BERNOULLI) -> LossTerms:
+    """The negative ELBO's terms of images x (B, D) from the decoder's output (B, params * D) under `likelihood`;
+    with k samples of z per example (output (k, B, params * D)) the distortion is their average."""
+    recon = -likelihood.log_prob(logits, x)
+    return LossTerms(recon if recon.dim() == 1 else recon.mean(0), rate.kl)
