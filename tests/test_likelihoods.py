@@ -96,7 +96,8 @@ def test_a_logistic_mixture_is_the_weighted_sum_of_its_components_probabilities_
     torch.testing.assert_close(DiscretizedLogistic(K).log_prob(out.flatten(), x), expected)
 
 
-def test_the_logistic_scale_has_a_floor_and_its_mean_is_the_clamped_mixture_mean():
+def test_the_logistic_scale_has_pixelcnns_floor_and_its_mean_is_the_clamped_mixture_mean():
+    assert LOG_SCALE_MIN == pytest.approx(-7.0 - math.log(2))  # PixelCNN++'s -7 on [-1, 1], on [0, 1]
     out = torch.tensor([0.5, 1.5, -50.0, -50.0], dtype=torch.float64)  # mu (2 pixels), then log s far below the floor
     floored = torch.tensor([0.5, 1.5, LOG_SCALE_MIN, LOG_SCALE_MIN], dtype=torch.float64)
     x = torch.tensor([0.5, 1.0], dtype=torch.float64)
@@ -145,6 +146,8 @@ def test_each_likelihood_trains_evaluates_and_draws_its_means(tmp_path, mnist_ro
     assert metrics["nll_iwae"] <= metrics["negative_elbo_k_samples"] + 1e-6
     if likelihood == "logistic":  # a probability of 8-bit pixels: between 0 and 8 bits each
         assert 0 < metrics["nll_iwae_bits_per_dim"] < 8 and "code length" in metrics["protocol"]["targets"]
+        with pytest.raises(UserError, match="multiples of 1/255"):  # not 8-bit pixels: no probability of them
+            load(result.run_dir, device="cpu").nll(torch.full((1, 784), 0.001))
     else:
         assert "density" in metrics["protocol"]["targets"]
     model = load(result.run_dir, device="cpu")

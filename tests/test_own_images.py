@@ -136,10 +136,14 @@ def test_image_size_applies_to_mnist_too(mnist_root):
     ("corrupt", r"could not read the image .*broken.png: .*corrupt, or not an image"),
     ("missing", r"data.path=.*nowhere: no such folder"),
     ("npz dtype", r"dtype.npz: x must be uint8 \(0..255\), got float32"),
-    ("npz shape", r"shape.npz: x must be N x H x W or N x H x W x C with C = 1 or 3 and N > 0, got \(4, 3, 3, 2\)"),
+    ("npz shape", r"shape.npz: x must be N x H x W or N x H x W x C with C = 1 or 3 and N, H, W > 0, got "
+                  r"\(4, 3, 3, 2\)"),
     ("npz labels", r"labels.npz: y must be 4 integer labels >= 0 \(one per image of x\), got \(3,\) int64"),
     ("npz keys", r"keys.npz must hold an array x \(or x_train and x_test\); it holds images"),
     ("npz pickle", r"could not read .*pickle.npz as a NumPy .npz"),
+    ("npz truncated", r"could not read .*truncated.npz as a NumPy .npz"),
+    ("npz npy", r"could not read .*npy.npz as a NumPy .npz: it holds one array, not named arrays"),
+    ("npz empty", r"empty.npz: x must be N x H x W .* N, H, W > 0, got \(4, 0, 3\)"),
     ("no path", r"data.dataset needs data.path"),
 ])
 def test_bad_data_is_one_line_naming_the_file(tmp_path, case, message):
@@ -163,13 +167,27 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, case, message):
                   "shape": {"x": np.zeros((4, 3, 3, 2), np.uint8)},
                   "labels": {"x": grey[:, 0].numpy(), "y": np.arange(3)},
                   "keys": {"images": grey[:, 0].numpy()},
-                  "pickle": {"x": np.array([{"a": 1}], dtype=object)}}[case.split()[1]]
-        np.savez(path, **arrays)
+                  "pickle": {"x": np.array([{"a": 1}], dtype=object)},
+                  "truncated": {"x": grey[:, 0].numpy()}, "npy": None,
+                  "empty": {"x": np.zeros((4, 0, 3), np.uint8)}}[case.split()[1]]
+        if arrays is None:  # one array saved as .npy, under a .npz name
+            with open(path, "wb") as f:
+                np.save(f, grey[:, 0].numpy())
+        else:
+            np.savez(path, **arrays)
+        if case == "npz truncated":
+            path.write_bytes(path.read_bytes()[:100])
     dataset = "npz" if case.startswith("npz") else "folder"
     with pytest.raises(UserError, match=message):
         if case == "no path":
             load_config(None, ["data.dataset=folder"])
         load_data(DataConfig(dataset=dataset, path=str(path)), CPU)
+
+
+def test_two_classes_train_with_the_default_viz_digit_which_then_means_class_0(tmp_path):
+    root = write_folder(tmp_path / "pets", {"cat": images_of(10, (1, 4, 4), 0), "dog": images_of(10, (1, 4, 4), 1)})
+    result = train(with_(run_cfg(tmp_path, DataConfig(dataset="folder", path=str(root))), train={"epochs": 1}))
+    assert result.run_dir.joinpath("images", "digit0_epoch001.png").is_file()  # viz.digit=2 beyond cat and dog
 
 
 def test_viz_digit_takes_a_class_folders_name(tmp_path):
@@ -233,3 +251,14 @@ def test_resuming_on_images_of_another_size_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"last.pt was trained on 6x6 images of 1 channel\(s\); the data now read is "
                                         r"5x5 of 1"):
         train(cfg, resume=run)
+    with pytest.raises(UserError, match=r"last.pt was trained on 6x6 images"):
+        evaluate_checkpoint(run, ["eval.iwae_samples=2"])
+
+
+def test_the_data_path_is_the_data_so_resume_refuses_another(tmp_path):
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=images_of(20, (1, 6, 6), 0)[:, 0].numpy())
+    cfg = run_cfg(tmp_path, DataConfig(dataset="npz", path=str(tmp_path / "a.npz")))
+    run = train(with_(cfg, train={"epochs": 1})).run_dir
+    with pytest.raises(UserError, match=r"data.path"):
+        train(with_(cfg, data={"path": str(tmp_path / "b.npz")}), resume=run)

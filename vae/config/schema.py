@@ -101,7 +101,8 @@ class DataConfig:
                     "(`MNIST/raw/`, ...: torchvision's layout)", role=SETTING)
     download: bool = key(True, "let torchvision download `mnist`, `fashion_mnist` or `kmnist` when its files are "
                          "missing", role=SETTING)
-    path: str | None = key(None, "`folder`, `npz`: the folder of images or the `.npz` file", role=SETTING)
+    path: str | None = key(None, "`folder`, `npz`: the folder of images or the `.npz` file: the data itself, so "
+                           "fixed for a run and compared between runs")
     image_size: int = key(0, "resize every image (its shorter side, antialiased) and centre-crop it to this many "
                           "pixels a side. `0` = as they are, which must then be of one size", within=(0, 4096))
     test_fraction: float = key(0.1, "`folder`, `npz` without a test split of their own: the share of the images held "
@@ -186,7 +187,7 @@ class ModelConfig:
     def __post_init__(self):
         check_fields(self, "model")
         _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
-                 self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in one shared bias)")
+                 self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in a bias per channel, not per pixel)")
         _require(self.output_bias_init == "torch" or self.likelihood == "bernoulli", "model.output_bias_init",
                  self.output_bias_init, "pixel_means sets Bernoulli logits: it needs model.likelihood=bernoulli")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
@@ -285,8 +286,8 @@ class VizConfig:
                      ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
     digit: int | str = key(2, "the class shown in the single-class grid, and where the report's decoder starts: its "
                            "index or its name in `data.dataset` (`Trouser`, `tsu`, a class folder's name; any case), "
-                           "kept as the index (unlabelled images have the one class `all`, index 0, which any index "
-                           "then means)", ok=lambda v: isinstance(v, str) or v >= 0,
+                           "kept as the index; on your own images an index beyond their classes means class 0 (so "
+                           "unlabelled ones, the one class `all`, take any index)", ok=lambda v: isinstance(v, str) or v >= 0,
                            rule="must be a class index >= 0 or a class name", role=SETTING)
 
     def __post_init__(self):
@@ -352,18 +353,20 @@ class Config:
 
 def with_classes(cfg: Config, classes: tuple[str, ...]) -> Config:
     """cfg with viz.digit the index of one of the `classes` its data was read with."""
-    where = cfg.data.dataset if cfg.data.dataset in CLASS_NAMES else cfg.data.path
-    return dataclasses.replace(cfg, viz=dataclasses.replace(cfg.viz, digit=class_index(cfg.viz.digit, classes, where)))
+    known = cfg.data.dataset in CLASS_NAMES
+    digit = class_index(cfg.viz.digit, classes, cfg.data.dataset if known else cfg.data.path, strict=known)
+    return dataclasses.replace(cfg, viz=dataclasses.replace(cfg.viz, digit=digit))
 
 
-def class_index(digit: int | str, classes: tuple[str, ...], where: str) -> int:
-    """viz.digit as the index of one of `classes` (those of `where`, said in an error): a name matched in any case."""
+def class_index(digit: int | str, classes: tuple[str, ...], where: str, strict: bool = True) -> int:
+    """viz.digit as the index of one of `classes` (those of `where`, said in an error): a name matched in any case.
+    Not `strict` (your own images, whose classes the config cannot know), an index beyond them means class 0."""
     if isinstance(digit, str):
         names = [n.lower() for n in classes]
         _require(digit.lower() in names, "viz.digit", digit,
                  f"must be a class of {where} ({', '.join(classes)}) or its index 0..{len(classes) - 1}")
         return names.index(digit.lower())
-    if len(classes) == 1:  # unlabelled images: one class, whatever the index
+    if digit >= len(classes) and not strict:
         return 0
     _require(digit < len(classes), "viz.digit", digit, f"must be a class index 0..{len(classes) - 1} of {where}")
     return digit

@@ -2,6 +2,8 @@
 has them) or a NumPy .npz of uint8 arrays, as (train, test) splits of (N, C, H, W) images with C = 1 or 3."""
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,9 +75,12 @@ def read_npz(path: Path) -> tuple[list[Images], tuple[str, ...]]:
     """The arrays of a .npz: x (N, H, W) or (N, H, W, C) uint8 and optional y (N,) integer labels; or x_train
     and x_test (with y_train and y_test) for a split of its own. One split, or two."""
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            arrays = {name: arrays[name] for name in arrays.files}
-    except (OSError, ValueError, EOFError) as e:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not named arrays (save them with numpy.savez)")
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise UserError(f"could not read {path} as a NumPy .npz: {str(e).strip()[:160] or type(e).__name__}") from None
     names = [("x_train", "y_train"), ("x_test", "y_test")] if "x_train" in arrays else [("x", "y")]
     if names[0][0] not in arrays or (len(names) == 2 and "x_test" not in arrays):
@@ -92,8 +97,8 @@ def read_npz(path: Path) -> tuple[list[Images], tuple[str, ...]]:
 def _array_split(path: Path, name: str, x: np.ndarray, y: np.ndarray | None, y_name: str) -> Images:
     if x.dtype != np.uint8:
         raise UserError(f"{path}: {name} must be uint8 (0..255), got {x.dtype}")
-    if not (x.ndim == 3 or x.ndim == 4 and x.shape[3] in (1, 3)) or x.shape[0] == 0:
-        raise UserError(f"{path}: {name} must be N x H x W or N x H x W x C with C = 1 or 3 and N > 0, "
+    if not (x.ndim == 3 or x.ndim == 4 and x.shape[3] in (1, 3)) or 0 in x.shape[:3]:
+        raise UserError(f"{path}: {name} must be N x H x W or N x H x W x C with C = 1 or 3 and N, H, W > 0, "
                         f"got {x.shape}")
     images = torch.from_numpy(x if x.ndim == 4 else x[..., None]).permute(0, 3, 1, 2)  # (N, C, H, W)
     if y is None:

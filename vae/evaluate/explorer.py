@@ -25,6 +25,7 @@ EXAMPLES_PER_CLASS = 2  # test images the page can start from
 MAP_POINTS = 2000  # points on the clickable latent map
 MAX_SLIDERS = 64  # the most informative dims get sliders; the rest keep the chosen image's values
 MAX_CLASSES = 10  # the classes whose test images the page can start from
+MAX_DECODER_WEIGHTS = 10_000_000  # 53 MB of base64 in report.html: larger decoders are not embedded
 
 
 def floats(t: torch.Tensor) -> str:
@@ -49,6 +50,10 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     if cfg.model.arch != "mlp":
         return {"absent": "the convolutional decoder (transposed convolutions and residual blocks) is not "
                           "ported to the page's JavaScript; the pictures below are drawn by torch"}
+    weights = sum(p.numel() for p in model.decoder.parameters())
+    if weights > MAX_DECODER_WEIGHTS:
+        return {"absent": f"the decoder has {weights:,} weights, more than the {MAX_DECODER_WEIGHTS:,} a page "
+                          f"carries; the pictures below are drawn by torch"}
     mu, labels, classes = post.mu.cpu(), split.labels.cpu(), split.classes
     per_class = EXAMPLES_PER_CLASS if len(classes) > 1 else 2 * MAX_CLASSES  # unlabelled: the first images
     chosen = [int(i) for c in range(min(len(classes), MAX_CLASSES))

@@ -89,15 +89,17 @@ class DiscretizedLogistic:
         inv_s = torch.exp(-log_s)
         upper = inv_s * (x - mu + 0.5 / (LEVELS - 1))  # the bin's edges, standardized
         lower = inv_s * (x - mu - 0.5 / (LEVELS - 1))
-        # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)): in logs, stable in both tails
-        inside = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+        # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)), u - l = the bin's width / s: in logs, stable in
+        # both tails
+        inside = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-inv_s / (LEVELS - 1)))
         log_p = torch.where(x <= 0, F.logsigmoid(upper), torch.where(x >= 1, F.logsigmoid(-lower), inside))
         if log_w is not None:
             log_p = torch.logsumexp(log_w + log_p, dim=-2, keepdim=True)
         return log_p.squeeze(-2).sum(-1)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The mixture's mean, each logistic's mean kept in [0, 1] (where its bins are)."""
+        """The mixture of each logistic's centre clamped to [0, 1]: the picture of p(x|z), close to (not exactly) the
+        mean of the discretized distribution."""
         mu, _, log_w = self.parts(out)
         mu = mu.clamp(0, 1)
         return mu.squeeze(-2) if log_w is None else (log_w.exp() * mu).sum(-2)
