@@ -84,6 +84,17 @@ def test_the_discretized_logistic_is_the_logistic_cdf_over_each_bin():
     torch.testing.assert_close(got, expected)
 
 
+def test_the_discretized_logistic_has_finite_gradients_at_the_end_bins_and_far_in_the_tails():
+    # fp32 as training runs it: the end bins' open edges, the scale at its floor, centres far from the pixel
+    mu = torch.tensor([[0.0, 1.0, 0.5, -3.0, 4.0, 0.2]], requires_grad=True)
+    log_s = torch.tensor([[LOG_SCALE_MIN, LOG_SCALE_MIN, -9.0, 0.0, LOG_SCALE_MIN, 3.0]], requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, 0.0, 1.0, 128 / 255, 1.0]])
+    log_p = DiscretizedLogistic(1).log_prob(torch.cat([mu, log_s], -1), x)
+    log_p.backward()
+    assert torch.isfinite(log_p).all() and torch.isfinite(mu.grad).all() and torch.isfinite(log_s.grad).all()
+    assert log_p.item() < 0 and mu.grad[0, 0] < 0 < mu.grad[0, 3]  # pulled toward the pixel from either side
+
+
 def test_a_logistic_mixture_is_the_weighted_sum_of_its_components_probabilities_per_pixel():
     K, D_ = 3, 4
     out = torch.randn(3 * K, D_, generator=G, dtype=torch.float64)  # K weight logits, K means, K log scales

@@ -17,7 +17,7 @@ from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, Prior, log_normal
 from vae.model.vae import VAE
 
 IWAE_EXAMPLES = 100  # examples per IWAE batch
-IWAE_SAMPLES_PER_CHUNK = {"cpu": 4096, "cuda": 131072}  # z's decoded at once (memory vs speed)
+IWAE_SAMPLES_PER_CHUNK = {"cpu": 4096, "cuda": 131072}  # z's decoded at once (memory vs speed), at one output per pixel
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
 
 # log w = log p(x, z) - log q(z|x) for a batch, at the samples z made from noise eps (S, B, D) -> (S, B)
@@ -63,7 +63,10 @@ def importance_weighted_bound(log_weight: LogWeight, shape: tuple[int, int], k: 
 @torch.no_grad()
 def iwae_batch(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """IWAE-k estimate of -log p(x) and the k-sample negative ELBO of images x (B, D): each (B,)."""
-    chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(x.device.type, 4096) // IWAE_EXAMPLES)
+    # A likelihood with more outputs per pixel decodes fewer z's at once, so that a chunk's tensors keep their size
+    # (a 5-logistic mixture's 15 outputs per pixel would make each 15x the Bernoulli's).
+    per_pixel = model.likelihood.params
+    chunk = max(1, IWAE_SAMPLES_PER_CHUNK.get(x.device.type, 4096) // IWAE_EXAMPLES // per_pixel)
 
     def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
         out = model(x, eps)

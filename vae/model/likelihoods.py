@@ -15,6 +15,7 @@ from vae.model.distributions import LossTerms, Rate
 
 LEVELS = 256  # 8-bit pixels: x = k / 255
 LOG_SCALE_MIN = -7.0 - math.log(2)  # PixelCNN++'s floor of log s on [-1, 1], on [0, 1]
+FAR_EDGE = 1e4  # the end bins' open edge: 1e4 / s_min ~ 2e7 standard units out
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -86,13 +87,15 @@ class DiscretizedLogistic:
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         mu, log_s, log_w = self.parts(out)
         x = x.unsqueeze(-2)  # (B, 1, D)
+        half = 0.5 / (LEVELS - 1)
+        # The bin's edges; the end bins' open edges far enough out that their sigmoid is 1 (or 0) and their
+        # gradient 0, where an infinite edge would give 0 * inf = nan.
+        upper = torch.where(x >= 1, FAR_EDGE, x + half)
+        lower = torch.where(x <= 0, -FAR_EDGE, x - half)
         inv_s = torch.exp(-log_s)
-        upper = inv_s * (x - mu + 0.5 / (LEVELS - 1))  # the bin's edges, standardized
-        lower = inv_s * (x - mu - 0.5 / (LEVELS - 1))
-        # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)), u - l = the bin's width / s: in logs, stable in
-        # both tails
-        inside = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-inv_s / (LEVELS - 1)))
-        log_p = torch.where(x <= 0, F.logsigmoid(upper), torch.where(x >= 1, F.logsigmoid(-lower), inside))
+        upper, lower = inv_s * (upper - mu), inv_s * (lower - mu)  # standardized
+        # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)): in logs, stable in both tails
+        log_p = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
         if log_w is not None:
             log_p = torch.logsumexp(log_w + log_p, dim=-2, keepdim=True)
         return log_p.squeeze(-2).sum(-1)
