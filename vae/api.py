@@ -18,7 +18,7 @@ from vae.device import resolve_device
 from vae.errors import UserError
 from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
 from vae.model.distributions import Prior
-from vae.model.likelihoods import LEVELS, DiscretizedLogistic
+from vae.model.likelihoods import LEVELS
 from vae.model.vae import VAE, build_model
 from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 
@@ -110,11 +110,11 @@ class Model:
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
         x = as_pixels(images, self.device, self.shape)[0]
-        if isinstance(self.module.likelihood, DiscretizedLogistic):  # a probability of 8-bit pixels only
+        if self.module.likelihood.evaluation.eight_bit:  # a probability of 8-bit pixels only
             levels = x * (LEVELS - 1)
             if not bool((levels - levels.round()).abs().max() < 1e-3):
-                raise UserError("this model's likelihood, a discretized logistic, is a probability of 8-bit pixels: "
-                                "pass uint8 images, or floats that are multiples of 1/255")
+                raise UserError(f"this model's likelihood ({self.config.model.likelihood}) is measured as a probability "
+                                "of 8-bit pixels: pass uint8 images, or floats that are multiples of 1/255")
             x = levels.round_().div_(LEVELS - 1)
         gen = torch.Generator(device=self.device).manual_seed(self.config.eval.seed if seed is None else seed)
         return torch.cat([iwae_batch(self.module, batch, k, gen)[0] for batch in x.split(IWAE_EXAMPLES)]).float()

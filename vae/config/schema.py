@@ -174,7 +174,8 @@ class ModelConfig:
                            within=(1, 65536))
     likelihood: str = key("bernoulli", "p(x|z): `bernoulli`, a probability of binary pixels (on grey levels only a "
                           "cross-entropy, not a likelihood); `continuous_bernoulli` (Loaiza-Ganem & Cunningham "
-                          "2019), a density of intensities in [0, 1] (its nats may be negative); `logistic`, a "
+                          "2019), a density of intensities in [0, 1] (its training nats may be negative; evaluated as its mass over each "
+                          "8-bit level's bin, a probability of the images); `logistic`, a "
                           "discretized logistic per pixel (a mixture of `model.likelihood_components`, as "
                           "PixelCNN++'s but per pixel), a probability of the 256 levels of 8-bit images, so its NLL is "
                           "a code length (bits/dim). The last two need `data.binarize=none`", choices=LIKELIHOODS)

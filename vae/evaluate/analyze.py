@@ -47,8 +47,9 @@ TARGETS = {
             "cross-entropy, not a code length)",
     "dynamic": "binary pixels: the split binarized once, seeded by data.seed (training resampled them)",
     "static": "binary pixels: the split binarized once, seeded by data.seed",
-    "continuous_bernoulli": "pixel intensities in [0, 1] under a continuous Bernoulli: the NLL is that of a density "
-                            "on [0, 1]^D (it may be negative), not a code length of the 8-bit images",
+    "continuous_bernoulli": "8-bit pixels under a continuous Bernoulli, its density (as trained) integrated over each "
+                            "level's bin of width 1/255: the NLL is a probability of the 256-level images, so bits/dim "
+                            "is a code length beside the logistic's (training's nats are the density's)",
     "logistic": "8-bit pixels under a discretized logistic: the NLL is a probability of the 256-level images, so "
                 "bits/dim is a code length (as flows report it)",
 }

@@ -70,7 +70,7 @@ def iwae_batch(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) 
 
     def log_weight(eps):  # eps (s, B, noise_dim) -> (s, B)
         out = model(x, eps)
-        return model.likelihood.log_prob(out.logits, x) + out.rate.log_ratio
+        return model.likelihood.evaluation.log_prob(out.logits, x) + out.rate.log_ratio
     log_px, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), k, chunk, generator, x.device)
     return -log_px, -elbo
 

@@ -26,8 +26,9 @@ class Posteriors:
 
 
 @torch.no_grad()
-def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
-    """Posterior parameters and single-sample ELBO terms of every example in `split`.
+def encode_split(model: VAE, split: Split, seed: int, as_trained: bool = False) -> Posteriors:
+    """Posterior parameters and single-sample ELBO terms of every example in `split`, under the likelihood
+    evaluate.py measures with (`as_trained`: the one training minimizes, whose nats the training curves show).
 
     The noise comes from its own generator seeded with `seed`, so every evaluation of the same
     model gives the same numbers and the training random stream is left untouched.
@@ -35,20 +36,22 @@ def encode_split(model: VAE, split: Split, seed: int) -> Posteriors:
     model.eval()
     device = split.images.device
     gen = torch.Generator(device=device).manual_seed(seed)
+    likelihood = model.likelihood if as_trained else model.likelihood.evaluation
     parts = []
     for idx in torch.arange(len(split), device=device).split(EVAL_BATCH):
         x = split.pixels(idx)
         out = model(x, model.noise(len(x), gen, device))
-        terms = vae_loss(out.logits, x, out.rate, model.likelihood)
+        terms = vae_loss(out.logits, x, out.rate, likelihood)
         code = out.mu if model.flow is None else model.code(x)
         parts.append((code, out.logvar, terms.reconstruction, out.rate.kl, out.rate.kl_dims, out.rate.kl_top))
     return Posteriors(*(None if p[0] is None else torch.cat(p) for p in zip(*parts)))
 
 
 def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats, and active units (of
-    the layer next to x); with two stochastic layers also kl_z2, the part of the rate that z2 carries."""
-    post = encode_split(model, split, seed)
+    """Mean negative ELBO, reconstruction (distortion) and KL (rate) in nats of the training objective's
+    likelihood, and active units (of the layer next to x); with two stochastic layers also kl_z2, the part
+    of the rate that z2 carries."""
+    post = encode_split(model, split, seed, as_trained=True)
     recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
     active = active_units(post.mu, post.logvar if model.learned_prior else None)
     nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active}

@@ -2,7 +2,8 @@
 
 One interface: `params` numbers per pixel from the decoder, laid out (..., params, D) flattened to
 (..., params * D); log_prob(out, x) -> (...) summed over the D pixels, x (B, D) in [0, 1]; mean(out) ->
-(..., D) in [0, 1], the picture of p(x|z).
+(..., D) in [0, 1], the picture of p(x|z); `evaluation`, the likelihood evaluate.py measures with (a density's
+mass over each 8-bit level); `eight_bit`, whether that is a probability of 8-bit images only.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ class Bernoulli:
     """x_d ~ Bernoulli(sigmoid(l_d)): a probability of binary pixels; of grey levels only a cross-entropy."""
 
     params = 1
+    eight_bit = False
+
+    @property
+    def evaluation(self) -> Bernoulli:
+        return self
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_likelihood(out, x)
@@ -50,9 +56,15 @@ def log_cb_normalizer(logits: torch.Tensor) -> torch.Tensor:
 
 class ContinuousBernoulli:
     """x_d in [0, 1] with density C(lambda_d) lambda_d^x (1 - lambda_d)^(1 - x), lambda = sigmoid(l): a true
-    density of intensities, whose nats are those of a density on [0, 1]^D (they may be negative)."""
+    density of intensities, whose nats are those of a density on [0, 1]^D (they may be negative). Trained as
+    the density; evaluated as its mass over each 8-bit level's bin (`evaluation`), a probability of the images."""
 
     params = 1
+    eight_bit = False
+
+    @property
+    def evaluation(self) -> ContinuousBernoulliBins:
+        return ContinuousBernoulliBins()
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_likelihood(out, x) + log_cb_normalizer(out).sum(-1)
@@ -65,6 +77,27 @@ class ContinuousBernoulli:
         return torch.where(near, 0.5 + out / 12, torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe)
 
 
+class ContinuousBernoulliBins(ContinuousBernoulli):
+    """The continuous Bernoulli's mass over each 8-bit level's bin, [x - 1/510, x + 1/510] cut to [0, 1]: a
+    probability of the 256-level images, so that its nats are a code length beside the discretized logistic's.
+    Of the density C(lambda) (1 - lambda) e^(l x): the mass of [a, b] is (e^(l b) - e^(l a)) / (e^l - 1), in logs
+    -|l| t + log(1 - e^(-|l| (b - a))) - log(1 - e^(-|l|)) with t = 1 - b for l > 0 and a for l < 0."""
+
+    eight_bit = True
+
+    @property
+    def evaluation(self) -> ContinuousBernoulliBins:
+        return self
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        half = 0.5 / (LEVELS - 1)
+        a, b = (x - half).clamp(min=0), (x + half).clamp(max=1)  # (B, D)
+        m = out.abs().clamp(min=1e-6)  # at l = 0 the mass is b - a, the limit of the logs below
+        t = torch.where(out > 0, 1 - b, a)
+        log_mass = -m * t + torch.log(-torch.expm1(-m * (b - a))) - torch.log(-torch.expm1(-m))
+        return log_mass.sum(-1)
+
+
 class DiscretizedLogistic:
     """x_d in {0, 1/255, ..., 1}: a mixture of K logistics (K = 1: one), each integrated over the pixel's bin of
     width 1/255 (the end bins reach to -inf and +inf), as PixelCNN++ (Salimans et al. 2017) has it per pixel: a
@@ -74,6 +107,12 @@ class DiscretizedLogistic:
     def __init__(self, components: int = 1):
         self.components = components
         self.params = 2 if components == 1 else 3 * components
+
+    eight_bit = True
+
+    @property
+    def evaluation(self) -> DiscretizedLogistic:
+        return self
 
     def parts(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """out (..., params * D) -> mu, log s (..., K, D) and the mixture's log weights (..., K, D) (None at K = 1)."""
