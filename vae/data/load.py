@@ -46,15 +46,14 @@ def read_splits(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
     """The dataset's (train, test) splits on `device`, resized when data.image_size asks."""
     if cfg.dataset in CLASS_NAMES:
         train, test = load_dataset(cfg.root, cfg.download, device, cfg.dataset)
-    else:
-        splits = load_images(cfg.dataset, cfg.path, cfg.image_size)
-        if len(splits) == 1:
-            n_test = max(1, round(cfg.test_fraction * len(splits[0])))
-            splits = held_out(splits[0], n_test, cfg.seed + TEST_PICK, f"data.test_fraction={cfg.test_fraction:g}")
-            splits = splits[::-1]
-        train, test = (Split(s.images.to(device), s.labels.to(device), s.classes) for s in splits)
-    if cfg.image_size and train.shape[1:] != (cfg.image_size, cfg.image_size):
-        train, test = (Split(centre_crop(s.images, cfg.image_size), s.labels, s.classes) for s in (train, test))
+        if cfg.image_size and train.shape[1:] != (cfg.image_size, cfg.image_size):
+            train, test = (Split(centre_crop(s.images, cfg.image_size), s.labels, s.classes) for s in (train, test))
+        return train, test
+    splits = load_images(cfg.dataset, cfg.path, cfg.image_size)  # resized as they are read: they may differ in size
+    if len(splits) == 1:
+        n_test = max(1, round(cfg.test_fraction * len(splits[0])))
+        splits = held_out(splits[0], n_test, cfg.seed + TEST_PICK, f"data.test_fraction={cfg.test_fraction:g}")[::-1]
+    train, test = (Split(s.images.to(device), s.labels.to(device), s.classes) for s in splits)
     return train, test
 
 
