@@ -20,19 +20,21 @@ from vae.data.split import MNIST_SHAPE, Split
 from vae.evaluate.heldout import evaluate
 from vae.model.vae import build_model
 from vae.train.distributed import World
-from vae.train.loop import make_step, run_epoch
+from vae.train.loop import run_epoch
 from vae.train.progress import EpochProgress
+from vae.train.step import make_step
 
 TARGET_NATS = 106.0
 
 
 def our_step(train: Split, device: torch.device, train_cfg: TrainConfig, hidden: int = 400):
-    """The project's model, Adam and step (make_step: graphed on CUDA unless train.cuda_graph is off), seeded."""
+    """The project's model, Adam and step (make_step: the written-out step on the CPU unless train.fast_step is off,
+    graphed on CUDA unless train.cuda_graph is off), seeded."""
     cfg = Config(model=ModelConfig(hidden_dims=(hidden,)), train=train_cfg)
     torch.manual_seed(1)
     model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
-    return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device)
+    return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device, cfg.train.precision == "bf16")
 
 
 def run_ours(splits: tuple[Split, Split | None], epochs: int, device: torch.device, train_cfg: TrainConfig,

@@ -9,9 +9,10 @@ It prints, in order:
   1. the floor: the step's matrix products timed alone, as seconds per epoch (fp32 and bf16);
   2. the reference loop and ours at the classic settings (batch 128, Adam 1e-3): s/epoch (train,
      train + test), samples/s, peak memory (one epoch, in a fresh process on the CPU), final test
-     loss, time to 106 nats, the floor as a fraction of the epoch time; on CUDA ours replays each
-     full batch's step as a CUDA graph (train.cuda_graph); `--variants` adds ours with torch.compile,
-     bf16 autocast, without the graph (eager), or a +-join of these; then the ratio;
+     loss, time to 106 nats, the floor as a fraction of the epoch time; on the CPU ours is the written-out
+     step (train.fast_step), on CUDA each full batch's step replayed as a CUDA graph (train.cuda_graph);
+     `--variants` adds ours with torch.compile, bf16 autocast, without the graph (eager), with autograd's
+     step (autograd), or a +-join of these; then the ratio;
   3. time to 106 nats for each batch:lr in `--fast` (stopping once it is reached);
   4. with `--scaling`, s/epoch for batch sizes 64..4096 and hidden widths 200..1600.
 A speed ratio only counts when both reach the same final test loss within 0.5 nats.
@@ -32,10 +33,11 @@ SAME_LOSS_NATS = 0.5  # a speed ratio counts only when the final test losses agr
 
 
 def variant_config(variant: str, batch_size: int = 128, lr: float = 1e-3) -> TrainConfig:
-    """'ours', or a +-join of compile, bf16 and eager (no CUDA graph), as our training settings."""
+    """'ours', or a +-join of compile, bf16, eager (no CUDA graph) and autograd (not the CPU's written-out step,
+    train.fast_step=false), as our training settings."""
     options = set(variant.split("+"))
     return TrainConfig(batch_size=batch_size, lr=lr, compile="compile" in options, cuda_graph="eager" not in options,
-                       precision="bf16" if "bf16" in options else "fp32")
+                       precision="bf16" if "bf16" in options else "fp32", fast_step="autograd" not in options)
 
 
 def benchmark(data: str, epochs: int, device: torch.device, variants: list[str] = (), fast: list[str] = ()) -> dict:
@@ -130,7 +132,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--variants", default="",
-                        help="comma list of compile, bf16, eager (no CUDA graph) or their +-joins: also run ours so")
+                        help="comma list of compile, bf16, eager (no CUDA graph), autograd (not the written-out CPU "
+                             "step) or their +-joins: also run ours so")
     parser.add_argument("--fast", default="", help="comma list of batch:lr to time to 106 nats, e.g. 256:3e-3")
     parser.add_argument("--scaling", action="store_true", help="also print s/epoch by batch size and width")
     args = parser.parse_args()

@@ -87,6 +87,18 @@ def without_timing(rows):
     return [{k: v for k, v in r.items() if k != TIMING} for r in rows]
 
 
+def on_each_step(monkeypatch, hook):
+    """Make each training step of train() a call hook(step, index, gen, kl_weight, progress), whichever step
+    make_step gives the run (autograd's or the written-out one); the hook calls step(...) to train."""
+    import vae.train.loop
+    real = vae.train.loop.make_step
+
+    def make_step(*args, **kwargs):
+        step = real(*args, **kwargs)
+        return lambda *step_args: hook(step, *step_args)
+    monkeypatch.setattr(vae.train.loop, "make_step", make_step)
+
+
 def assert_same_parameters(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:

@@ -1,7 +1,7 @@
 """The average of the weights (train.ema_decay): its recursion by hand, what a run evaluates and saves, resume."""
 import pytest
 import torch
-from conftest import assert_same_parameters, with_, without_timing
+from conftest import assert_same_parameters, on_each_step, with_, without_timing
 from torch import nn
 
 from vae import load
@@ -12,7 +12,6 @@ from vae.model.vae import build_model
 from vae.run.checkpoint import load_checkpoint
 from vae.train.averaging import WeightAverage
 from vae.train.loop import train
-from vae.train.step import EagerStep
 
 
 def averaged_by_hand(start: dict, states: list[dict], decay: float) -> dict:
@@ -49,12 +48,12 @@ def averaged_cfg(tiny_cfg):
 
 def test_a_run_averages_every_steps_weights_and_evaluates_saves_and_loads_the_average(
         averaged_cfg, monkeypatch):
-    steps, real = [], EagerStep.__call__
+    steps = []
 
-    def recording(self, *args):
-        real(self, *args)
-        steps.append({k: v.clone() for k, v in self.net.state_dict().items()})
-    monkeypatch.setattr(EagerStep, "__call__", recording)
+    def recording(step, *args):
+        step(*args)
+        steps.append({k: v.clone() for k, v in step.net.state_dict().items()})
+    on_each_step(monkeypatch, recording)
     result = train(averaged_cfg)
     state, _ = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert state["average"]["updates"] == len(steps) == 20  # 640 images in batches of 64, two epochs

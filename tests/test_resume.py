@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_same_parameters, with_, without_timing
+from conftest import assert_same_parameters, on_each_step, with_, without_timing
 
 from vae.config.load import from_dict
 from vae.config.schema import Config
@@ -12,7 +12,6 @@ from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint
 from vae.run.resume import check_same_run
 from vae.train.loop import train
-from vae.train.step import EagerStep
 
 
 def test_resume_is_bitwise_identical_to_uninterrupted_run(tiny_cfg, tmp_path):
@@ -86,13 +85,13 @@ def test_a_signal_mid_epoch_saves_and_the_resume_is_bitwise_exact(tiny_cfg, tmp_
 
     from vae.errors import Interrupted
     straight = train(with_(tiny_cfg, train={"epochs": 3}, output={"dir": str(tmp_path / "straight")}))
-    real, steps = EagerStep.__call__, iter(range(1000))
+    steps = iter(range(1000))
 
-    def ctrl_c_at_step_13(*args):  # epochs have 10 steps: this is step 3 of epoch 2
-        real(*args)
+    def ctrl_c_at_step_13(step, *args):  # epochs have 10 steps: this is step 3 of epoch 2
+        step(*args)
         if next(steps) == 12:
             os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(EagerStep, "__call__", ctrl_c_at_step_13)
+    on_each_step(monkeypatch, ctrl_c_at_step_13)
     cfg = with_(tiny_cfg, train={"epochs": 3})
     with pytest.raises(Interrupted, match="stopped in epoch 2 after step 3; continue with") as e:
         train(cfg)
@@ -110,13 +109,13 @@ def test_a_signal_mid_epoch_saves_and_the_resume_is_bitwise_exact(tiny_cfg, tmp_
 def test_a_crash_resumes_from_the_last_step_checkpoint_exactly(tiny_cfg, tmp_path, monkeypatch, ema_decay):
     cfg = with_(tiny_cfg, train={"checkpoint_every_steps": 4, "ema_decay": ema_decay})
     straight = train(with_(cfg, output={"dir": str(tmp_path / "straight")}))
-    real, steps = EagerStep.__call__, iter(range(1000))
+    steps = iter(range(1000))
 
-    def crash_at_step_17(*args):  # epochs have 10 steps: epoch 2, after its step-4 checkpoint
+    def crash_at_step_17(step, *args):  # epochs have 10 steps: epoch 2, after its step-4 checkpoint
         if next(steps) == 16:
             raise RuntimeError("power cut")
-        real(*args)
-    monkeypatch.setattr(EagerStep, "__call__", crash_at_step_17)
+        step(*args)
+    on_each_step(monkeypatch, crash_at_step_17)
     with pytest.raises(RuntimeError, match="power cut"):
         train(cfg)
     monkeypatch.undo()

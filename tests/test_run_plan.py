@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, with_, write_config
+from conftest import REPO, on_each_step, with_, write_config
 
 from vae.config.schema import Config, TrainConfig
 from vae.errors import MachineError, UserError
@@ -17,7 +17,6 @@ from vae.run import rundir
 from vae.train import memory
 from vae.train.loop import train
 from vae.train.memory import estimate_bytes
-from vae.train.step import EagerStep
 
 
 def test_a_new_run_never_clobbers_an_existing_one(tiny_cfg):
@@ -124,9 +123,9 @@ def test_an_allocation_failure_during_training_is_one_line_and_keeps_the_checkpo
     train(tiny_cfg)
     good = (run / "checkpoints" / "last.pt").read_bytes()
 
-    def out_of_memory(*args):
+    def out_of_memory(step, *args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    monkeypatch.setattr(EagerStep, "__call__", out_of_memory)
+    on_each_step(monkeypatch, out_of_memory)
     with pytest.raises(UserError, match=r"^out of memory on cpu \(CUDA out of memory. Tried to allocate 20.00 GiB\); "
                                         r"the last checkpoint is kept"):
         train(with_(tiny_cfg, train={"epochs": 3}), resume=run)

@@ -23,8 +23,3 @@ def native_bf16(device: torch.device) -> bool:
     """Whether `device` has bf16 products in hardware (a CPU with AVX512-BF16 or AMX, a GPU with bf16)."""
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
 
-
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether train.precision puts the forward pass under bf16 autocast on `device`: always for bf16,
-    and for auto where the hardware has bf16 products."""
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))

@@ -23,7 +23,7 @@ from vae.run.layout import last_pt
 from vae.run.resume import check_same_run
 from vae.sweep.spec import run_dir
 from vae.sweep.study import front_runs
-from vae.train.schedule import seconds_spent, stops_early
+from vae.train.schedule import stops_early
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
@@ -75,7 +75,7 @@ def finished(cfg: Config, metrics: dict, rows: list[dict]) -> bool:
     split = "val" if "val_loss" in rows[-1] else "test"
     best = min(done, key=lambda r: r[f"{split}_loss"])
     best = {"loss": best[f"{split}_loss"], "epoch": best["epoch"]}
-    return epoch >= cfg.train.epochs or bool(stops_early(cfg.train, best, epoch, seconds_spent(done)))
+    return epoch >= cfg.train.epochs or bool(stops_early(cfg.train, best, epoch, done))
 
 
 def run_row(run: Path, cfg: Config, metrics: dict) -> dict:

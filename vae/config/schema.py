@@ -251,9 +251,10 @@ class TrainConfig:
     deterministic: bool = key(False, "torch's deterministic algorithms (sets `CUBLAS_WORKSPACE_CONFIG` on a GPU)",
                               role=SETTING)
     precision: str = key("fp32", "`bf16` runs the training forward pass under bf16 autocast (the loss, the weights, "
-                         "Adam and every evaluation stay fp32): worth it on GPUs and on CPUs with AVX512-BF16 or AMX, "
-                         "emulated and far slower elsewhere (a warning says so); `auto` is `bf16` exactly where the "
-                         "hardware has bf16 products, and `run.json` records which one ran",
+                         "Adam and every evaluation stay fp32): worth it on GPUs and on CPUs with AVX512-BF16 or AMX "
+                         "for wide layers, emulated and far slower elsewhere (a warning says so); `auto` times the "
+                         "run's step both ways before training (about a second) and takes the faster, kept for the "
+                         "run's life; `run.json` records which one runs and, for `auto`, both timings",
                          choices=("fp32", "bf16", "auto"), role=DURATION)
     compile: bool = key(False, "`torch.compile` the model for training (seconds of compiling at the start; "
                         "docs/benchmarks.md says when it pays); needs a C++ compiler, checked before training",
@@ -261,6 +262,11 @@ class TrainConfig:
     cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
                            "Adam) as one CUDA graph after three eager steps and replay it (again after each "
                            "learning-rate change); ignored on the CPU and under torchrun", role=SETTING)
+    fast_step: bool = key(True, "on the CPU in one process, in fp32, without compile: the MLP VAE's step with its "
+                          "backward written out (vae/train/fast_step.py) where the model and objective are the ones "
+                          "it writes (ReLU or ELU, `model.prior=normal`, `model.posterior=gaussian`, "
+                          "`model.likelihood=bernoulli`, one stochastic layer, the ELBO without free bits, "
+                          "`loss.gradient=standard`); `false`, or any other run: autograd's step", role=SETTING)
     patience: int = key(0, "early stopping: stop once the validation loss has not improved for this many epochs "
                         "(needs `data.val_size`; a run that stopped stays stopped unless it is raised). `0` = never",
                         within=(0, 1_000_000), rule="must be in 0..1000000 (0 = off)", role=DURATION)
@@ -268,10 +274,11 @@ class TrainConfig:
                            "after each step, d rising as (1 + n) / (10 + n) up to this; every evaluation (the "
                            "`val_*`/`test_*` columns, `best.pt`, pictures, evaluate.py, the API) uses it. `0` = off",
                            ok=lambda v: 0 <= v < 1, rule="must be a number in [0, 1) (0 = off)")
-    budget_minutes: float = key(0.0, "a time budget: stop after the epoch that brings the training time (the sum of "
-                                "`metrics.csv`'s `seconds`: steps and per-epoch evaluations) to this, and run the "
-                                "learning-rate schedule over whichever budget, time or epochs, is the more used up. "
-                                "A resume counts the time spent; not with `burda`. `0` = none",
+    budget_minutes: float = key(0.0, "a time budget for the run's wall time (the sum of `metrics.csv`'s `seconds`: "
+                                "start-up, steps, per-epoch evaluations and writes): stop before an epoch that would "
+                                "not fit in it (as long as the longest of the last three), so that the run ends inside "
+                                "it, and run the learning-rate schedule over whichever budget, time or epochs, is the "
+                                "more used up. A resume counts the time spent; not with `burda`. `0` = none",
                                 within=(0, 1_000_000), rule="must be a number in [0, 1000000] (0 = no time budget)",
                                 role=DURATION)
 

@@ -18,7 +18,6 @@ import yaml
 from vae import files
 from vae.config.load import to_dict
 from vae.config.schema import Config
-from vae.device import uses_bf16
 from vae.errors import MachineError, UserError
 from vae.files import atomic_write_text, read_text_no_follow, refuse_links
 from vae.run.layout import CHECKPOINTS, best_pt, holds_run, last_pt
@@ -88,8 +87,10 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int = 1) -> None:
-    """config.yaml (the resolved config) and run.json (how, where and with what this ran).
+def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int,
+                   precision: str, step_ms: dict[str, float] | None = None) -> None:
+    """config.yaml (the resolved config) and run.json (how, where and with what this ran: the `precision` that
+    runs, and with train.precision=auto the milliseconds of a step in each that chose it).
 
     A resumed run keeps the earlier invocations' records under "previous".
     """
@@ -98,7 +99,8 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "argv": argv,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
-        "precision": "bf16" if uses_bf16(cfg.train.precision, device) else "fp32",  # train.precision=auto resolved
+        "precision": precision,
+        **({"step_ms": step_ms} if step_ms else {}),
         "processes": processes,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -16,13 +16,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vae.config.load import to_dict
 from vae.config.schema import Config, LossConfig, TrainConfig, with_classes
 from vae.data.load import Splits, load_data
-from vae.device import resolve_device, uses_bf16
+from vae.device import resolve_device
 from vae.errors import Interrupted, UserError
 from vae.evaluate.heldout import evaluate
 from vae.evaluate.pictures import fixed_latents, save_pictures
@@ -39,8 +38,9 @@ from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
+from vae.train.precision import Precision, choose_precision
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
-from vae.train.step import Batches, EagerStep, GraphedStep, Step, StepOptions
+from vae.train.step import GraphedStep, Step, make_step
 from vae.train.tblog import TensorBoardLog
 
 SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar, NaN check, stop)
@@ -67,6 +67,8 @@ class Run:
     gen: torch.Generator  # the training stream: batch order, binarization, noise
     rows: list[dict]
     best: dict
+    clock: float  # when the time counted in the next metrics row began: the run's start, then each row's end
+    precision: Precision = Precision(False)
     average: WeightAverage | None = None  # the weights averaged over the steps (train.ema_decay)
     progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
     tensorboard: TensorBoardLog | None = None
@@ -83,9 +85,9 @@ class Run:
     def checkpoint(self, epochs_done: int, inside: EpochProgress | None = None) -> dict:
         """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
         return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "data": data_info(self.splits),
-                "epoch": epochs_done,
-                "best": self.best, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "rng": rng_state(self.gen), "progress": inside.state() if inside else None,
+                "epoch": epochs_done, "best": self.best, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "rng": rng_state(self.gen),
+                "progress": inside.state() if inside else None, "precision": self.precision.name,
                 "average": self.average.state() if self.average else None}
 
     def save_inside(self, epoch: int, progress: EpochProgress) -> None:
@@ -108,17 +110,19 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     to its pruner, which may stop the run). `memory_share` processes (a sweep's workers) share the
     machine's free memory, so the run is checked against its share of it.
     """
+    started = time.perf_counter()  # the time budget counts the start-up too
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
     with process_group(world, device), out_of_memory_reported(device):
         argv = argv if argv is not None else sys.argv  # a sweep's trial passes its own, passwords out
-        return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share)
+        return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share, started)
 
 
 def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[str], world: World,
-           device: torch.device, after_epoch: Callable[[dict, bool], None] | None, memory_share: int) -> TrainResult:
+           device: torch.device, after_epoch: Callable[[dict, bool], None] | None, memory_share: int,
+           started: float) -> TrainResult:
     # 1. Plan: what the run continues, and every check that can fail before a file is written.
     plan = plan_run(cfg, resume, overwrite, device)
     for warning in plan.warnings:
@@ -129,13 +133,15 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     images = sum(len(s) for s in (splits.train, splits.val, splits.test) if s is not None)
     check_machine(cfg, plan.run_dir, device, splits.shape, images, memory_share)
     # 3. Build: the seeded model, optimizer and training stream, restored from the checkpoint.
-    run = build(cfg, plan, splits, world, device)
+    run = build(cfg, plan, splits, world, device, started)
     if plan.nothing_to_do:
         log(world, plan.nothing_to_do)
         return TrainResult(run.run_dir, run.rows, run.best, run.model)
-    step = make_step(cfg, run.model, run.opt, splits, world, device)
-    # 4. Train in the run directory, held by this run alone.
-    with claimed(plan, cfg, argv, device, world), StopRequest() as stop:
+    # 4. Precision: train.precision=auto times the step both ways on this machine (a checkpoint's choice stays).
+    run.precision = choose_precision(cfg, run.model, splits, world, device, plan.state)
+    step = make_step(cfg, run.model, run.opt, splits, world, device, run.precision.bf16)
+    # 5. Train in the run directory, held by this run alone.
+    with claimed(plan, cfg, argv, device, world, run.precision), StopRequest() as stop:
         run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \
             if cfg.logging.tensorboard and world.main else None
         log(world, start_line(run, plan, step))
@@ -145,7 +151,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
             for group in run.opt.param_groups:
                 group["lr"] = learning_rate(cfg.train, epoch, seconds_spent(run.rows))
             if run_epoch(step, progress, run.gen, cfg.loss, epoch, cfg.train, world, stop,
-                         save=partial(run.save_inside, epoch), average=run.average):
+                         save=partial(run.save_inside, epoch), average=run.average, since=run.clock):
                 raise stopped(stop, f"in epoch {epoch} after step {progress.step}", run.run_dir, world)
             early_stop = end_epoch(run, epoch, progress)
             if after_epoch:
@@ -170,7 +176,7 @@ def load_splits(cfg: Config, world: World, device: torch.device) -> Splits:
     return splits
 
 
-def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.device) -> Run:
+def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.device, started: float) -> Run:
     """Seed, then the model, Adam and the training stream; a checkpoint's state loaded into them."""
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
@@ -183,8 +189,8 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
         init_output_bias(model, splits.train.images.float().mean(0).flatten() / 255)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best,
-              WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
+    run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best, started,
+              average=WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
     if plan.state is not None:
         load_state(model, plan.state["model"], plan.resume)
         load_state(opt, plan.state["optimizer"], plan.resume)
@@ -197,34 +203,19 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
     return run
 
 
-def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Splits, world: World,
-              device: torch.device) -> Step:
-    """The step: the model wrapped for gradient averaging and/or compiled, replayed as a CUDA graph where it can be."""
-    net = model
-    if world.size > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = torch.compile(net) if cfg.train.compile else net
-    batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
-    options = StepOptions(cfg.loss, uses_bf16(cfg.train.precision, device), cfg.train.grad_clip, model.likelihood)
-    step = EagerStep(net, opt, batches, options, world)
-    if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
-        return GraphedStep(step, cfg.train.batch_size)
-    return step
-
-
 def run_epoch(step: Step, progress: EpochProgress, gen: torch.Generator, loss: LossConfig, epoch: int,
               train_cfg: TrainConfig, world: World = World(), stop: StopRequest | None = None,
               save: Callable[[EpochProgress], object] = lambda progress: None,
-              average: WeightAverage | None = None) -> bool:
+              average: WeightAverage | None = None, since: float | None = None) -> bool:
     """Train the batches of `epoch` that `progress` has left, one step each, each step followed by an
     update of the weights' `average` when there is one.
 
     Every SYNC_EVERY steps (and before a save) the processes merge their sums, check them and agree
     on a stop; a stop, or every train.checkpoint_every_steps steps, saves the epoch so far. Returns
-    whether it stopped inside the epoch (after saving).
+    whether it stopped inside the epoch (after saving). The epoch's clock runs from `since` (default: now).
     """
     n_batches, every = progress.batches(train_cfg.batch_size), train_cfg.checkpoint_every_steps
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if since is None else since
     with tqdm(total=n_batches, initial=progress.step, desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False,
               disable=None if world.main else True, unit="batch") as bar:
         for idx in progress.remaining(train_cfg.batch_size):
@@ -271,9 +262,11 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
     if not math.isfinite(test["loss"]):  # the last step's update broke the weights
         raise UserError(f"training diverged at the end of epoch {epoch}: the test loss is not "
                         f"finite. The last checkpoint is kept; lower train.lr or set train.grad_clip")
-    # The slowest process's seconds, so that under torchrun all follow one time budget (train.budget_minutes).
-    seconds = all_reduce(torch.tensor(progress.seconds + time.perf_counter() - t0, dtype=torch.float64,
-                                   device=run.device), "max")
+    # The epoch's wall time, from the end of the last row's (so the writes after it and the start-up count too);
+    # the slowest process's, so that under torchrun all follow one time budget (train.budget_minutes).
+    run.clock = time.perf_counter()
+    seconds = all_reduce(torch.tensor(progress.seconds + run.clock - t0, dtype=torch.float64, device=run.device),
+                         "max")
     run.rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in progress.means().items()},
                      **{f"val_{k}": v for k, v in val.items() if k in ("loss", "recon", "kl")},
                      **{f"test_{k}": v for k, v in test.items()},
@@ -282,8 +275,7 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
     is_best = (val or test)["loss"] < run.best["loss"]
     if is_best:
         run.best = {"loss": (val or test)["loss"], "epoch": epoch}
-    spent = seconds_spent(run.rows)
-    early_stop = stops_early(cfg.train, run.best, epoch, spent) if epoch < cfg.train.epochs else ""
+    early_stop = stops_early(cfg.train, run.best, epoch, run.rows) if epoch < cfg.train.epochs else ""
     if world.any(bool(early_stop), run.device):  # under torchrun, all processes stop together
         early_stop = early_stop or "another process's validation loss stopped improving"
     if world.main:
@@ -292,6 +284,7 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
         write_epoch(run, final=bool(early_stop))
         last, best = last_pt(run.run_dir), best_pt(run.run_dir)
         save_checkpoint(run.checkpoint(epoch), *([best] if is_best else []), last)
+        spent = seconds_spent(run.rows)
         budget = f"  {spent / 60:.1f}/{cfg.train.budget_minutes:g} min" if cfg.train.budget_minutes else ""
         print(epoch_line(run.rows[-1], cfg.train.epochs, is_best) + budget, flush=True)  # also when piped to a log
         warning = collapse_warning(run.rows, iwae=cfg.loss.iwae_k > 1)
@@ -320,7 +313,10 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     at = f" (epoch {plan.start} from step {run.progress.step})" if run.progress else ""
     how = (f" x {run.world.size} processes" if run.world.size > 1 else
            " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
-    how += " under bf16 autocast" if uses_bf16(run.cfg.train.precision, run.device) else ""
+    how += " under bf16 autocast" if run.precision.bf16 else ""
+    if run.precision.ms_per_step:
+        ms = run.precision.ms_per_step
+        how += f" (train.precision=auto: {ms['fp32']:.1f} ms a step in fp32, {ms['bf16']:.1f} in bf16)"
     budget = f" or {run.cfg.train.budget_minutes:g} minutes in all" if run.cfg.train.budget_minutes else ""
     average = f", averaging the weights (decay {run.cfg.train.ema_decay:g})" if run.average else ""
     return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"

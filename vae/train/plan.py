@@ -21,7 +21,8 @@ from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from vae.run.resume import carry_best, check_same_run, last_position, position
 from vae.train.distributed import World
 from vae.train.memory import check_memory
-from vae.train.schedule import seconds_spent, stops_early
+from vae.train.precision import Precision
+from vae.train.schedule import stops_early
 from vae.train.tblog import summary_writer_class
 
 IMAGE_BYTES_PER_EPOCH = 300_000  # the pictures of an epoch, at MNIST's size
@@ -75,7 +76,7 @@ def nothing_to_do(cfg: Config, resume: Path, state: dict, rows: tuple[dict, ...]
     if state["epoch"] >= cfg.train.epochs:
         return (f"{resume} is already at epoch {state['epoch']} of train.epochs={cfg.train.epochs}: "
                 f"nothing to do (raise train.epochs to train on)")
-    stopped = stops_early(cfg.train, state["best"], state["epoch"], seconds_spent(rows)) \
+    stopped = stops_early(cfg.train, state["best"], state["epoch"], list(rows)) \
         if state["progress"] is None else ""
     if stopped:
         return (f"{resume} (epoch {state['epoch']}) stopped early: {stopped}; nothing to do (raise the key it "
@@ -127,9 +128,10 @@ def bf16_warning(cfg: Config, device: torch.device) -> str:
 
 
 @contextmanager
-def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, world: World):
+def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, world: World, precision: Precision):
     """Hold the run directory (rank 0) for the block, checked again under the lock and made ready:
-    emptied on --overwrite, best.pt carried over, run.json, config.yaml and the kept metrics rows."""
+    emptied on --overwrite, best.pt carried over, run.json (with the `precision` that runs), config.yaml and the
+    kept metrics rows."""
     if not world.main:
         yield
         return
@@ -138,6 +140,6 @@ def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, worl
         rundir.create(plan.run_dir, clear=plan.overwrite and not plan.in_place)
         if plan.state is not None:
             carry_best(plan.source, plan.run_dir, plan.state["epoch"])
-        rundir.write_run_info(plan.run_dir, cfg, argv, device, world.size)
+        rundir.write_run_info(plan.run_dir, cfg, argv, device, world.size, precision.name, precision.ms_per_step)
         rundir.write_metrics(plan.run_dir, list(plan.rows))
         yield

@@ -28,7 +28,7 @@ class EpochProgress:
         # nats summed so far: negative ELBO, reconstruction, KL
         self.sums = torch.zeros(3, dtype=torch.float64, device=device) if sums is None else sums
         self.local = torch.zeros(3, dtype=torch.float64, device=device)  # this process's share since `merge`
-        self.seconds = seconds  # training time spent in this epoch so far
+        self.seconds = seconds  # wall time counted for this epoch so far (train.budget_minutes)
         # which of reconstruction, KL, logvar the first non-finite step had wrong
         self.bad = torch.zeros(3, dtype=torch.bool, device=device)
         self.first_bad_step = torch.tensor(-1, device=device)

@@ -5,9 +5,11 @@ import math
 
 from vae.config.schema import LossConfig, TrainConfig
 
+EPOCHS_TIMED = 3  # the recent epochs whose longest predicts the next one's seconds
+
 
 def learning_rate(cfg: TrainConfig, epoch: int, seconds: float = 0.0) -> float:
-    """The learning rate of `epoch` (counted from 1) under train.lr_schedule, `seconds` of training into the run.
+    """The learning rate of `epoch` (counted from 1) under train.lr_schedule, `seconds` of wall time into the run.
 
     With a time budget (train.budget_minutes) the schedule follows whichever budget, epochs or time,
     is the more used up, so it ends at its floor whichever runs out first, on a slow machine or a fast one.
@@ -37,16 +39,22 @@ def kl_weight(cfg: LossConfig, epoch: int, step: int, steps_per_epoch: int) -> f
 
 
 def seconds_spent(rows: list[dict]) -> float:
-    """A run's training time so far: its epochs' seconds in metrics.csv (what train.budget_minutes counts)."""
+    """A run's wall time so far: its epochs' seconds in metrics.csv (what train.budget_minutes counts)."""
     return sum(row["seconds"] for row in rows)
 
 
-def stops_early(cfg: TrainConfig, best: dict, epoch: int, seconds: float = 0.0) -> str:
-    """Why training stops after `epoch`, `seconds` of training into the run, under train.budget_minutes or
-    train.patience ('' while it goes on)."""
-    if cfg.budget_minutes and seconds >= 60 * cfg.budget_minutes:
-        return (f"the time budget is spent ({seconds / 60:.2f} minutes of training, "
-                f"train.budget_minutes={cfg.budget_minutes:g})")
+def next_epoch_seconds(rows: list[dict]) -> float:
+    """What the next epoch is expected to take: the longest of the last EPOCHS_TIMED (0 before the first)."""
+    return max((row["seconds"] for row in rows[-EPOCHS_TIMED:]), default=0.0)
+
+
+def stops_early(cfg: TrainConfig, best: dict, epoch: int, rows: list[dict] = ()) -> str:
+    """Why training stops after `epoch` with metrics `rows` so far, under train.budget_minutes or train.patience
+    ('' while it goes on). The budget stops before an epoch that would not fit in it."""
+    spent, budget = seconds_spent(rows), 60 * cfg.budget_minutes
+    if budget and spent + next_epoch_seconds(rows) > budget:
+        return (f"the next epoch would not fit in the time budget ({spent / 60:.2f} of train.budget_minutes="
+                f"{cfg.budget_minutes:g} spent, an epoch takes up to {next_epoch_seconds(rows):.1f} s)")
     if not cfg.patience or best["epoch"] is None or epoch - best["epoch"] < cfg.patience:
         return ""
     return (f"the validation loss has not improved for {epoch - best['epoch']} epochs (train.patience="

@@ -1,4 +1,5 @@
-"""The training step: one Adam update on a batch, run eagerly or replayed as a CUDA graph.
+"""The training step: one Adam update on a batch, run eagerly or replayed as a CUDA graph, and make_step, which
+builds the run's.
 
 Both steps are called the same way, step(index, gen, kl_weight, progress), and draw a batch's
 binarization and noise through one `Batches`, so a graphed run follows the eager run's random stream.
@@ -10,10 +11,14 @@ from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from vae.config.schema import LossConfig
+from vae.config.schema import Config, LossConfig
+from vae.data.load import Splits
 from vae.data.split import Split, binarize
 from vae.model.likelihoods import BERNOULLI, Likelihood
+from vae.model.vae import VAE
+from vae.train import fast_step
 from vae.train.distributed import World
 from vae.train.objective import objective_nats
 from vae.train.progress import EpochProgress
@@ -170,3 +175,21 @@ class GraphedStep:
             for group in opt.param_groups:
                 group["capturable"] = False
         self.graph = graph
+
+
+def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Splits, world: World,
+              device: torch.device, bf16: bool) -> Step:
+    """The step: the model wrapped for gradient averaging and/or compiled, replayed as a CUDA graph where it can be,
+    its forward pass under bf16 autocast when `bf16`; on the CPU the MLP VAE's written-out step where it fits."""
+    net = model
+    if world.size > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = torch.compile(net) if cfg.train.compile else net
+    batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
+    options = StepOptions(cfg.loss, bf16, cfg.train.grad_clip, model.likelihood)
+    if fast_step.fits(cfg, model, bf16, world.size, device):
+        return fast_step.FastStep(model, opt, batches, options)
+    step = EagerStep(net, opt, batches, options, world)
+    if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
+        return GraphedStep(step, cfg.train.batch_size)
+    return step

@@ -1,0 +1,63 @@
+"""Does train.precision=auto pick the faster precision? For each config, what auto measures before a run (the
+run's own step in fp32 and bf16, about a second) beside a measurement 20x longer, in one process.
+
+    python -m bench.precision_choice [--configs mnist,mnist_cpu_hour,mnist_logistic_hour] [--threads N]
+
+On synthetic 8-bit images of MNIST's shape (10,000 of them; a step's time does not depend on the pixels'
+values), on the CPU. Prints per config: auto's ms per step in each precision and its pick, the long
+measurement's, and whether they agree.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vae.config.load import load_config
+from vae.data.load import Splits
+from vae.data.split import MNIST_SHAPE, Split
+from vae.device import native_bf16
+from vae.model.vae import build_model
+from vae.train.precision import ROUND_SECONDS, step_milliseconds
+
+LONGER = 20  # the long measurement's rounds, against auto's
+
+
+def choices(config: str, images: int = 10_000) -> dict:
+    """auto's and the long measurement's ms per step in fp32 and bf16 for `config` (a shipped name or a path)."""
+    cfg = load_config(config, ["train.device=cpu"])
+    gen = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (images, *MNIST_SHAPE), generator=gen, dtype=torch.uint8),
+                  torch.zeros(images, dtype=torch.long), ("0",))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    splits = Splits(train, None, train)
+    device = torch.device("cpu")
+    return {"auto": step_milliseconds(cfg, model, splits, device),
+            "long": step_milliseconds(cfg, model, splits, device, round_seconds=LONGER * ROUND_SECONDS)}
+
+
+def pick(ms: dict[str, float]) -> str:
+    return min(ms, key=ms.get)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="mnist,mnist_cpu_hour,mnist_logistic_hour", help="comma list")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, bf16 products {native_bf16(torch.device('cpu'))}")
+    for config in args.configs.split(","):
+        result = choices(config)
+        a, b = result["auto"], result["long"]
+        print(f"{config:>20}: auto fp32 {a['fp32']:7.2f} ms, bf16 {a['bf16']:7.2f} ms -> {pick(a)}; "
+              f"{LONGER}x longer: fp32 {b['fp32']:7.2f} ms, bf16 {b['bf16']:7.2f} ms -> {pick(b)} "
+              f"(bf16/fp32 {b['bf16'] / b['fp32']:.2f}); " + ("agree" if pick(a) == pick(b) else "DISAGREE"),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The written-out MLP step (vae/train/fast_step.py) against autograd's: gradients, values, training, and which
+runs take it."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import on_each_step, with_, without_timing
+
+from vae.config.schema import Config, LossConfig, ModelConfig, TrainConfig
+from vae.data.load import Splits
+from vae.data.split import Split
+from vae.model.vae import build_model
+from vae.train.distributed import World
+from vae.train.fast_step import FastStep, fits
+from vae.train.loop import train
+from vae.train.objective import objective_nats
+from vae.train.step import Batches, EagerStep, StepOptions, make_step
+
+
+def autograd_gradients(model, x, eps, kl_weight, scale):
+    """The gradients and nats of the eager step's objective, through autograd."""
+    model.zero_grad()
+    out = model(x, eps.unsqueeze(0))
+    objective, terms = objective_nats(out.logits, x, out.rate, LossConfig(), kl_weight)
+    (objective * scale).backward()
+    nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, nats.detach()
+
+
+@pytest.mark.parametrize("activation, hidden, soft, kl_weight", [
+    ("relu", (32,), False, 1.0), ("relu", (32, 16), True, 0.3), ("elu", (24, 16), False, 1.0),
+    ("elu", (8,), True, 0.0)])
+def test_the_written_out_gradients_are_autograds(activation, hidden, soft, kl_weight):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_dims=hidden, latent_dim=5, activation=activation)).double()
+    x = torch.rand(12, 784, dtype=torch.float64)
+    x = x if soft else torch.bernoulli(x)
+    eps = torch.randn(12, 5, dtype=torch.float64)
+    expected, expected_nats = autograd_gradients(model, x, eps, kl_weight, 1 / 12)
+    model.zero_grad()
+    step = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(LossConfig()))  # no Adam: the grads
+    nats, logvar_sum = step.step(x, eps, kl_weight, 1 / 12)
+    # The model's forward samples z in float32 even for a float64 model (VAE.reparameterize): the two agree to that.
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    torch.testing.assert_close(nats, expected_nats, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(logvar_sum, model.encode(x)[1].sum())
+
+
+def test_gradient_clipping_clips_the_written_out_gradients_as_autograds():
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=3)).double()
+    x, eps = torch.bernoulli(torch.rand(6, 784, dtype=torch.float64)), torch.randn(6, 3, dtype=torch.float64)
+    expected, _ = autograd_gradients(model, x, eps, 1.0, 1 / 6)
+    norm = torch.cat([g.flatten() for g in expected.values()]).norm()
+    FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(LossConfig(), grad_clip=0.5)).step(
+        x, eps, 1.0, 1 / 6)
+    assert norm > 0.5  # so the clip acts
+    for name, p in model.named_parameters():
+        # clip_grad_norm_'s factor is max_norm / (norm + 1e-6)
+        torch.testing.assert_close(p.grad, expected[name] * 0.5 / (norm + 1e-6), rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_run_on_the_written_out_step_follows_the_autograd_run(tiny_cfg, tmp_path, monkeypatch):
+    steps = []
+    on_each_step(monkeypatch, lambda step, *args: (steps.append(type(step)), step(*args)))
+    fast = train(with_(tiny_cfg, output={"dir": str(tmp_path / "fast")}))
+    eager = train(with_(tiny_cfg, train={"fast_step": False}, output={"dir": str(tmp_path / "eager")}))
+    assert steps == [FastStep] * 20 + [EagerStep] * 20  # two epochs of 10 steps each
+    for a, b in zip(without_timing(fast.rows), without_timing(eager.rows)):
+        assert a.keys() == b.keys()
+        for key in a:  # float32 sums in another order: the same to float32's precision over two epochs
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-5), key
+    for (name, p), q in zip(fast.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("change, fast", [
+    ({}, True), ({"model": {"activation": "elu", "hidden_dims": (8, 8)}}, True),
+    ({"model": {"activation": "tanh"}}, False), ({"model": {"prior": "mog"}}, False),
+    ({"model": {"likelihood": "logistic"}}, False), ({"model": {"latent2_dim": 2}}, False),
+    ({"loss": {"iwae_k": 2}}, False), ({"loss": {"gradient": "dreg"}}, False), ({"loss": {"free_bits": 0.1}}, False),
+    ({"model": {"prior": "vamp"}}, False), ({"model": {"posterior": "flow"}}, False),
+    ({"model": {"arch": "conv"}}, False),
+    ({"train": {"precision": "bf16"}}, False), ({"train": {"compile": True}}, False),
+    ({"train": {"fast_step": False}}, False)])
+def test_only_the_runs_it_writes_out_take_the_fast_step(change, fast):
+    cfg = with_(Config(train=TrainConfig(device="cpu")), **change)
+    model = build_model(cfg.model)
+    opt = torch.optim.Adam(model.parameters())
+    train_split = Split(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), ("0",))
+    step = make_step(cfg, model, opt, Splits(train_split, None, train_split), World(), torch.device("cpu"),
+                     cfg.train.precision == "bf16")
+    assert isinstance(step, FastStep if fast else EagerStep)
+
+
+class Tally:
+    """A stand-in for EpochProgress that keeps what each step records."""
+
+    def __init__(self):
+        self.records = []
+
+    def record(self, examples, nats, logvar_sum):
+        self.records.append((examples, nats, logvar_sum))
+
+
+def test_the_fast_step_trains_on_the_eager_steps_draws_with_its_adam():
+    """Three Adam steps on dynamically binarized batches: the same draws from the same stream, the same nats."""
+    torch.manual_seed(2)
+    split = Split(torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8), torch.zeros(20, dtype=torch.long), ("0",))
+    batches = Batches(split, dynamic=True, k=1, noise_dim=4)
+    model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4))
+    twin = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4))
+    twin.load_state_dict(model.state_dict())
+    steps = [FastStep(model, torch.optim.Adam(model.parameters(), fused=True), batches, StepOptions(LossConfig())),
+             EagerStep(twin, torch.optim.Adam(twin.parameters(), fused=True), batches, StepOptions(LossConfig()))]
+    tallies = []
+    for step in steps:
+        gen, tally = torch.Generator().manual_seed(5), Tally()
+        for start in (0, 8, 12):
+            step(torch.arange(start, start + 8), gen, 1.0, tally)
+        tallies.append(tally.records)
+    for (n_a, nats_a, lv_a), (n_b, nats_b, lv_b) in zip(*tallies):
+        assert n_a == n_b == 8
+        torch.testing.assert_close(nats_a, nats_b, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(lv_a, lv_b, rtol=1e-5, atol=1e-4)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fast_step_is_for_one_process_on_the_cpu():
+    cfg = Config()
+    model = build_model(cfg.model)
+    assert fits(cfg, model, False, 1, torch.device("cpu"))
+    assert not fits(cfg, model, False, 2, torch.device("cpu"))  # torchrun: DDP averages autograd's gradients
+    assert not fits(cfg, model, False, 1, torch.device("cuda"))  # a GPU replays autograd's step as a CUDA graph

@@ -1,0 +1,104 @@
+"""The MLP VAE's step with its backward written out, for the CPU: an MLP encoder and decoder (ReLU or ELU), a
+Gaussian q(z|x), p(z) = N(0, I) and a Bernoulli p(x|z), trained on the ELBO in fp32 in one process.
+
+Autograd records some forty operations a step and runs their backward one by one, each allocating its
+output; for a small model that overhead is a large part of the step. Written out, a step is its matrix
+products (forward, then for each layer the weight's gradient and the input's), the elementwise work
+fused where torch has a fused kernel, and the fused Adam. EagerStep is the reference it is tested against
+(tests/test_fast_step.py).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae.config.schema import Config
+from vae.model.likelihoods import Bernoulli
+from vae.model.vae import VAE
+from vae.train.progress import EpochProgress
+
+if TYPE_CHECKING:  # step.py builds this step
+    from vae.train.step import Batches, StepOptions
+
+
+def fits(cfg: Config, model: VAE, bf16: bool, processes: int, device: torch.device) -> bool:
+    """Whether the run's step is the one FastStep writes out (else autograd's runs)."""
+    return (cfg.train.fast_step and device.type == "cpu" and processes == 1 and not bf16 and not cfg.train.compile
+            and type(model) is VAE and cfg.model.arch == "mlp" and cfg.model.activation in ("relu", "elu")
+            and model.analytic_kl and isinstance(model.likelihood, Bernoulli)
+            and cfg.loss.iwae_k == 1 and cfg.loss.gradient == "standard" and not cfg.loss.free_bits)
+
+
+class FastStep:
+    """One Adam step of the negative ELBO, its gradients computed by hand: the value and gradients of
+    sum_b [-log p(x_b|z_b) + w KL(q(z|x_b) || N(0, I))] / B at z_b = mu_b + sigma_b eps_b."""
+
+    def __init__(self, model: VAE, opt: torch.optim.Optimizer, batches: Batches, options: StepOptions):
+        self.net, self.opt, self.batches, self.options = model, opt, batches, options
+        self.encoder = [m for m in model.encoder if isinstance(m, nn.Linear)]
+        self.decoder = [m for m in model.decoder if isinstance(m, nn.Linear)]
+        self.elu = any(isinstance(m, nn.ELU) for m in model.encoder)
+        self.latent = model.latent_dim
+        self.params = list(model.parameters())
+
+    def __call__(self, index: torch.Tensor, gen: torch.Generator, kl_weight: float, progress: EpochProgress) -> None:
+        x, eps = self.batches.draw(index, gen)  # (B, D), (B, 1, L)
+        progress.record(len(index), *self.step(x, eps[:, 0], kl_weight, 1 / len(index)))
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float, scale: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam on `scale` times the batch's objective; returns the summed nats (total, reconstruction, KL) (3,)
+        and the sum of logvar, as EagerStep's optimizer_step does."""
+        # Forward, keeping each layer's input.
+        enc_in, h = self.forward(self.encoder, x)
+        mu, logvar = h[:, :self.latent], h[:, self.latent:]  # (B, L) each
+        std = torch.exp(0.5 * logvar)
+        var = std * std
+        z = torch.addcmul(mu, std, eps)  # (B, L)
+        dec_in, logits = self.forward(self.decoder, z)  # (B, D)
+        # The negative ELBO's sums: Bernoulli cross-entropy and the analytic KL.
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = 0.5 * (mu * mu + var - 1 - logvar).sum()
+        # Backward: d objective / d logits = (sigmoid(l) - x) per example, times `scale`.
+        grad = torch.sigmoid(logits).sub_(x).mul_(scale)  # (B, D)
+        dz = self.backward(self.decoder, dec_in, grad, input_grad=True)  # (B, L)
+        w = kl_weight * scale
+        dmu = torch.add(dz, mu, alpha=w)  # d/dmu of w KL = w mu
+        dlogvar = dz.mul_(eps).mul_(0.5 * std).add_(var - 1, alpha=0.5 * w)  # through z, and w (var - 1) / 2
+        self.backward(self.encoder, enc_in, torch.cat([dmu, dlogvar], dim=1), input_grad=False)
+        # Adam, after clipping when asked.
+        if self.options.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.options.grad_clip)
+        self.opt.step()
+        return torch.stack([recon + kl, recon, kl]), logvar.sum()
+
+    def forward(self, layers: list[nn.Linear], h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The MLP on h: the inputs of each layer (the activations, from which their derivatives follow), and
+        the last layer's output."""
+        inputs = []
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(layers) - 1:
+                h = F.elu_(h) if self.elu else h.relu_()
+        return inputs, h
+
+    def backward(self, layers: list[nn.Linear], inputs: list[torch.Tensor], grad: torch.Tensor,
+                 input_grad: bool) -> torch.Tensor | None:
+        """Set each layer's weight and bias gradients from `grad`, the gradient at the last layer's output;
+        returns the gradient at the first layer's input when `input_grad` (the images need none)."""
+        for i in reversed(range(len(layers))):
+            layer, h = layers[i], inputs[i]
+            layer.weight.grad = grad.t().mm(h)  # (out, in)
+            layer.bias.grad = grad.sum(0)
+            if not (i or input_grad):
+                return None
+            grad = grad.mm(layer.weight)  # (B, in)
+            if i:  # through the activation that made h, written from its output
+                grad = (torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, h) if self.elu
+                        else torch.ops.aten.threshold_backward(grad, h, 0.0))
+        return grad
