@@ -17,11 +17,13 @@ from vae.train.objective import objective_nats
 from vae.train.step import Batches, EagerStep, StepOptions, make_step
 
 
-def autograd_gradients(model, x, eps, kl_weight, scale):
-    """The gradients and nats of the eager step's objective, through autograd."""
+def autograd_gradients(model, x, eps, kl_weight, scale, bf16=False):
+    """The gradients and nats of the eager step's objective, through autograd (under bf16 autocast when asked,
+    as optimizer_step runs it)."""
     model.zero_grad()
-    out = model(x, eps.unsqueeze(0))
-    objective, terms = objective_nats(out.logits, x, out.rate, LossConfig(), kl_weight)
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        out = model(x, eps.unsqueeze(0))
+    objective, terms = objective_nats(out.logits.float(), x, out.rate, LossConfig(), kl_weight)
     (objective * scale).backward()
     nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
     return {n: p.grad.clone() for n, p in model.named_parameters()}, nats.detach()
@@ -45,6 +47,23 @@ def test_the_written_out_gradients_are_autograds(activation, hidden, soft, kl_we
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-7, msg=name)
     torch.testing.assert_close(nats, expected_nats, rtol=1e-7, atol=1e-6)
     torch.testing.assert_close(logvar_sum, model.encode(x)[1].sum())
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu"])
+def test_the_written_out_bf16_step_is_autocasts(activation):
+    """With the products in bf16 as bf16 autocast has them: its nats, and its gradients to bf16's rounding."""
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(hidden_dims=(64, 32), latent_dim=5, activation=activation))
+    x, eps = torch.bernoulli(torch.rand(32, 784)), torch.randn(32, 5)
+    expected, expected_nats = autograd_gradients(model, x, eps, 1.0, 1 / 32, bf16=True)
+    _, fp32_nats = autograd_gradients(model, x, eps, 1.0, 1 / 32)
+    model.zero_grad()
+    nats, _ = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(LossConfig(), bf16=True)).step(
+        x, eps, 1.0, 1 / 32)
+    torch.testing.assert_close(nats, expected_nats, rtol=1e-5, atol=0.0)
+    assert (fp32_nats[2] - expected_nats[2]).abs() > 1e-4 * expected_nats[2]  # fp32's KL would fail the line above
+    for name, p in model.named_parameters():  # the bf16 roundings of fp32 sums in another order differ by 1 ulp
+        assert (p.grad - expected[name]).norm() < 5e-3 * expected[name].norm(), name
 
 
 def test_gradient_clipping_clips_the_written_out_gradients_as_autograds():
@@ -82,7 +101,7 @@ def test_a_run_on_the_written_out_step_follows_the_autograd_run(tiny_cfg, tmp_pa
     ({"loss": {"iwae_k": 2}}, False), ({"loss": {"gradient": "dreg"}}, False), ({"loss": {"free_bits": 0.1}}, False),
     ({"model": {"prior": "vamp"}}, False), ({"model": {"posterior": "flow"}}, False),
     ({"model": {"arch": "conv"}}, False),
-    ({"train": {"precision": "bf16"}}, False), ({"train": {"compile": True}}, False),
+    ({"train": {"precision": "bf16"}}, True), ({"train": {"compile": True}}, False),
     ({"train": {"fast_step": False}}, False)])
 def test_only_the_runs_it_writes_out_take_the_fast_step(change, fast):
     cfg = with_(Config(train=TrainConfig(device="cpu")), **change)
@@ -131,6 +150,6 @@ def test_the_fast_step_trains_on_the_eager_steps_draws_with_its_adam():
 def test_the_fast_step_is_for_one_process_on_the_cpu():
     cfg = Config()
     model = build_model(cfg.model)
-    assert fits(cfg, model, False, 1, torch.device("cpu"))
-    assert not fits(cfg, model, False, 2, torch.device("cpu"))  # torchrun: DDP averages autograd's gradients
-    assert not fits(cfg, model, False, 1, torch.device("cuda"))  # a GPU replays autograd's step as a CUDA graph
+    assert fits(cfg, model, 1, torch.device("cpu"))
+    assert not fits(cfg, model, 2, torch.device("cpu"))  # torchrun: DDP averages autograd's gradients
+    assert not fits(cfg, model, 1, torch.device("cuda"))  # a GPU replays autograd's step as a CUDA graph

@@ -187,7 +187,7 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
     net = torch.compile(net) if cfg.train.compile else net
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
     options = StepOptions(cfg.loss, bf16, cfg.train.grad_clip, model.likelihood)
-    if fast_step.fits(cfg, model, bf16, world.size, device):
+    if fast_step.fits(cfg, model, world.size, device):
         return fast_step.FastStep(model, opt, batches, options)
     step = EagerStep(net, opt, batches, options, world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
