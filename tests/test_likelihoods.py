@@ -37,6 +37,20 @@ def test_bernoulli_is_torch_distributions():
     torch.testing.assert_close(Bernoulli().mean(logits), torch.sigmoid(logits))
 
 
+def test_the_bernoulli_log_likelihood_and_its_gradient_hold_where_the_sigmoid_saturates():
+    logits = torch.tensor([[-80.0, -20.0, -3.0, 0.0, 2.5, 20.0, 80.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, 0.3, 1.0, 0.0, 0.0, 1.0]], dtype=torch.float64)  # soft targets too
+    value = Bernoulli().log_prob(logits, x)
+    expected = (x * logits - torch.nn.functional.softplus(logits)).sum(-1)  # -(binary cross-entropy), by hand
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    grad, = torch.autograd.grad(value.sum(), logits)
+    torch.testing.assert_close(grad, x - torch.sigmoid(logits.detach()))
+    assert torch.autograd.gradcheck(lambda l: Bernoulli().log_prob(l, x), (logits,))
+    samples = (3 * torch.randn(2, 4, 7, dtype=torch.float64)).requires_grad_()  # k samples of z: (k, B, D)
+    soft = torch.rand(4, 7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda l: Bernoulli().log_prob(l, soft), (samples,))
+
+
 @pytest.mark.parametrize("scale", [0.001, 0.1, 3.0, 10.0])  # logits near 0 (the series) to |l| ~ 30
 def test_continuous_bernoulli_is_torch_distributions(scale):
     logits = scale * torch.randn(3, 4, 50, generator=G, dtype=torch.float64)

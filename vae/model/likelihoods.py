@@ -19,13 +19,39 @@ LOG_SCALE_MIN = -7.0 - math.log(2)  # PixelCNN++'s floor of log s on [-1, 1], on
 FAR_EDGE = 1e4  # the end bins' open edge: 1e4 / s_min ~ 2e7 standard units out
 
 
-def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) = sum_d log Bernoulli(x_d | sigmoid(l_d)): logits (..., B, D), x (B, D) -> (..., B).
+def bernoulli_terms(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x|z) = sum_d x_d l_d - softplus(l_d) (..., B) and the probabilities sigmoid(l) (..., B, D), from
+    logits (..., B, D) and x (B, D) in [0, 1] (soft x too).
 
-    torch's cross-entropy from logits, stable where sigmoid saturates; x may be soft (in [0, 1]).
-    (It measured 1.04-1.27x faster on the CPU, forward and backward, than sum x * l - softplus(l).)
+    softplus(l) = relu(l) - log sigmoid(|l|) = relu(l) - log max(p, 1 - p) comes from the sigmoid that the
+    gradient, x - p, needs: stable where the sigmoid saturates, and dropping only the terms under 6e-8 nats
+    a pixel that float32 rounds away. On the CPU log_sigmoid and log1p measured 5-9x slower than log.
     """
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(dim=-1)
+    probs = torch.sigmoid(logits)
+    log_lik = (x * logits).sum(-1) - logits.clamp(min=0).sum(-1) + torch.maximum(probs, 1 - probs).log_().sum(-1)
+    return log_lik, probs
+
+
+class BernoulliLogLikelihood(torch.autograd.Function):
+    """bernoulli_terms' log p(x|z) whose backward is one fused line, (x - p) * grad, from the saved p: autograd
+    through torch's cross-entropy took 2.4x as long, forward and backward (5.0 against 2.1 ms for 2 x 250 x 784
+    logits, one thread of a Zen 4)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_lik, probs = bernoulli_terms(logits, x)
+        ctx.save_for_backward(probs, x)
+        return log_lik
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        probs, x = ctx.saved_tensors
+        return (x - probs) * grad.unsqueeze(-1), None
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_d log Bernoulli(x_d | sigmoid(l_d)): logits (..., B, D), x (B, D) -> (..., B)."""
+    return BernoulliLogLikelihood.apply(logits, x)
 
 
 class Bernoulli:
