@@ -1,10 +1,11 @@
 """The benchmarks keep working: bench/speed.py (two epochs of both loops and one fast setting on the synthetic
-data) and bench/bf16_step.py, asserted on the numbers they return."""
+data), bench/bf16_step.py and bench/step_speed.py, asserted on the numbers they return."""
 import pytest
 import torch
 
 from bench.bf16_step import step_timings
 from bench.speed import benchmark
+from bench.step_speed import steps_compared
 from vae.config.schema import Config
 
 pytestmark = pytest.mark.slow  # trains both loops: skipped by pytest -m "not slow"
@@ -27,3 +28,9 @@ def test_bf16_step_benchmark_times_both_precisions_for_each_batch():
     rows = step_timings(Config(), [4, 8], steps=1)
     assert [(r["batch"], r["what"]) for r in rows] == [(4, "step"), (4, "first mm"), (8, "step"), (8, "first mm")]
     assert all(r["fp32_ms"] > 0 and r["bf16_ms"] > 0 for r in rows)
+
+
+def test_step_speed_benchmark_times_the_step_as_filed_and_ours():
+    result = steps_compared("mnist", images=256, round_seconds=0.001)
+    assert set(result["ms"]) == {"as filed", "ours"} and all(ms > 0 for ms in result["ms"].values())
+    assert result["precision"] == {"as filed": "fp32", "ours": "fp32"}  # mnist.yaml asks for fp32

@@ -15,12 +15,13 @@ import torch
 
 from vae.config.schema import Config
 from vae.data.load import Splits
+from vae.data.split import Split
 from vae.model.vae import VAE
 from vae.train.distributed import World, all_reduce
 from vae.train.progress import EpochProgress
-from vae.train.step import make_step
+from vae.train.step import Step, make_step
 
-TIMED_ROUNDS = 5  # alternating rounds of fp32 and bf16 steps, so that a drift of the machine's speed hits both
+TIMED_ROUNDS = 5  # alternating rounds of the steps compared
 ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long (at least one)
 
 
@@ -66,15 +67,23 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
         net = copy.deepcopy(model)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
         steps[name] = make_step(cfg, net, opt, splits, World(), device, bf16=name == "bf16")
+    return compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
+
+
+def compare_steps(steps: dict[str, Step], train: Split, batch_size: int, kl_weight: float, device: torch.device,
+                  round_seconds: float = ROUND_SECONDS) -> dict[str, float]:
+    """Median milliseconds of each of `steps` on one batch of `train`, timed in TIMED_ROUNDS alternating rounds
+    of about `round_seconds` (so that a drift of the machine's speed hits all alike) after two steps of
+    warm-up each. Their random numbers come from a generator of their own."""
     gen = torch.Generator(device=device).manual_seed(0)
-    index = torch.randperm(len(splits.train), generator=gen, device=device)[:cfg.train.batch_size]
+    index = torch.randperm(len(train), generator=gen, device=device)[:batch_size]
     tally = EpochProgress.begin(len(index), gen)  # the steps count into a scratch tally
 
-    def seconds(step, n: int) -> float:
+    def seconds(step: Step, n: int) -> float:
         sync(device)
         t0 = time.perf_counter()
         for _ in range(n):
-            step(index, gen, cfg.loss.beta, tally)
+            step(index, gen, kl_weight, tally)
         sync(device)
         return (time.perf_counter() - t0) / n
 

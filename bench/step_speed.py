@@ -1,0 +1,93 @@
+"""A config's training step as issue 31 found it against ours, side by side in one process.
+
+    python -m bench.step_speed [--configs mnist,mnist_cpu_hour] [--threads N]
+
+"As filed" is autograd's step with the Bernoulli log-likelihood through torch's cross-entropy
+(`binary_cross_entropy_with_logits`), at the precision `auto` took then (bf16 exactly where the CPU
+has bf16 products); "ours" is the step make_step gives now (the written-out step where it fits), at
+the precision `auto` picks now by timing. Both run on copies of one model, on synthetic 8-bit images
+of MNIST's shape, in alternating rounds (vae/train/precision.py's compare_steps). An epoch is its steps
+plus a per-epoch evaluation that neither changes, so the ratio of step times bounds the ratio of
+epochs per hour from above.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from contextlib import contextmanager
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+from vae.config.load import load_config
+from vae.data.load import Splits
+from vae.data.split import MNIST_SHAPE, Split
+from vae.device import native_bf16
+from vae.model import likelihoods
+from vae.model.vae import build_model
+from vae.train.distributed import World
+from vae.train.precision import compare_steps, step_milliseconds
+from vae.train.step import make_step
+
+CPU = torch.device("cpu")
+
+
+def torch_cross_entropy(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli log-likelihood as filed: autograd through torch's cross-entropy from logits."""
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(dim=-1)
+
+
+@contextmanager
+def as_filed():
+    with mock.patch.object(likelihoods, "bernoulli_log_likelihood", torch_cross_entropy):
+        yield
+
+
+def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0) -> dict:
+    """ms per step of the config's step as filed and ours, and the precisions they ran at."""
+    cfg = load_config(config, ["train.device=cpu"])
+    gen = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (images, *MNIST_SHAPE), generator=gen, dtype=torch.uint8),
+                  torch.zeros(images, dtype=torch.long), ("0",))
+    splits = Splits(train, None, train)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    filed_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(CPU))
+    ours_ms = step_milliseconds(cfg, model, splits, CPU) if cfg.train.precision == "auto" else None
+    ours_bf16 = ours_ms["bf16"] < ours_ms["fp32"] if ours_ms else cfg.train.precision == "bf16"
+    filed_cfg = load_config(config, ["train.device=cpu", "train.fast_step=false"])
+    steps = {}
+    for name, step_cfg, bf16 in (("as filed", filed_cfg, filed_bf16), ("ours", cfg, ours_bf16)):
+        net = copy.deepcopy(model)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+        steps[name] = make_step(step_cfg, net, opt, splits, World(), CPU, bf16)
+    filed = steps["as filed"]
+
+    def filed_step(*args):
+        with as_filed():
+            filed(*args)
+    steps["as filed"] = filed_step
+    ms = compare_steps(steps, train, cfg.train.batch_size, cfg.loss.beta, CPU, round_seconds)
+    names = {True: "bf16", False: "fp32"}
+    return {"ms": ms, "precision": {"as filed": names[filed_bf16], "ours": names[ours_bf16]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="mnist,mnist_cpu_hour", help="comma list of configs (names or paths)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, bf16 products {native_bf16(CPU)}")
+    for config in args.configs.split(","):
+        r = steps_compared(config)
+        ms, p = r["ms"], r["precision"]
+        print(f"{config:>20}: as filed {ms['as filed']:7.2f} ms a step ({p['as filed']}), ours {ms['ours']:7.2f} ms "
+              f"({p['ours']}): {ms['as filed'] / ms['ours']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
