@@ -2,6 +2,7 @@
 matrix-product floor, the graphed step's overhead, peak memory. They return numbers; the scripts print."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import multiprocessing
@@ -17,6 +18,7 @@ from vae.config.schema import Config, ModelConfig, TrainConfig
 from vae.data.load import Splits
 from vae.data.mnist import load_dataset
 from vae.data.split import MNIST_SHAPE, Split
+from vae.device import native_bf16
 from vae.evaluate.heldout import evaluate
 from vae.model.vae import build_model
 from vae.train.distributed import World
@@ -191,3 +193,26 @@ def graph_replay_seconds(train: Split, device: torch.device, batch: int = 128, s
         sync(device)
         times.append((time.perf_counter() - t0) / steps)
     return times[0], times[1]
+
+
+def configs_from_command_line(description: str, default: str) -> list[str]:
+    """--configs (a comma list of shipped names or paths) and --threads for a per-config CPU benchmark; sets the
+    threads and prints the machine's line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--configs", default=default, help="comma list of configs (names or paths)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, bf16 products {native_bf16(torch.device('cpu'))}")
+    return args.configs.split(",")
+
+
+def synthetic_splits(images: int) -> Splits:
+    """Random 8-bit images of MNIST's shape as the training split, on the CPU: a step's time does not depend on
+    the pixels' values."""
+    gen = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (images, *MNIST_SHAPE), generator=gen, dtype=torch.uint8),
+                  torch.zeros(images, dtype=torch.long), ("0",))
+    return Splits(train, None, train)

@@ -9,14 +9,10 @@ measurement's, and whether they agree.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from bench.measure import configs_from_command_line, synthetic_splits
 from vae.config.load import load_config
-from vae.data.load import Splits
-from vae.data.split import MNIST_SHAPE, Split
-from vae.device import native_bf16
 from vae.model.vae import build_model
 from vae.train.precision import ROUND_SECONDS, step_milliseconds
 
@@ -26,12 +22,9 @@ LONGER = 20  # the long measurement's rounds, against auto's
 def choices(config: str, images: int = 10_000) -> dict:
     """auto's and the long measurement's ms per step in fp32 and bf16 for `config` (a shipped name or a path)."""
     cfg = load_config(config, ["train.device=cpu"])
-    gen = torch.Generator().manual_seed(0)
-    train = Split(torch.randint(0, 256, (images, *MNIST_SHAPE), generator=gen, dtype=torch.uint8),
-                  torch.zeros(images, dtype=torch.long), ("0",))
+    splits = synthetic_splits(images)
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    splits = Splits(train, None, train)
     device = torch.device("cpu")
     return {"auto": step_milliseconds(cfg, model, splits, device),
             "long": step_milliseconds(cfg, model, splits, device, round_seconds=LONGER * ROUND_SECONDS)}
@@ -42,15 +35,7 @@ def pick(ms: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="mnist,mnist_cpu_hour,mnist_logistic_hour", help="comma list")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, bf16 products {native_bf16(torch.device('cpu'))}")
-    for config in args.configs.split(","):
+    for config in configs_from_command_line(__doc__.splitlines()[0], "mnist,mnist_cpu_hour,mnist_logistic_hour"):
         result = choices(config)
         a, b = result["auto"], result["long"]
         print(f"{config:>20}: auto fp32 {a['fp32']:7.2f} ms, bf16 {a['bf16']:7.2f} ms -> {pick(a)}; "

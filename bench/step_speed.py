@@ -12,7 +12,6 @@ epochs per hour from above.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 from contextlib import contextmanager
 from unittest import mock
@@ -20,9 +19,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from bench.measure import configs_from_command_line, synthetic_splits
 from vae.config.load import load_config
-from vae.data.load import Splits
-from vae.data.split import MNIST_SHAPE, Split
 from vae.device import native_bf16
 from vae.model import likelihoods
 from vae.model.vae import build_model
@@ -47,10 +45,7 @@ def as_filed():
 def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0) -> dict:
     """ms per step of the config's step as filed and ours, and the precisions they ran at."""
     cfg = load_config(config, ["train.device=cpu"])
-    gen = torch.Generator().manual_seed(0)
-    train = Split(torch.randint(0, 256, (images, *MNIST_SHAPE), generator=gen, dtype=torch.uint8),
-                  torch.zeros(images, dtype=torch.long), ("0",))
-    splits = Splits(train, None, train)
+    splits = synthetic_splits(images)
     torch.manual_seed(0)
     model = build_model(cfg.model)
     filed_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(CPU))
@@ -68,21 +63,13 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
         with as_filed():
             filed(*args)
     steps["as filed"] = filed_step
-    ms = compare_steps(steps, train, cfg.train.batch_size, cfg.loss.beta, CPU, round_seconds)
+    ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, CPU, round_seconds)
     names = {True: "bf16", False: "fp32"}
     return {"ms": ms, "precision": {"as filed": names[filed_bf16], "ours": names[ours_bf16]}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="mnist,mnist_cpu_hour", help="comma list of configs (names or paths)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, bf16 products {native_bf16(CPU)}")
-    for config in args.configs.split(","):
+    for config in configs_from_command_line(__doc__.splitlines()[0], "mnist,mnist_cpu_hour"):
         r = steps_compared(config)
         ms, p = r["ms"], r["precision"]
         print(f"{config:>20}: as filed {ms['as filed']:7.2f} ms a step ({p['as filed']}), ours {ms['ours']:7.2f} ms "
