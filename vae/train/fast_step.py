@@ -112,8 +112,12 @@ class FastStep:
         grad = grad.to(self.dtype)
         for i in reversed(range(len(layers))):
             layer, h = layers[i], saved.inputs[i]
-            layer.weight.grad = grad.t().mm(h).to(self.master)  # (out, in)
-            layer.bias.grad = grad.sum(0, dtype=self.master)
+            if self.dtype == self.master and layer.weight.grad is not None:  # into last step's buffers
+                torch.mm(grad.t(), h, out=layer.weight.grad)  # (out, in)
+                torch.sum(grad, 0, out=layer.bias.grad)
+            else:
+                layer.weight.grad = grad.t().mm(h).to(self.master)  # (out, in)
+                layer.bias.grad = grad.sum(0, dtype=self.master)
             if not (i or input_grad):
                 return None
             grad = grad.mm(saved.weights[i])  # (B, in)
