@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from vae.config.schema import ModelConfig
+from vae.model.activations import ELU
 from vae.model.vae import VAE, TwoLayerVAE, build_model
 
 
@@ -43,7 +44,7 @@ def test_a_seeded_generator_makes_noise_repeatable():
     assert a.shape == (4, 3) and torch.equal(a, b) and not torch.equal(a, model.noise(4))
 
 
-@pytest.mark.parametrize("name, module", [("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh), ("elu", torch.nn.ELU)])
+@pytest.mark.parametrize("name, module", [("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh), ("elu", ELU)])
 def test_activation_sits_between_hidden_layers_only(name, module):
     model = VAE(ModelConfig(hidden_dims=(200, 200), latent_dim=50, activation=name))
     kinds = [type(m) for m in model.encoder]

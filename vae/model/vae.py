@@ -12,6 +12,7 @@ from torch import nn
 
 from vae.config.schema import ModelConfig
 from vae.data.split import MNIST_SHAPE
+from vae.model.activations import ELU
 from vae.model.conv import conv_decoder, conv_encoder
 from vae.model.distributions import (
     DiagonalGaussian,
@@ -26,7 +27,7 @@ from vae.model.flow import IAF
 from vae.model.likelihoods import build_likelihood
 from vae.model.priors import NormalPrior, build_prior
 
-ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": ELU, "gelu": nn.GELU}
 
 
 def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vae.config.schema import Config
+from vae.model.activations import ELU, elu, elu_derivative
 from vae.model.likelihoods import Bernoulli, bernoulli_terms
 from vae.model.vae import VAE
 from vae.train.progress import EpochProgress
@@ -49,7 +49,7 @@ class FastStep:
         self.net, self.opt, self.batches, self.options = model, opt, batches, options
         self.encoder = [m for m in model.encoder if isinstance(m, nn.Linear)]
         self.decoder = [m for m in model.decoder if isinstance(m, nn.Linear)]
-        self.elu = any(isinstance(m, nn.ELU) for m in model.encoder)
+        self.elu = any(isinstance(m, ELU) for m in model.encoder)
         self.latent = model.latent_dim
         self.params = list(model.parameters())
         self.master = self.params[0].dtype  # of the weights, their gradients and the loss (float32 in training)
@@ -100,7 +100,7 @@ class FastStep:
             h = torch.addmm(layer.bias.to(self.dtype), h, weight.t())
             if i < len(layers) - 1 and self.elu:  # its derivative from its input: from 1 + elu(a) it cancels in bf16
                 saved.elu_inputs.append(h)
-                h = F.elu(h)
+                h = elu(h)
             elif i < len(layers) - 1:
                 h = h.relu_()
         return saved, h
@@ -122,7 +122,6 @@ class FastStep:
                 return None
             grad = grad.mm(saved.weights[i])  # (B, in)
             if i:  # through the activation that made h
-                elu = torch.ops.aten.elu_backward
-                grad = (elu(grad, 1.0, 1.0, 1.0, False, saved.elu_inputs[i - 1]) if self.elu
+                grad = ((grad * elu_derivative(saved.elu_inputs[i - 1])).to(self.dtype) if self.elu
                         else torch.ops.aten.threshold_backward(grad, h, 0.0))
         return grad.to(self.master)
