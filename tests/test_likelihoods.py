@@ -16,7 +16,7 @@ from vae.errors import UserError
 from vae.evaluate.analyze import evaluate_checkpoint
 from vae.evaluate.estimators import iwae_batch
 from vae.model.likelihoods import (LOG_SCALE_MIN, Bernoulli, ContinuousBernoulli, ContinuousBernoulliBins,
-                                   DiscretizedLogistic)
+                                   DiscretizedLogistic, log_one_minus_exp)
 from vae.model.vae import build_model
 from vae.train.loop import train
 
@@ -99,15 +99,24 @@ def test_evaluation_measures_the_continuous_bernoulli_by_bins_and_the_others_as_
                                ContinuousBernoulli().log_prob(logits, x) - 2 * math.log(255), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the training's formulas
 @pytest.mark.parametrize("components", [1, 3])
-def test_the_256_probabilities_of_a_discretized_logistic_pixel_sum_to_1(components):
+def test_the_256_probabilities_of_a_discretized_logistic_pixel_sum_to_1(components, dtype):
     logistic = DiscretizedLogistic(components)
     for seed in range(5):  # one pixel's decoder outputs, against every value it can take
-        out = 2 * torch.randn(logistic.params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        levels = (torch.arange(256, dtype=torch.float64) / 255)[:, None]  # (256, 1): 256 one-pixel images
+        out = 2 * torch.randn(logistic.params, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        levels = (torch.arange(256, dtype=dtype) / 255)[:, None]  # (256, 1): 256 one-pixel images
         p = logistic.log_prob(out, levels).exp()
         assert p.shape == (256,) and bool((p > 0).all())
-        torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=torch.float64))
+        atol = 1e-12 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=dtype), rtol=0, atol=atol)
+
+
+def test_log_one_minus_exp_in_float32_holds_to_its_stated_error():
+    d = -torch.logspace(-3, 2, 200, dtype=torch.float64)  # bins from a thousandth of a scale to 100 scales wide
+    exact = torch.log(-torch.expm1(d))
+    assert (log_one_minus_exp(d.float()).double() - exact).abs().max() < 1e-4  # 6e-8 / |d| at |d| = 1e-3
+    torch.testing.assert_close(log_one_minus_exp(d), exact, rtol=0, atol=0)  # float64: expm1 itself
 
 
 def test_the_discretized_logistic_is_the_logistic_cdf_over_each_bin():

@@ -54,6 +54,13 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return BernoulliLogLikelihood.apply(logits, x)
 
 
+def log_one_minus_exp(d: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^d) for d < 0, from exp and log (torch's expm1 measured 4.7 ms for 250 x 5 x 784 numbers here):
+    the absolute error of 1 - e^d, fp32's 6e-8, matters only for |d| under 1e-3, a bin narrower than a thousandth
+    of its logistic's scale."""
+    return torch.log(-torch.expm1(d)) if d.dtype == torch.float64 else torch.log(1 - torch.exp(d))
+
+
 class Bernoulli:
     """x_d ~ Bernoulli(sigmoid(l_d)): a probability of binary pixels; of grey levels only a cross-entropy."""
 
@@ -160,7 +167,7 @@ class DiscretizedLogistic:
         inv_s = torch.exp(-log_s)
         upper, lower = inv_s * (upper - mu), inv_s * (lower - mu)  # standardized
         # sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - e^(l - u)): in logs, stable in both tails
-        log_p = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+        log_p = F.logsigmoid(upper) + F.logsigmoid(-lower) + log_one_minus_exp(lower - upper)
         if log_w is not None:
             log_p = torch.logsumexp(log_w + log_p, dim=-2, keepdim=True)
         return log_p.squeeze(-2).sum(-1)
