@@ -51,10 +51,10 @@ def next_epoch_seconds(rows: list[dict]) -> float:
 def stops_early(cfg: TrainConfig, best: dict, epoch: int, rows: list[dict] = ()) -> str:
     """Why training stops after `epoch` with metrics `rows` so far, under train.budget_minutes or train.patience
     ('' while it goes on). The budget stops before an epoch that would not fit in it."""
-    spent, budget = seconds_spent(rows), 60 * cfg.budget_minutes
-    if budget and spent + next_epoch_seconds(rows) > budget:
+    spent, budget, next_epoch = seconds_spent(rows), 60 * cfg.budget_minutes, next_epoch_seconds(rows)
+    if budget and spent + next_epoch > budget:
         return (f"the next epoch would not fit in the time budget ({spent / 60:.2f} of train.budget_minutes="
-                f"{cfg.budget_minutes:g} spent, an epoch takes up to {next_epoch_seconds(rows):.1f} s)")
+                f"{cfg.budget_minutes:g} spent, an epoch takes up to {next_epoch:.1f} s)")
     if not cfg.patience or best["epoch"] is None or epoch - best["epoch"] < cfg.patience:
         return ""
     return (f"the validation loss has not improved for {epoch - best['epoch']} epochs (train.patience="

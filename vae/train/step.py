@@ -1,8 +1,9 @@
 """The training step: one Adam update on a batch, run eagerly or replayed as a CUDA graph, and make_step, which
 builds the run's.
 
-Both steps are called the same way, step(index, gen, kl_weight, progress), and draw a batch's
-binarization and noise through one `Batches`, so a graphed run follows the eager run's random stream.
+Every step (these two and vae/train/fast_step.py's) is called the same way, step(index, gen, kl_weight,
+progress), and draws a batch's binarization and noise through one `Batches`, so a graphed or written-out run
+follows the eager run's random stream.
 """
 from __future__ import annotations
 
