@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributions as D
 from conftest import on_each_step, with_, without_timing
 
 from vae.config.schema import Config, LossConfig, ModelConfig, TrainConfig
@@ -11,19 +12,20 @@ from vae.data.load import Splits
 from vae.data.split import Split
 from vae.model.vae import build_model
 from vae.train.distributed import World
-from vae.train.fast_step import FastStep, fits
+from vae.train.fast_step import FastStep, MixtureLogProb, fits
 from vae.train.loop import train
 from vae.train.objective import objective_nats
 from vae.train.step import Batches, EagerStep, StepOptions, make_step
 
 
-def autograd_gradients(model, x, eps, kl_weight, scale, bf16=False):
-    """The gradients and nats of the eager step's objective, through autograd (under bf16 autocast when asked,
-    as optimizer_step runs it)."""
+def autograd_gradients(model, x, eps, kl_weight, scale, bf16=False, loss=LossConfig()):
+    """The gradients and nats of the eager step's objective at noise eps (k, B, L), through autograd (under bf16
+    autocast when asked, as optimizer_step runs it)."""
     model.zero_grad()
     with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        out = model(x, eps.unsqueeze(0))
-    objective, terms = objective_nats(out.logits.float(), x, out.rate, LossConfig(), kl_weight)
+        out = model(x, eps)
+    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
+    objective, terms = objective_nats(logits, x, out.rate, loss, kl_weight, (out.z, out.mu, out.logvar))
     (objective * scale).backward()
     nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
     return {n: p.grad.clone() for n, p in model.named_parameters()}, nats.detach()
@@ -37,16 +39,61 @@ def test_the_written_out_gradients_are_autograds(activation, hidden, soft, kl_we
     model = build_model(ModelConfig(hidden_dims=hidden, latent_dim=5, activation=activation)).double()
     x = torch.rand(12, 784, dtype=torch.float64)
     x = x if soft else torch.bernoulli(x)
-    eps = torch.randn(12, 5, dtype=torch.float64)
+    eps = torch.randn(1, 12, 5, dtype=torch.float64)
     expected, expected_nats = autograd_gradients(model, x, eps, kl_weight, 1 / 12)
     model.zero_grad()
     step = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(LossConfig()))  # no Adam: the grads
     nats, logvar_sum = step.step(x, eps, kl_weight, 1 / 12)
-    # The model's forward samples z in float32 even for a float64 model (VAE.reparameterize): the two agree to that.
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-7, msg=name)
-    torch.testing.assert_close(nats, expected_nats, rtol=1e-7, atol=1e-6)
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(nats, expected_nats, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(logvar_sum, model.encode(x)[1].sum())
+
+
+def latent_model(prior, dtype=torch.float64):
+    """An ELU VAE with N(0, I) or a mixture prior, the mixture's variances and weights moved off their start."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4, activation="elu", prior=prior,
+                                    prior_components=5)).to(dtype)
+    if prior == "mog":
+        with torch.no_grad():
+            model.prior.logvar.normal_(0, 0.3)
+            model.prior.logits.normal_()
+    return model
+
+
+@pytest.mark.parametrize("prior", ["normal", "mog"])
+@pytest.mark.parametrize("k, gradient, kl_weight", [
+    (1, "standard", 1.0), (1, "dreg", 0.3), (3, "standard", 1.0), (3, "standard", 0.3), (2, "dreg", 1.0),
+    (3, "dreg", 0.3)])
+def test_the_written_out_iwae_and_dreg_gradients_are_autograds(prior, k, gradient, kl_weight):
+    """The sampled rate, the IWAE bound and DReG's gradient (a KL weight under 1 is warm-up), in float64."""
+    model = latent_model(prior)
+    x, eps = torch.bernoulli(torch.rand(6, 784, dtype=torch.float64)), torch.randn(k, 6, 4, dtype=torch.float64)
+    loss = LossConfig(iwae_k=k, gradient=gradient)
+    expected, expected_nats = autograd_gradients(model, x, eps, kl_weight, 1 / 6, loss=loss)
+    model.zero_grad()
+    nats, _ = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(loss)).step(x, eps, kl_weight, 1 / 6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(nats, expected_nats, rtol=1e-12, atol=1e-10)
+
+
+def test_the_written_out_mixture_is_torch_distributions():
+    """MixtureLogProb's value and backward against autograd through torch.distributions' mixture."""
+    prior = latent_model("mog").prior
+    z, grad = torch.randn(7, 4, dtype=torch.float64, requires_grad=True), torch.randn(7, dtype=torch.float64)
+    components = D.Independent(D.Normal(prior.mu, torch.exp(0.5 * prior.logvar)), 1)
+    reference = D.MixtureSameFamily(D.Categorical(logits=prior.logits), components).log_prob(z)
+    reference.backward(grad)
+    expected = {name: p.grad.clone() for name, p in prior.named_parameters()}
+    prior.zero_grad()
+    log_prob = MixtureLogProb(prior)
+    with torch.no_grad():
+        torch.testing.assert_close(log_prob(z), reference, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(log_prob.backward(grad), z.grad, rtol=1e-10, atol=1e-12)
+    for name, p in prior.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("activation", ["relu", "elu"])
@@ -54,7 +101,7 @@ def test_the_written_out_bf16_step_is_autocasts(activation):
     """With the products in bf16 as bf16 autocast has them: its nats, and its gradients to bf16's rounding."""
     torch.manual_seed(3)
     model = build_model(ModelConfig(hidden_dims=(64, 32), latent_dim=5, activation=activation))
-    x, eps = torch.bernoulli(torch.rand(32, 784)), torch.randn(32, 5)
+    x, eps = torch.bernoulli(torch.rand(32, 784)), torch.randn(1, 32, 5)
     expected, expected_nats = autograd_gradients(model, x, eps, 1.0, 1 / 32, bf16=True)
     _, fp32_nats = autograd_gradients(model, x, eps, 1.0, 1 / 32)
     model.zero_grad()
@@ -66,10 +113,23 @@ def test_the_written_out_bf16_step_is_autocasts(activation):
         assert (p.grad - expected[name]).norm() < 5e-3 * expected[name].norm(), name
 
 
+def test_the_written_out_bf16_iwae_step_with_the_mixture_is_autocasts():
+    """mnist_cpu_hour's objective (mixture prior, IWAE k=2, DReG) with bf16 products: the mixture stays in fp32."""
+    model, loss = latent_model("mog", torch.float32), LossConfig(iwae_k=2, gradient="dreg")
+    x, eps = torch.bernoulli(torch.rand(32, 784)), torch.randn(2, 32, 4)
+    expected, expected_nats = autograd_gradients(model, x, eps, 1.0, 1 / 32, bf16=True, loss=loss)
+    model.zero_grad()
+    nats, _ = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(loss, bf16=True)).step(
+        x, eps, 1.0, 1 / 32)
+    torch.testing.assert_close(nats, expected_nats, rtol=1e-5, atol=0.0)
+    for name, p in model.named_parameters():
+        assert (p.grad - expected[name]).norm() < 5e-3 * expected[name].norm(), name
+
+
 def test_gradient_clipping_clips_the_written_out_gradients_as_autograds():
     torch.manual_seed(1)
     model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=3)).double()
-    x, eps = torch.bernoulli(torch.rand(6, 784, dtype=torch.float64)), torch.randn(6, 3, dtype=torch.float64)
+    x, eps = torch.bernoulli(torch.rand(6, 784, dtype=torch.float64)), torch.randn(1, 6, 3, dtype=torch.float64)
     expected, _ = autograd_gradients(model, x, eps, 1.0, 1 / 6)
     norm = torch.cat([g.flatten() for g in expected.values()]).norm()
     FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(LossConfig(), grad_clip=0.5)).step(
@@ -96,9 +156,9 @@ def test_a_run_on_the_written_out_step_follows_the_autograd_run(tiny_cfg, tmp_pa
 
 @pytest.mark.parametrize("change, fast", [
     ({}, True), ({"model": {"activation": "elu", "hidden_dims": (8, 8)}}, True),
-    ({"model": {"activation": "tanh"}}, False), ({"model": {"prior": "mog"}}, False),
+    ({"model": {"activation": "tanh"}}, False), ({"model": {"prior": "mog"}}, True),
     ({"model": {"likelihood": "logistic"}}, False), ({"model": {"latent2_dim": 2}}, False),
-    ({"loss": {"iwae_k": 2}}, False), ({"loss": {"gradient": "dreg"}}, False), ({"loss": {"free_bits": 0.1}}, False),
+    ({"loss": {"iwae_k": 2}}, True), ({"loss": {"gradient": "dreg"}}, True), ({"loss": {"free_bits": 0.1}}, False),
     ({"model": {"prior": "vamp"}}, False), ({"model": {"posterior": "flow"}}, False),
     ({"model": {"arch": "conv"}}, False),
     ({"train": {"precision": "bf16"}}, True), ({"train": {"compile": True}}, False),
@@ -123,16 +183,17 @@ class Tally:
         self.records.append((examples, nats, logvar_sum))
 
 
-def test_the_fast_step_trains_on_the_eager_steps_draws_with_its_adam():
+@pytest.mark.parametrize("prior, loss", [("normal", LossConfig()), ("mog", LossConfig(iwae_k=2, gradient="dreg"))])
+def test_the_fast_step_trains_on_the_eager_steps_draws_with_its_adam(prior, loss):
     """Three Adam steps on dynamically binarized batches: the same draws from the same stream, the same nats."""
     torch.manual_seed(2)
     split = Split(torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8), torch.zeros(20, dtype=torch.long), ("0",))
-    batches = Batches(split, dynamic=True, k=1, noise_dim=4)
-    model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4))
-    twin = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4))
+    batches = Batches(split, dynamic=True, k=loss.iwae_k, noise_dim=4)
+    model = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4, prior=prior, prior_components=3))
+    twin = build_model(ModelConfig(hidden_dims=(16,), latent_dim=4, prior=prior, prior_components=3))
     twin.load_state_dict(model.state_dict())
-    steps = [FastStep(model, torch.optim.Adam(model.parameters(), fused=True), batches, StepOptions(LossConfig())),
-             EagerStep(twin, torch.optim.Adam(twin.parameters(), fused=True), batches, StepOptions(LossConfig()))]
+    steps = [FastStep(model, torch.optim.Adam(model.parameters(), fused=True), batches, StepOptions(loss)),
+             EagerStep(twin, torch.optim.Adam(twin.parameters(), fused=True), batches, StepOptions(loss))]
     tallies = []
     for step in steps:
         gen, tally = torch.Generator().manual_seed(5), Tally()

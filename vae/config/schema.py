@@ -265,9 +265,9 @@ class TrainConfig:
     fast_step: bool = key(True, "on the CPU in one process, without compile: the MLP VAE's step with its backward "
                           "written out (vae/train/fast_step.py; in fp32, or its products in bf16 as autocast has "
                           "them) where the model and objective are the ones it writes (`model.arch=mlp`, ReLU or ELU, "
-                          "`model.prior=normal`, `model.posterior=gaussian`, `model.likelihood=bernoulli`, one "
-                          "stochastic layer, the ELBO without free bits, `loss.gradient=standard`); `false`, or any "
-                          "other run: autograd's step", role=SETTING)
+                          "`model.prior` `normal` or `mog`, `model.posterior=gaussian`, `model.likelihood=bernoulli`, "
+                          "one stochastic layer, without free bits; the ELBO or IWAE bound, either `loss.gradient`); "
+                          "`false`, or any other run: autograd's step", role=SETTING)
     patience: int = key(0, "early stopping: stop once the validation loss has not improved for this many epochs "
                         "(needs `data.val_size`; a run that stopped stays stopped unless it is raised). `0` = never",
                         within=(0, 1_000_000), rule="must be in 0..1000000 (0 = off)", role=DURATION)

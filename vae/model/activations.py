@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def wide(x: torch.Tensor) -> torch.Tensor:
-    """x in fp32, or in its own dtype if wider."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from vae.model.distributions import wide
 
 
 def elu(x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,11 @@ import torch
 LOG_2PI = math.log(2 * math.pi)
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32, or in its own dtype if wider: what the latents' arithmetic runs in, also under bf16 autocast."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dim (broadcasting)."""
     return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.model.distributions import STANDARD_NORMAL, GaussianMixture, Prior, StandardNormal
+from vae.model.distributions import STANDARD_NORMAL, GaussianMixture, Prior, StandardNormal, wide
 
 # x (K, D) -> (mu, logvar) of q(z|x) at the top layer, each (K, L)
 TopPosterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -45,7 +45,7 @@ class MixturePrior(LatentPrior):
         self.logvar = nn.Parameter(torch.zeros(components, latent))
 
     def forward(self, top_posterior: TopPosterior) -> GaussianMixture:
-        return GaussianMixture(F.log_softmax(self.logits.float(), 0), self.mu.float(), self.logvar.float())
+        return GaussianMixture(F.log_softmax(wide(self.logits), 0), wide(self.mu), wide(self.logvar))
 
 
 class VampPrior(LatentPrior):

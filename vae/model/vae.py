@@ -22,6 +22,7 @@ from vae.model.distributions import (
     gaussian_rate,
     latent_rate,
     sampled_rate,
+    wide,
 )
 from vae.model.flow import IAF
 from vae.model.likelihoods import build_likelihood
@@ -116,9 +117,9 @@ class VAE(nn.Module):
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z = mu + sigma * eps, with eps ~ N(0, I) drawn by the caller: a sample of q(z|x) that
         gradients flow through. The noise is an argument so that one seeded stream can serve a batch
-        split over several processes, and so that compiled code draws no random numbers. In fp32
+        split over several processes, and so that compiled code draws no random numbers. In fp32 (or wider)
         also under bf16 autocast, so that z is the sample the rate is measured at."""
-        return DiagonalGaussian(mu.float(), logvar.float()).rsample(eps)
+        return DiagonalGaussian(wide(mu), wide(logvar)).rsample(eps)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., latent) -> the parameters of p(x|z) (Bernoulli logits, ...): (..., params * D)."""
@@ -149,10 +150,10 @@ class VAE(nn.Module):
         if self.analytic_kl:
             mu, logvar = self.encode(x)
             z = self.reparameterize(mu, logvar, eps)
-            return Output(self.decode(z), mu, logvar, gaussian_rate(mu.float(), logvar.float(), eps, z), z)
+            return Output(self.decode(z), mu, logvar, gaussian_rate(wide(mu), wide(logvar), eps, z), z)
         mu, logvar, context = self.posterior(x)
         z = self.reparameterize(mu, logvar, eps)
-        log_q = gaussian_log_q(eps, logvar.float())  # (..., B)
+        log_q = gaussian_log_q(eps, wide(logvar))  # (..., B)
         if self.flow is not None:
             z, log_det = self.flow(z, context)
             log_q = log_q - log_det

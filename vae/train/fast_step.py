@@ -1,6 +1,7 @@
 """The MLP VAE's step with its backward written out, for the CPU: an MLP encoder and decoder (ReLU or ELU), a
-Gaussian q(z|x), p(z) = N(0, I) and a Bernoulli p(x|z), trained on the ELBO in one process; in fp32, or with
-the products in bf16 as bf16 autocast has them (train.precision=bf16).
+Gaussian q(z|x), p(z) = N(0, I) or a learned Gaussian mixture, and a Bernoulli p(x|z), trained on the ELBO or
+the IWAE bound (with autograd's gradient or DReG's) in one process; in fp32, or with the products in bf16 as bf16
+autocast has them (train.precision=bf16).
 
 Autograd records some forty operations a step and runs their backward one by one, each allocating its
 output; for a small model that overhead is a large part of the step. Written out, a step is its matrix
@@ -13,11 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vae.config.schema import Config
 from vae.model.activations import ELU, elu, elu_derivative
+from vae.model.distributions import LOG_2PI
 from vae.model.likelihoods import Bernoulli, bernoulli_terms
+from vae.model.priors import MixturePrior
 from vae.model.vae import VAE
 from vae.train.progress import EpochProgress
 
@@ -29,8 +33,8 @@ def fits(cfg: Config, model: VAE, processes: int, device: torch.device) -> bool:
     """Whether the run's step is the one FastStep writes out (else autograd's runs)."""
     return (cfg.train.fast_step and device.type == "cpu" and processes == 1 and not cfg.train.compile
             and type(model) is VAE and cfg.model.arch == "mlp" and cfg.model.activation in ("relu", "elu")
-            and model.analytic_kl and isinstance(model.likelihood, Bernoulli)
-            and cfg.loss.iwae_k == 1 and cfg.loss.gradient == "standard" and not cfg.loss.free_bits)
+            and model.flow is None and cfg.model.prior in ("normal", "mog")
+            and isinstance(model.likelihood, Bernoulli) and not cfg.loss.free_bits)
 
 
 class Saved(NamedTuple):
@@ -41,9 +45,60 @@ class Saved(NamedTuple):
     elu_inputs: list[torch.Tensor]  # the pre-activations of the hidden layers (kept under ELU only)
 
 
+class NormalLogProb:
+    """log N(z; 0, I) (N, L) -> (N,), and its backward."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.z = z
+        return -0.5 * (z * z + LOG_2PI).sum(-1)
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient at z (N, L) from `grad` (N,) at log p(z)."""
+        return self.z * -grad.unsqueeze(-1)
+
+
+class MixtureLogProb:
+    """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,) in fp32, as
+    GaussianMixture.log_prob computes it: each component's log-density is [z^2, z] . [-p_k / 2, mu_k p_k] + c_k,
+    one product for all K; its backward sets the prior's gradients from the responsibilities r (N, K)."""
+
+    def __init__(self, prior: MixturePrior):
+        self.prior = prior
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        m = self.prior
+        precision = torch.exp(-m.logvar)  # (K, L)
+        weights = torch.cat([-0.5 * precision, m.mu * precision], dim=1)  # (K, 2L)
+        const = F.log_softmax(m.logits, 0) - 0.5 * (m.mu * m.mu * precision + m.logvar + LOG_2PI).sum(-1)  # (K,)
+        powers = torch.cat([z * z, z], dim=1)  # (N, 2L)
+        log_joint = torch.addmm(const, powers, weights.t())  # (N, K): log a_k N(z; mu_k, .)
+        log_p = torch.logsumexp(log_joint, dim=1)  # (N,)
+        self.saved = powers, log_joint.sub_(log_p.unsqueeze(1)).exp_(), precision, weights
+        return log_p
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        """Set the prior's gradients from `grad` (N,) at log p(z); returns the gradient at z (N, L)."""
+        m, (powers, r, precision, weights) = self.prior, self.saved
+        L = m.mu.shape[1]
+        g = r.mul_(grad.unsqueeze(1))  # (N, K): at each component's log a_k N(z; mu_k, .)
+        # d/dz of [z^2, z] . w_k is 2 z w_k[:L] + w_k[L:]
+        at_powers = g.mm(weights)  # (N, 2L)
+        dz = torch.addcmul(at_powers[:, L:], powers[:, L:], at_powers[:, :L], value=2.0)
+        per_component = g.sum(0)  # (K,)
+        moments = g.t().mm(powers)  # (K, 2L): sum_n g_nk z_n^2, sum_n g_nk z_n
+        z2, z1 = moments[:, :L], moments[:, L:]
+        mu, n = m.mu, per_component.unsqueeze(1)
+        m.logits.grad = per_component - torch.softmax(m.logits, 0) * per_component.sum()
+        m.mu.grad = precision * (z1 - n * mu)  # sum_n g_nk (z_n - mu_k) p_k
+        m.logvar.grad = 0.5 * precision * (z2 - 2 * mu * z1 + n * mu * mu) - 0.5 * n  # of (z - mu)^2 p / 2 - 1 / 2
+        return dz
+
+
 class FastStep:
-    """One Adam step of the negative ELBO, its gradients computed by hand: the value and gradients of
-    sum_b [-log p(x_b|z_b) + w KL(q(z|x_b) || N(0, I))] / B at z_b = mu_b + sigma_b eps_b."""
+    """One Adam step of the training objective, its gradients computed by hand, at z = mu + sigma eps: the negative
+    ELBO sum_b [-log p(x_b|z_b) + w KL(q(z|x_b) || N(0, I))] / B with the closed-form KL (k = 1, N(0, I),
+    loss.gradient=standard); else -IWAE_k, -log (1/k) sum_i w_i with log w_i = log p(x|z_i) + w log p(z_i) / q(z_i|x)
+    (the rate sampled), under N(0, I) or the mixture prior, with autograd's gradient or DReG's."""
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, batches: Batches, options: StepOptions):
         self.net, self.opt, self.batches, self.options = model, opt, batches, options
@@ -54,35 +109,54 @@ class FastStep:
         self.params = list(model.parameters())
         self.master = self.params[0].dtype  # of the weights, their gradients and the loss (float32 in training)
         self.dtype = torch.bfloat16 if options.bf16 else self.master  # of the products, as under autocast
+        self.mixture = isinstance(model.prior, MixturePrior)
+        self.prior = MixtureLogProb(model.prior) if self.mixture else NormalLogProb()
+        self.dreg = options.loss.gradient == "dreg"
+        self.closed_form = options.loss.iwae_k == 1 and not self.dreg and not self.mixture
 
     def __call__(self, index: torch.Tensor, gen: torch.Generator, kl_weight: float, progress: EpochProgress) -> None:
-        x, eps = self.batches.draw(index, gen)  # (B, D), (B, 1, L)
-        progress.record(len(index), *self.step(x, eps[:, 0], kl_weight, 1 / len(index)))
+        x, eps = self.batches.draw(index, gen)  # (B, D), (B, k, L)
+        progress.record(len(index), *self.step(x, eps.transpose(0, 1).contiguous(), kl_weight, 1 / len(index)))
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float, scale: float
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adam on `scale` times the batch's objective; returns the summed nats (total, reconstruction, KL) (3,)
-        and the sum of logvar, as EagerStep's optimizer_step does."""
+        """Adam on `scale` times the batch's objective, x (B, D), eps (k, B, L); returns the negative ELBO's summed
+        nats (total, reconstruction, KL) (3,) and the sum of logvar, as EagerStep's optimizer_step does."""
         # Forward, keeping each layer's input.
         enc, h = self.forward(self.encoder, x)
         mu, logvar = h[:, :self.latent].to(self.master), h[:, self.latent:].to(self.master)  # (B, L) each
         std = torch.exp(0.5 * logvar)
         var = std * std
-        z = torch.addcmul(mu, std, eps)  # (B, L)
-        dec, logits = self.forward(self.decoder, z)
-        logits = logits.to(self.master)  # (B, D)
-        # The negative ELBO's sums: the Bernoulli cross-entropy, with the probabilities its gradient needs, and
-        # the analytic KL.
-        log_lik, probs = bernoulli_terms(logits, x)  # (B,), (B, D)
-        recon = -log_lik.sum()
-        kl = 0.5 * (mu * mu + var - 1 - logvar).sum()
-        # Backward: d objective / d logits = (sigmoid(l) - x) per example, times `scale`.
-        grad = probs.sub_(x).mul_(scale)  # (B, D)
-        dz = self.backward(self.decoder, dec, grad, input_grad=True)  # (B, L)
-        w = kl_weight * scale
-        dmu = torch.add(dz, mu, alpha=w)  # d/dmu of w KL = w mu
-        dlogvar = dz.mul_(eps).mul_(0.5 * std).add_(var - 1, alpha=0.5 * w)  # through z, and w (var - 1) / 2
+        z = torch.addcmul(mu, std, eps)  # (k, B, L)
+        dec, logits = self.forward(self.decoder, z.view(-1, self.latent))
+        k, B, L = z.shape
+        # log p(x|z_i), with the probabilities its gradient needs: d log p(x|z) / d logits = x - sigmoid(logits).
+        log_lik, probs = bernoulli_terms(logits.to(self.master).view(k, B, -1), x)  # (k, B), (k, B, D)
+        recon = -log_lik.sum() / k
+        kl = None if self.mixture else 0.5 * (mu * mu + var - 1 - logvar).sum()  # the closed form against N(0, I)
+        if self.closed_form:
+            # Backward: the ELBO's KL gives w mu at mu and w (var - 1) / 2 at logvar.
+            dz = self.backward(self.decoder, dec, probs.sub_(x).mul_(scale).view(k * B, -1), input_grad=True)
+            w = kl_weight * scale
+            dmu = torch.add(dz, mu, alpha=w)
+            dlogvar = dz.mul_(eps[0]).mul_(0.5 * std).add_(var - 1, alpha=0.5 * w)  # through z, and the KL's
+        else:
+            # log w_i, q(z_i|x) written through eps_i; scale * v_i, v = softmax_i log w_i, is the objective's
+            # gradient at -log w_i.
+            log_ratio = self.prior(z.view(k * B, L)).view(k, B) + 0.5 * (eps * eps + logvar + LOG_2PI).sum(-1)
+            v = torch.softmax(log_lik + kl_weight * log_ratio, dim=0)  # (k, B)
+            g = v * scale
+            kl = -log_ratio.sum() / k if kl is None else kl
+            dz = self.backward(self.decoder, dec, probs.sub_(x).mul_(g.unsqueeze(-1)).view(k * B, -1), input_grad=True)
+            dz = dz.add_(self.prior.backward(-kl_weight * g.view(-1))).view(k, B, L)
+            if self.dreg:  # log q at z with its parameters held, and the gradient at z_i scaled by 1 - w + w v_i
+                dz.addcmul_(eps / std, g.unsqueeze(-1), value=-kl_weight)
+                dz.mul_((1 - kl_weight + kl_weight * v).unsqueeze(-1))
+            dmu = dz.sum(0)
+            dlogvar = (dz * eps).sum(0).mul_(0.5 * std)  # through z
+            if not self.dreg:  # and -log q's own, w / 2 per sample
+                dlogvar.sub_(g.sum(0).unsqueeze(-1), alpha=0.5 * kl_weight)
         self.backward(self.encoder, enc, torch.cat([dmu, dlogvar], dim=1), input_grad=False)
         # Adam, after clipping when asked.
         if self.options.grad_clip:
