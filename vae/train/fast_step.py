@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vae.config.schema import Config
@@ -58,36 +57,32 @@ class NormalLogProb:
 
 
 class MixtureLogProb:
-    """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,) in fp32, as
-    GaussianMixture.log_prob computes it: each component's log-density is [z^2, z] . [-p_k / 2, mu_k p_k] + c_k,
-    one product for all K; its backward sets the prior's gradients from the responsibilities r (N, K)."""
+    """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,), as
+    GaussianMixture.log_prob computes it (in fp32); its backward sets the prior's gradients from the
+    responsibilities r (N, K)."""
 
     def __init__(self, prior: MixturePrior):
         self.prior = prior
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        m = self.prior
-        precision = torch.exp(-m.logvar)  # (K, L)
-        weights = torch.cat([-0.5 * precision, m.mu * precision], dim=1)  # (K, 2L)
-        const = F.log_softmax(m.logits, 0) - 0.5 * (m.mu * m.mu * precision + m.logvar + LOG_2PI).sum(-1)  # (K,)
-        powers = torch.cat([z * z, z], dim=1)  # (N, 2L)
-        log_joint = torch.addmm(const, powers, weights.t())  # (N, K): log a_k N(z; mu_k, .)
+        log_joint = self.prior(None).log_joint(z)  # (N, K): log a_k N(z; mu_k, .)
         log_p = torch.logsumexp(log_joint, dim=1)  # (N,)
-        self.saved = powers, log_joint.sub_(log_p.unsqueeze(1)).exp_(), precision, weights
+        self.saved = z, log_joint.sub_(log_p.unsqueeze(1)).exp_()
         return log_p
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         """Set the prior's gradients from `grad` (N,) at log p(z); returns the gradient at z (N, L)."""
-        m, (powers, r, precision, weights) = self.prior, self.saved
+        m, (z, r) = self.prior, self.saved
         L = m.mu.shape[1]
+        mu, precision = m.mu, torch.exp(-m.logvar)  # (K, L)
         g = r.mul_(grad.unsqueeze(1))  # (N, K): at each component's log a_k N(z; mu_k, .)
-        # d/dz of [z^2, z] . w_k is 2 z w_k[:L] + w_k[L:]
-        at_powers = g.mm(weights)  # (N, 2L)
-        dz = torch.addcmul(at_powers[:, L:], powers[:, L:], at_powers[:, :L], value=2.0)
+        # d/dz of log N(z; mu_k, .) is (mu_k - z) p_k
+        at_means = g.mm(torch.cat([precision, mu * precision], dim=1))  # (N, 2L)
+        dz = torch.addcmul(at_means[:, L:], z, at_means[:, :L], value=-1.0)
         per_component = g.sum(0)  # (K,)
-        moments = g.t().mm(powers)  # (K, 2L): sum_n g_nk z_n^2, sum_n g_nk z_n
+        moments = g.t().mm(torch.cat([z * z, z], dim=1))  # (K, 2L): sum_n g_nk z_n^2, sum_n g_nk z_n
         z2, z1 = moments[:, :L], moments[:, L:]
-        mu, n = m.mu, per_component.unsqueeze(1)
+        n = per_component.unsqueeze(1)
         m.logits.grad = per_component - torch.softmax(m.logits, 0) * per_component.sum()
         m.mu.grad = precision * (z1 - n * mu)  # sum_n g_nk (z_n - mu_k) p_k
         m.logvar.grad = 0.5 * precision * (z2 - 2 * mu * z1 + n * mu * mu) - 0.5 * n  # of (z - mu)^2 p / 2 - 1 / 2
@@ -134,7 +129,8 @@ class FastStep:
         # log p(x|z_i), with the probabilities its gradient needs: d log p(x|z) / d logits = x - sigmoid(logits).
         log_lik, probs = bernoulli_terms(logits.to(self.master).view(k, B, -1), x)  # (k, B), (k, B, D)
         recon = -log_lik.sum() / k
-        kl = None if self.mixture else 0.5 * (mu * mu + var - 1 - logvar).sum()  # the closed form against N(0, I)
+        if not self.mixture:  # the closed form against N(0, I), the KL reported also where the rate is sampled
+            kl = 0.5 * (mu * mu + var - 1 - logvar).sum()
         if self.closed_form:
             # Backward: the ELBO's KL gives w mu at mu and w (var - 1) / 2 at logvar.
             dz = self.backward(self.decoder, dec, probs.sub_(x).mul_(scale).view(k * B, -1), input_grad=True)
@@ -147,7 +143,8 @@ class FastStep:
             log_ratio = self.prior(z.view(k * B, L)).view(k, B) + 0.5 * (eps * eps + logvar + LOG_2PI).sum(-1)
             v = torch.softmax(log_lik + kl_weight * log_ratio, dim=0)  # (k, B)
             g = v * scale
-            kl = -log_ratio.sum() / k if kl is None else kl
+            if self.mixture:
+                kl = -log_ratio.sum() / k
             dz = self.backward(self.decoder, dec, probs.sub_(x).mul_(g.unsqueeze(-1)).view(k * B, -1), input_grad=True)
             dz = dz.add_(self.prior.backward(-kl_weight * g.view(-1))).view(k, B, L)
             if self.dreg:  # log q at z with its parameters held, and the gradient at z_i scaled by 1 - w + w v_i
