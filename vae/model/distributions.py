@@ -69,11 +69,7 @@ class GaussianMixture(NamedTuple):
     extra_noise = 1  # one number picks the component
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., L) -> (...): a log-sum-exp over the components."""
-        return torch.logsumexp(self.log_joint(z), dim=-1)
-
-    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
-        """log w_k + log N(z; mu_k, var_k) for each component, (..., L) -> (..., K), each expanded as
+        """(..., L) -> (...): a log-sum-exp over the components, each log N(z; mu_k, var_k) expanded as
         -1/2 [z^2 . p_k - 2 z . (mu_k p_k) + const_k] with p = 1/var, so the K terms are matrix products.
         In the tensors' own precision, also under bf16 autocast: the three terms reach 1e3-1e4 for narrow
         components and nearly cancel, so bf16's 8 bits of mantissa would leave errors of tens of nats."""
@@ -82,7 +78,7 @@ class GaussianMixture(NamedTuple):
             precision = torch.exp(-self.logvar)  # (K, L)
             const = (self.mu.pow(2) * precision + self.logvar + LOG_2PI).sum(-1)  # (K,)
             log_components = -0.5 * (z.pow(2) @ precision.T - 2 * z @ (self.mu * precision).T + const)  # (..., K)
-            return self.log_weights + log_components
+            return torch.logsumexp(self.log_weights + log_components, dim=-1)
 
     def sample(self, noise: torch.Tensor) -> torch.Tensor:
         """noise (n, 1 + L): Phi(noise[:, 0]) picks the component by inverse CDF, the rest is its Gaussian's."""

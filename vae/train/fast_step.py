@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vae.config.schema import Config
@@ -57,32 +58,38 @@ class NormalLogProb:
 
 
 class MixtureLogProb:
-    """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,), as
-    GaussianMixture.log_prob computes it (in fp32); its backward sets the prior's gradients from the
-    responsibilities r (N, K)."""
+    """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,) in fp32, as
+    GaussianMixture.log_prob computes it: each component's log-density is [z^2, z] . [-p_k / 2, mu_k p_k] + c_k,
+    one product for all K; its backward sets the prior's gradients from the responsibilities r (N, K), reusing the
+    product's operands. (Its value through GaussianMixture.log_prob, recomputing them in the backward, measured
+    mnist_cpu_hour's step 1.48-1.54x the step as filed against 1.64-1.67x, one thread of a Zen 4.)"""
 
     def __init__(self, prior: MixturePrior):
         self.prior = prior
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        log_joint = self.prior(None).log_joint(z)  # (N, K): log a_k N(z; mu_k, .)
+        m = self.prior
+        precision = torch.exp(-m.logvar)  # (K, L)
+        weights = torch.cat([-0.5 * precision, m.mu * precision], dim=1)  # (K, 2L)
+        const = F.log_softmax(m.logits, 0) - 0.5 * (m.mu * m.mu * precision + m.logvar + LOG_2PI).sum(-1)  # (K,)
+        powers = torch.cat([z * z, z], dim=1)  # (N, 2L)
+        log_joint = torch.addmm(const, powers, weights.t())  # (N, K): log a_k N(z; mu_k, .)
         log_p = torch.logsumexp(log_joint, dim=1)  # (N,)
-        self.saved = z, log_joint.sub_(log_p.unsqueeze(1)).exp_()
+        self.saved = powers, log_joint.sub_(log_p.unsqueeze(1)).exp_(), precision, weights
         return log_p
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         """Set the prior's gradients from `grad` (N,) at log p(z); returns the gradient at z (N, L)."""
-        m, (z, r) = self.prior, self.saved
+        m, (powers, r, precision, weights) = self.prior, self.saved
         L = m.mu.shape[1]
-        mu, precision = m.mu, torch.exp(-m.logvar)  # (K, L)
         g = r.mul_(grad.unsqueeze(1))  # (N, K): at each component's log a_k N(z; mu_k, .)
-        # d/dz of log N(z; mu_k, .) is (mu_k - z) p_k
-        at_means = g.mm(torch.cat([precision, mu * precision], dim=1))  # (N, 2L)
-        dz = torch.addcmul(at_means[:, L:], z, at_means[:, :L], value=-1.0)
+        # d/dz of [z^2, z] . w_k is 2 z w_k[:L] + w_k[L:]
+        at_powers = g.mm(weights)  # (N, 2L)
+        dz = torch.addcmul(at_powers[:, L:], powers[:, L:], at_powers[:, :L], value=2.0)
         per_component = g.sum(0)  # (K,)
-        moments = g.t().mm(torch.cat([z * z, z], dim=1))  # (K, 2L): sum_n g_nk z_n^2, sum_n g_nk z_n
+        moments = g.t().mm(powers)  # (K, 2L): sum_n g_nk z_n^2, sum_n g_nk z_n
         z2, z1 = moments[:, :L], moments[:, L:]
-        n = per_component.unsqueeze(1)
+        mu, n = m.mu, per_component.unsqueeze(1)
         m.logits.grad = per_component - torch.softmax(m.logits, 0) * per_component.sum()
         m.mu.grad = precision * (z1 - n * mu)  # sum_n g_nk (z_n - mu_k) p_k
         m.logvar.grad = 0.5 * precision * (z2 - 2 * mu * z1 + n * mu * mu) - 0.5 * n  # of (z - mu)^2 p / 2 - 1 / 2
