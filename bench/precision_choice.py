@@ -14,7 +14,7 @@ import torch
 from bench.measure import configs_from_command_line, synthetic_splits
 from vae.config.load import load_config
 from vae.model.vae import build_model
-from vae.train.precision import ROUND_SECONDS, step_milliseconds
+from vae.train.speed import ROUND_SECONDS, step_milliseconds
 
 LONGER = 20  # the long measurement's rounds, against auto's
 
@@ -26,8 +26,9 @@ def choices(config: str, images: int = 10_000) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg.model)
     device = torch.device("cpu")
-    return {"auto": step_milliseconds(cfg, model, splits, device),
-            "long": step_milliseconds(cfg, model, splits, device, round_seconds=LONGER * ROUND_SECONDS)}
+    threads = torch.get_num_threads()
+    return {name: {p: by[threads] for p, by in step_milliseconds(cfg, model, splits, device, round_seconds=s).items()}
+            for name, s in (("auto", ROUND_SECONDS), ("long", LONGER * ROUND_SECONDS))}
 
 
 def pick(ms: dict[str, float]) -> str:

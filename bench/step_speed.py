@@ -6,7 +6,7 @@
 (`binary_cross_entropy_with_logits`) and torch's ELU, at the precision `auto` took then (bf16 exactly where the CPU
 has bf16 products); "ours" is the step make_step gives now (the written-out step where it fits), at
 the precision `auto` picks now by timing. Both run on copies of one model, on synthetic 8-bit images
-of MNIST's shape, in alternating rounds (vae/train/precision.py's compare_steps). An epoch is its steps
+of MNIST's shape, in alternating rounds (vae/train/speed.py's compare_steps). An epoch is its steps
 plus a per-epoch evaluation that neither changes, so the ratio of step times bounds the ratio of
 epochs per hour from above.
 """
@@ -27,7 +27,7 @@ from vae.model import likelihoods
 from vae.model.activations import ELU
 from vae.model.vae import build_model
 from vae.train.distributed import World
-from vae.train.precision import compare_steps, step_milliseconds
+from vae.train.speed import compare_steps, step_milliseconds
 from vae.train.step import make_step
 
 CPU = torch.device("cpu")
@@ -60,8 +60,9 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
     torch.manual_seed(0)
     model = build_model(cfg.model)
     filed_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(CPU))
+    threads = torch.get_num_threads()
     ours_ms = step_milliseconds(cfg, model, splits, CPU) if cfg.train.precision == "auto" else None
-    ours_bf16 = ours_ms["bf16"] < ours_ms["fp32"] if ours_ms else cfg.train.precision == "bf16"
+    ours_bf16 = ours_ms["bf16"][threads] < ours_ms["fp32"][threads] if ours_ms else cfg.train.precision == "bf16"
     filed_cfg = load_config(config, ["train.device=cpu", "train.fast_step=false"])
     steps = {}
     for name, step_cfg, bf16 in (("as filed", filed_cfg, filed_bf16), ("ours", cfg, ours_bf16)):

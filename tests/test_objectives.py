@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import with_, without_timing
 
-import vae.train.precision
 from vae.data.load import load_data
 from vae.errors import UserError
 from vae.evaluate.heldout import evaluate
@@ -26,33 +25,6 @@ def test_bf16_and_compiled_training_follow_the_fp32_autograd_run(tiny_cfg, tmp_p
     state, _ = load_checkpoint(other.run_dir / "checkpoints" / "last.pt")
     assert state["model"].keys() == plain.model.state_dict().keys()  # the plain model's weights, never a wrapper's
     assert all(v.dtype == torch.float32 for v in state["model"].values())
-
-
-def test_auto_precision_times_the_runs_step_both_ways_without_touching_the_run(tiny_cfg, tmp_path):
-    auto = train(with_(tiny_cfg, train={"precision": "auto"}, output={"dir": str(tmp_path / "auto")}))
-    info = json.loads((auto.run_dir / "run.json").read_text())
-    assert set(info["step_ms"]) == {"fp32", "bf16"} and all(ms > 0 for ms in info["step_ms"].values())
-    assert info["precision"] == min(info["step_ms"], key=info["step_ms"].get)
-    # the timing ran on copies, with its own random numbers: the run is the one its choice makes when asked for
-    explicit = train(with_(tiny_cfg, train={"precision": info["precision"]}, output={"dir": str(tmp_path / "set")}))
-    assert without_timing(auto.rows) == without_timing(explicit.rows)
-
-
-@pytest.mark.parametrize("faster", ["fp32", "bf16"])
-def test_auto_precision_picks_the_faster_step_and_keeps_it_on_resume(tiny_cfg, tmp_path, monkeypatch, capsys, faster):
-    timings = {"fp32": {"fp32": 1.0, "bf16": 2.0}, "bf16": {"fp32": 2.0, "bf16": 1.0}}
-    monkeypatch.setattr(vae.train.precision, "step_milliseconds", lambda *args, **kwargs: timings[faster])
-    cfg = with_(tiny_cfg, train={"precision": "auto", "epochs": 1})
-    first = train(cfg)
-    assert json.loads((first.run_dir / "run.json").read_text())["precision"] == faster
-    assert f"train.precision=auto: {timings[faster]['fp32']:.1f} ms a step in fp32, " in capsys.readouterr().out
-    slower = "bf16" if faster == "fp32" else "fp32"
-    # the machine changed: timed now, the other would win
-    monkeypatch.setattr(vae.train.precision, "step_milliseconds", lambda *args, **kwargs: timings[slower])
-    train(with_(cfg, train={"epochs": 2}), resume=first.run_dir)
-    info = json.loads((first.run_dir / "run.json").read_text())
-    assert info["precision"] == faster and "step_ms" not in info  # kept from the checkpoint, not timed again
-    assert info["previous"][0]["step_ms"] == timings[faster]
 
 
 def test_dynamic_binarization_trains_on_fresh_draws_and_measures_one_fixed_test_set(tiny_cfg, tmp_path):

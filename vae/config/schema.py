@@ -256,6 +256,14 @@ class TrainConfig:
                          "run's step both ways before training (about a second) and takes the faster, kept for the "
                          "run's life; `run.json` records which one runs and, for `auto`, both timings",
                          choices=("fp32", "bf16", "auto"), role=DURATION)
+    threads: int | str = key("all", "torch's threads on the CPU: `all` that this process has (one per usable core, "
+                             "or `OMP_NUM_THREADS`, or a sweep worker's share of the cores), N of them, or `auto`: on "
+                             "the CPU, time the run's step on 1, 2, 4, ... up to `all` before training (with "
+                             "`train.precision=auto`, every pair of the two) and take the fastest; a small model's "
+                             "step can run as fast on one thread as on several. `run.json` records the count that runs "
+                             "and, for `auto`, the timings; a resume times them again", role=SETTING,
+                             ok=lambda v: v in ("all", "auto") or type(v) is int and v >= 1,
+                             rule="must be all, auto or a number of threads >= 1")
     compile: bool = key(False, "`torch.compile` the model for training (seconds of compiling at the start; "
                         "docs/benchmarks.md says when it pays); needs a C++ compiler, checked before training",
                         role=SETTING)

@@ -88,9 +88,9 @@ def _git_commit() -> str | None:
 
 
 def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int,
-                   precision: str, step_ms: dict[str, float] | None = None) -> None:
-    """config.yaml (the resolved config) and run.json (how, where and with what this ran: the `precision` that
-    runs, and with train.precision=auto the milliseconds of a step in each that chose it).
+                   precision: str, threads: int, step_ms: dict[str, dict[int, float]] | None = None) -> None:
+    """config.yaml (the resolved config) and run.json (how, where and with what this ran: the `precision` and
+    torch `threads` that run, and where `auto` chose them the milliseconds of a step in each it timed).
 
     A resumed run keeps the earlier invocations' records under "previous".
     """
@@ -100,6 +100,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "precision": precision,
+        "threads": threads,
         **({"step_ms": step_ms} if step_ms else {}),
         "processes": processes,
         "python": platform.python_version(),

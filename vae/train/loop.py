@@ -38,7 +38,7 @@ from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
-from vae.train.precision import Precision, choose_precision
+from vae.train.speed import Speed, choose_speed, threads_kept, timings_text
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
 from vae.train.step import GraphedStep, Step, make_step
 from vae.train.tblog import TensorBoardLog
@@ -68,7 +68,7 @@ class Run:
     rows: list[dict]
     best: dict
     clock: float  # when the time counted in the next metrics row began: the run's start, then each row's end
-    precision: Precision = Precision(False)
+    speed: Speed = Speed(False, 1)  # train.precision and train.threads as they run
     average: WeightAverage | None = None  # the weights averaged over the steps (train.ema_decay)
     progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
     tensorboard: TensorBoardLog | None = None
@@ -87,7 +87,7 @@ class Run:
         return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "data": data_info(self.splits),
                 "epoch": epochs_done, "best": self.best, "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "rng": rng_state(self.gen),
-                "progress": inside.state() if inside else None, "precision": self.precision.name,
+                "progress": inside.state() if inside else None, "precision": self.speed.precision,
                 "average": self.average.state() if self.average else None}
 
     def save_inside(self, epoch: int, progress: EpochProgress) -> None:
@@ -115,7 +115,7 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
-    with process_group(world, device), out_of_memory_reported(device):
+    with process_group(world, device), out_of_memory_reported(device), threads_kept():
         argv = argv if argv is not None else sys.argv  # a sweep's trial passes its own, passwords out
         return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share, started)
 
@@ -137,11 +137,11 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if plan.nothing_to_do:
         log(world, plan.nothing_to_do)
         return TrainResult(run.run_dir, run.rows, run.best, run.model)
-    # 4. Precision: train.precision=auto times the step both ways on this machine (a checkpoint's choice stays).
-    run.precision = choose_precision(cfg, run.model, splits, world, device, plan.state)
-    step = make_step(cfg, run.model, run.opt, splits, world, device, run.precision.bf16)
+    # 4. Speed: train.precision and train.threads set, `auto` timed with the step on this machine.
+    run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state)
+    step = make_step(cfg, run.model, run.opt, splits, world, device, run.speed.bf16)
     # 5. Train in the run directory, held by this run alone.
-    with claimed(plan, cfg, argv, device, world, run.precision), StopRequest() as stop:
+    with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop:
         run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \
             if cfg.logging.tensorboard and world.main else None
         log(world, start_line(run, plan, step))
@@ -313,10 +313,10 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     at = f" (epoch {plan.start} from step {run.progress.step})" if run.progress else ""
     how = (f" x {run.world.size} processes" if run.world.size > 1 else
            " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
-    how += " under bf16 autocast" if run.precision.bf16 else ""
-    if run.precision.ms_per_step:
-        ms = run.precision.ms_per_step
-        how += f" (train.precision=auto: {ms['fp32']:.1f} ms a step in fp32, {ms['bf16']:.1f} in bf16)"
+    how += " under bf16 autocast" if run.speed.bf16 else ""
+    how += f" on {run.speed.threads} thread{'s' * (run.speed.threads > 1)}" if run.device.type == "cpu" else ""
+    if run.speed.ms_per_step:
+        how += f" (timed: {timings_text(run.speed.ms_per_step)})"
     budget = f" or {run.cfg.train.budget_minutes:g} minutes in all" if run.cfg.train.budget_minutes else ""
     average = f", averaging the weights (decay {run.cfg.train.ema_decay:g})" if run.average else ""
     return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"

@@ -21,7 +21,7 @@ from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from vae.run.resume import carry_best, check_same_run, last_position, position
 from vae.train.distributed import World
 from vae.train.memory import check_memory
-from vae.train.precision import Precision
+from vae.train.speed import Speed
 from vae.train.schedule import stops_early
 from vae.train.tblog import summary_writer_class
 
@@ -128,10 +128,10 @@ def bf16_warning(cfg: Config, device: torch.device) -> str:
 
 
 @contextmanager
-def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, world: World, precision: Precision):
+def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, world: World, speed: Speed):
     """Hold the run directory (rank 0) for the block, checked again under the lock and made ready:
-    emptied on --overwrite, best.pt carried over, run.json (with the `precision` that runs), config.yaml and the
-    kept metrics rows."""
+    emptied on --overwrite, best.pt carried over, run.json (with the precision and threads that run), config.yaml
+    and the kept metrics rows."""
     if not world.main:
         yield
         return
@@ -140,6 +140,7 @@ def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, worl
         rundir.create(plan.run_dir, clear=plan.overwrite and not plan.in_place)
         if plan.state is not None:
             carry_best(plan.source, plan.run_dir, plan.state["epoch"])
-        rundir.write_run_info(plan.run_dir, cfg, argv, device, world.size, precision.name, precision.ms_per_step)
+        rundir.write_run_info(plan.run_dir, cfg, argv, device, world.size, speed.precision, speed.threads,
+                              speed.ms_per_step)
         rundir.write_metrics(plan.run_dir, list(plan.rows))
         yield

@@ -1,0 +1,122 @@
+"""train.precision and train.threads: `auto` times the run's own step on the machine and trains on the fastest."""
+import json
+
+import pytest
+import torch
+from conftest import on_each_step, with_, without_timing
+
+import vae.train.speed
+from vae.train.loop import train
+from vae.train.speed import PRECISIONS, thread_counts
+
+COUNTS = (1, 2, 4)  # what `auto` times with four threads
+
+
+@pytest.fixture
+def four_threads():
+    """torch on four threads for the test, as on a 4-core machine (as it was after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(threads)
+
+
+def timed(table: dict[str, dict[int, float]]):
+    """A stand-in for step_milliseconds: `table`'s milliseconds of what it is asked to time."""
+    return lambda cfg, model, splits, device, processes, precisions, counts: {
+        p: {n: table[p][n] for n in counts} for p in precisions}
+
+
+def threads_seen(monkeypatch) -> set[int]:
+    """torch's threads at each training step of the next train()."""
+    seen = set()
+
+    def hook(step, *args):
+        seen.add(torch.get_num_threads())
+        step(*args)
+    on_each_step(monkeypatch, hook)
+    return seen
+
+
+def run_info(result) -> dict:
+    return json.loads((result.run_dir / "run.json").read_text())
+
+
+def test_thread_counts_are_the_powers_of_two_below_the_threads_the_process_has_and_those(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for have, auto in ((1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (16, (1, 2, 4, 8, 16))):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: have)
+        assert thread_counts("auto", cpu) == auto
+        assert thread_counts("all", cpu) == thread_counts("auto", gpu) == (have,)
+        assert thread_counts(3, cpu) == thread_counts(3, gpu) == (3,)
+
+
+def test_auto_times_every_pair_on_copies_and_the_run_is_the_one_its_choice_makes(tiny_cfg, tmp_path, four_threads):
+    auto = train(with_(tiny_cfg, train={"precision": "auto", "threads": "auto"}, output={"dir": str(tmp_path / "a")}))
+    info = run_info(auto)
+    ms = info["step_ms"]
+    assert set(ms) == set(PRECISIONS) and all(set(by) == {"1", "2", "4"} for by in ms.values())
+    assert all(t > 0 for by in ms.values() for t in by.values())
+    fastest = min(((p, n) for p in ms for n in ms[p]), key=lambda pair: ms[pair[0]][pair[1]])
+    assert (info["precision"], str(info["threads"])) == fastest
+    assert torch.get_num_threads() == 4  # given back
+    # the timing ran on copies, with its own random numbers: the run is the one its choice makes when asked for
+    explicit = train(with_(tiny_cfg, train={"precision": info["precision"], "threads": info["threads"]},
+                           output={"dir": str(tmp_path / "b")}))
+    assert without_timing(auto.rows) == without_timing(explicit.rows)
+
+
+@pytest.mark.parametrize("precision,threads", [("bf16", 1), ("fp32", 2), ("fp32", 4)])
+def test_auto_trains_on_the_fastest_pair(tiny_cfg, monkeypatch, capsys, four_threads, precision, threads):
+    table = {p: {n: 1.0 if (p, n) == (precision, threads) else 2.0 + n for n in COUNTS} for p in PRECISIONS}
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed(table))
+    seen = threads_seen(monkeypatch)
+    result = train(with_(tiny_cfg, train={"precision": "auto", "threads": "auto", "epochs": 1}))
+    info = run_info(result)
+    assert (info["precision"], info["threads"]) == (precision, threads)
+    assert info["step_ms"] == {p: {str(n): t for n, t in by.items()} for p, by in table.items()}
+    assert seen == {threads} and torch.get_num_threads() == 4
+    plural = "s" * (threads > 1)
+    start = f"on {threads} thread{plural} (timed: fp32 on 1 thread {table['fp32'][1]:.1f} ms, "
+    assert start in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("faster", PRECISIONS)
+def test_auto_precision_is_kept_on_resume(tiny_cfg, monkeypatch, capsys, faster):
+    threads = torch.get_num_threads()
+    slower = "bf16" if faster == "fp32" else "fp32"
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({faster: {threads: 1.0}, slower: {threads: 2.0}}))
+    cfg = with_(tiny_cfg, train={"precision": "auto", "epochs": 1})
+    first = train(cfg)
+    assert run_info(first)["precision"] == faster
+    # the machine changed: timed now, the other would win
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({faster: {threads: 2.0}, slower: {threads: 1.0}}))
+    train(with_(cfg, train={"epochs": 2}), resume=first.run_dir)
+    info = run_info(first)
+    assert info["precision"] == faster and "step_ms" not in info  # kept from the checkpoint, not timed again
+    assert info["previous"][0]["step_ms"] == {faster: {str(threads): 1.0}, slower: {str(threads): 2.0}}
+
+
+def test_a_resume_times_autos_threads_again_at_the_kept_precision(tiny_cfg, monkeypatch, four_threads):
+    cfg = with_(tiny_cfg, train={"precision": "auto", "threads": "auto", "epochs": 1})
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({"fp32": {1: 2.0, 2: 3.0, 4: 3.0},
+                                                                     "bf16": {1: 1.0, 2: 3.0, 4: 3.0}}))
+    first = train(cfg)
+    assert (run_info(first)["precision"], run_info(first)["threads"]) == ("bf16", 1)
+    # another machine: fp32 on 4 threads would win now, but the run stays bf16; its threads follow the machine
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({"fp32": {1: 3.0, 2: 3.0, 4: 0.5},
+                                                                     "bf16": {1: 3.0, 2: 1.0, 4: 3.0}}))
+    seen = threads_seen(monkeypatch)
+    train(with_(cfg, train={"epochs": 2}), resume=first.run_dir)
+    info = run_info(first)
+    assert (info["precision"], info["threads"]) == ("bf16", 2) and seen == {2}
+    assert info["step_ms"] == {"bf16": {"1": 3.0, "2": 1.0, "4": 3.0}}
+
+
+@pytest.mark.parametrize("setting,expected", [(1, 1), (3, 3), ("all", 4)])
+def test_threads_set_or_all_train_on_those_untimed_and_give_them_back(tiny_cfg, monkeypatch, four_threads,
+                                                                      setting, expected):
+    seen = threads_seen(monkeypatch)
+    info = run_info(train(with_(tiny_cfg, train={"threads": setting, "epochs": 1})))
+    assert seen == {expected} and info["threads"] == expected and "step_ms" not in info
+    assert torch.get_num_threads() == 4

@@ -1,0 +1,164 @@
+"""train.precision and train.threads: the run's arithmetic and torch's CPU threads, `auto` timed on the machine
+with the run's own step before training.
+
+A flag says whether the hardware has bf16 products, and a core count how many threads it could run; only a
+measurement says they pay: the casts around a small model's products can cost more than the products save, and
+a small step can lose more to its threads' hand-offs than their cores give it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from vae.config.schema import Config
+from vae.data.load import Splits
+from vae.data.split import Split
+from vae.model.vae import VAE
+from vae.train.distributed import World, all_reduce
+from vae.train.progress import EpochProgress
+from vae.train.step import Step, make_step
+
+TIMED_ROUNDS = 5  # alternating rounds of the steps compared
+ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long (at least one)
+PRECISIONS = ("fp32", "bf16")
+K = TypeVar("K")  # what names the steps compared
+
+
+@dataclass(frozen=True)
+class Speed:
+    bf16: bool  # the training forward pass under bf16 autocast
+    threads: int  # torch's threads for the run's work on the CPU
+    ms_per_step: dict[str, dict[int, float]] | None = None  # {precision: {threads: ms}}: what `auto` timed
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+
+def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: torch.device,
+                 state: dict | None) -> Speed:
+    """train.precision and train.threads resolved, the threads set: what is `auto` is timed together, the fastest
+    step taken (a checkpoint's precision stays; its threads are timed again, the machine may be another)."""
+    precisions = precisions_to_time(cfg, device, state)
+    counts = thread_counts(cfg.train.threads, device)
+    if len(precisions) * len(counts) == 1:
+        torch.set_num_threads(counts[0])
+        return Speed(precisions[0] == "bf16", counts[0])
+    ms = step_milliseconds(cfg, model, splits, device, world.size, precisions, counts)
+    # Every process decides on the mean of all processes' timings, so all decide alike.
+    pairs = [(p, n) for p in precisions for n in counts]
+    mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
+    ms = {p: {n: mean[pairs.index((p, n))].item() for n in counts} for p in precisions}
+    precision, threads = min(pairs, key=lambda pair: ms[pair[0]][pair[1]])
+    torch.set_num_threads(threads)
+    return Speed(precision == "bf16", threads, ms)
+
+
+def precisions_to_time(cfg: Config, device: torch.device, state: dict | None) -> tuple[str, ...]:
+    """train.precision's candidates: the one asked for, the one `auto` chose for a checkpoint (it stays for the
+    run's life), fp32 on a GPU without bf16, or both."""
+    if cfg.train.precision != "auto":
+        return (cfg.train.precision,)
+    if state is not None and state["config"]["train"]["precision"] == "auto" and state.get("precision") in PRECISIONS:
+        return (state["precision"],)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return ("fp32",)
+    return PRECISIONS
+
+
+def thread_counts(threads: int | str, device: torch.device) -> tuple[int, ...]:
+    """train.threads' candidates: the count asked for; `all`, the threads this process has (torch's default of
+    one per usable core, OMP_NUM_THREADS, or a sweep worker's share); `auto` on the CPU, 1, 2, 4, ... up to
+    those. A GPU's step barely uses them: `auto` keeps them all there."""
+    have = torch.get_num_threads()
+    if isinstance(threads, int):
+        return (threads,)
+    if threads == "all" or device.type != "cpu":
+        return (have,)
+    return tuple(n for n in (2**i for i in range(have.bit_length())) if n < have) + (have,)
+
+
+def timings_text(ms: dict[str, dict[int, float]]) -> str:
+    """What `auto` timed, as a start line says it: 'fp32 on 1 thread 14.2 ms, fp32 on 2 threads 14.0 ms, ...'."""
+    return ", ".join(f"{p} on {n} thread{'s' * (n > 1)} {t:.1f} ms" for p, by in ms.items() for n, t in by.items())
+
+
+@contextmanager
+def threads_kept() -> Iterator[None]:
+    """torch's thread count as before the block, after it (a run sets its own; a sweep's next trial must not
+    keep it)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.device, processes: int = 1,
+                      precisions: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
+                      round_seconds: float = ROUND_SECONDS) -> dict[str, dict[int, float]]:
+    """Median milliseconds of one step at train.batch_size in each of `precisions` on each of `counts` threads (the
+    threads this process has when None) on this process: the run's step (make_step's, on copies of the model and
+    optimizer) on one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about
+    `round_seconds` after two steps of warm-up each. The run's weights, random streams and threads are left as
+    they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
+    averaging (the same in either precision)."""
+    if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
+    counts = counts or (torch.get_num_threads(),)
+    steps = {}
+    for precision in precisions:
+        net = copy.deepcopy(model)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+        step = make_step(cfg, net, opt, splits, World(), device, bf16=precision == "bf16")
+        steps.update({(precision, n): on_threads(step, n) for n in counts})
+    with threads_kept():
+        ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
+    return {p: {n: ms[p, n] for n in counts} for p in precisions}
+
+
+def on_threads(step: Step, threads: int) -> Step:
+    """`step` run on `threads` of torch's threads."""
+    def run(*args) -> None:
+        torch.set_num_threads(threads)  # 0.1 us
+        step(*args)
+    return run
+
+
+def compare_steps(steps: dict[K, Step], train: Split, batch_size: int, kl_weight: float, device: torch.device,
+                  round_seconds: float = ROUND_SECONDS) -> dict[K, float]:
+    """Median milliseconds of each of `steps` on one batch of `train`, timed in TIMED_ROUNDS alternating rounds
+    of about `round_seconds` (so that a drift of the machine's speed hits all alike) after two steps of
+    warm-up each. Their random numbers come from a generator of their own."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    index = torch.randperm(len(train), generator=gen, device=device)[:batch_size]
+    tally = EpochProgress.begin(len(index), gen)  # the steps count into a scratch tally
+
+    def seconds(step: Step, n: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step(index, gen, kl_weight, tally)
+        sync(device)
+        return (time.perf_counter() - t0) / n
+
+    warm = max(seconds(step, 2) for step in steps.values())
+    n = max(1, round(round_seconds / warm))
+    rounds = {name: [] for name in steps}
+    for _ in range(TIMED_ROUNDS):
+        for name, step in steps.items():
+            rounds[name].append(seconds(step, n))
+    return {name: 1e3 * statistics.median(times) for name, times in rounds.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
