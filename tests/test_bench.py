@@ -3,6 +3,8 @@ data), bench/bf16_step.py and bench/step_speed.py, asserted on the numbers they 
 import pytest
 import torch
 
+import bench.auto_choice
+from bench.auto_choice import choices, pick
 from bench.bf16_step import step_timings
 from bench.speed import benchmark
 from bench.step_speed import steps_compared
@@ -34,3 +36,19 @@ def test_step_speed_benchmark_times_the_step_as_filed_and_ours():
     result = steps_compared("mnist", images=256, round_seconds=0.001)
     assert set(result["ms"]) == {"as filed", "ours"} and all(ms > 0 for ms in result["ms"].values())
     assert result["precision"] == {"as filed": "fp32", "ours": "fp32"}  # mnist.yaml asks for fp32
+
+
+def test_auto_choice_benchmark_times_every_precision_on_every_thread_count_twice(monkeypatch):
+    monkeypatch.setattr(bench.auto_choice, "LONGER", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = choices("mnist", images=256)
+        assert torch.get_num_threads() == 2  # the timing gives the threads back
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result) == {"auto", "long"}
+    for ms in result.values():
+        assert {p: set(by) for p, by in ms.items()} == {"fp32": {1, 2}, "bf16": {1, 2}}
+        assert all(t > 0 for by in ms.values() for t in by.values())
+        assert ms[pick(ms)[0]][pick(ms)[1]] == min(t for by in ms.values() for t in by.values())
