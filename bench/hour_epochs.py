@@ -5,9 +5,10 @@ in one process.
 
 Each round trains the config for `--epochs` epochs as filed, then as ours (train(), with its per-epoch evaluation and
 writes, into a scratch directory). "As filed" is autograd's step with torch's cross-entropy and torch's ELU, bf16
-where the CPU has bf16 products (what `auto` meant then); "ours" is the run as the config has it now (the
-written-out step, `auto` timed). An epoch's seconds are its row's (vae/train/schedule.py: from the previous row's
-end, the first from train()'s start); epochs per hour are 3600 over their mean, over all rounds.
+where the CPU has bf16 products (what `auto` meant then), on all the threads; "ours" is the run as the config has it
+now (the written-out step, precision and threads `auto` timed). An epoch's seconds are its row's
+(vae/train/schedule.py: from the previous row's end, the first from train()'s start); epochs per hour are 3600 over
+their mean, over all rounds.
 """
 from __future__ import annotations
 
@@ -18,26 +19,13 @@ import statistics
 import tempfile
 
 import torch
-from torch import nn
 
 from bench.step_speed import as_filed
 from vae.config.load import load_config
 from vae.device import native_bf16
-from vae.model import vae
 from vae.train.loop import train
 
 CONFIG = "mnist_cpu_hour"
-
-
-@contextlib.contextmanager
-def filed_elu():
-    """Models built inside take torch's nn.ELU, as the step was filed."""
-    ours = vae.ACTIVATION_MODULES["elu"]
-    vae.ACTIVATION_MODULES["elu"] = nn.ELU
-    try:
-        yield
-    finally:
-        vae.ACTIVATION_MODULES["elu"] = ours
 
 
 def epoch_seconds(data: str, epochs: int, out: str, filed: bool) -> tuple[list[float], str]:
@@ -46,8 +34,8 @@ def epoch_seconds(data: str, epochs: int, out: str, filed: bool) -> tuple[list[f
                  f"output.dir={out}"]
     if filed:
         precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
-        overrides += ["train.fast_step=false", f"train.precision={precision}"]
-    with filed_elu() if filed else contextlib.nullcontext(), as_filed() if filed else contextlib.nullcontext():
+        overrides += ["train.fast_step=false", f"train.precision={precision}", "train.threads=all"]
+    with as_filed() if filed else contextlib.nullcontext():
         result = train(load_config(CONFIG, overrides))
     info = json.loads((result.run_dir / "run.json").read_text())
     return [row["seconds"] for row in result.rows], info["precision"]
