@@ -106,8 +106,8 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
                       precisions: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
                       round_seconds: float = ROUND_SECONDS) -> dict[str, dict[int, float]]:
     """Median milliseconds of one step at train.batch_size in each of `precisions` on each of `counts` threads (the
-    threads this process has when None) on this process: the run's step (make_step's, on copies of the model and
-    optimizer) on one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about
+    threads this process has when None) on this process: the run's step (make_step's, on a copy of the model and
+    optimizer for each, compiled on its threads under train.compile) on one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about
     `round_seconds` after two steps of warm-up each. The run's weights, random streams and threads are left as
     they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
     averaging (the same in either precision)."""
@@ -116,10 +116,10 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     counts = counts or (torch.get_num_threads(),)
     steps = {}
     for precision in precisions:
-        net = copy.deepcopy(model)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
-        step = make_step(cfg, net, opt, splits, World(), device, bf16=precision == "bf16")
-        steps.update({(precision, n): on_threads(step, n) for n in counts})
+        for n in counts:
+            net = copy.deepcopy(model)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+            steps[precision, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, precision == "bf16"), n)
     with threads_kept():
         ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
     return {p: {n: ms[p, n] for n in counts} for p in precisions}
