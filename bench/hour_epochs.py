@@ -29,7 +29,7 @@ CONFIG = "mnist_cpu_hour"
 
 
 def epoch_seconds(data: str, epochs: int, out: str, filed: bool) -> tuple[list[float], str]:
-    """The seconds of each epoch of one run of CONFIG, and the precision it trained in."""
+    """The seconds of each epoch of one run of CONFIG, and the precision and threads it trained on."""
     overrides = [f"data.root={data}", "train.device=cpu", f"train.epochs={epochs}", "train.budget_minutes=0",
                  f"output.dir={out}"]
     if filed:
@@ -38,7 +38,7 @@ def epoch_seconds(data: str, epochs: int, out: str, filed: bool) -> tuple[list[f
     with as_filed() if filed else contextlib.nullcontext():
         result = train(load_config(CONFIG, overrides))
     info = json.loads((result.run_dir / "run.json").read_text())
-    return [row["seconds"] for row in result.rows], info["precision"]
+    return [row["seconds"] for row in result.rows], f"{info['precision']}, {info['threads']} threads"
 
 
 def main() -> None:
@@ -56,9 +56,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for r in range(args.rounds):
             for name in seconds:
-                s, precision = epoch_seconds(args.data, args.epochs, f"{scratch}/{r}-{name}", name == "as filed")
+                s, how = epoch_seconds(args.data, args.epochs, f"{scratch}/{r}-{name}", name == "as filed")
                 seconds[name] += s
-                print(f"round {r + 1} {name:>8} ({precision}): " + ", ".join(f"{x:.2f}" for x in s) + " s",
+                print(f"round {r + 1} {name:>8} ({how}): " + ", ".join(f"{x:.2f}" for x in s) + " s",
                       flush=True)
     per_hour = {name: 3600 / statistics.mean(s) for name, s in seconds.items()}
     for name, s in seconds.items():
