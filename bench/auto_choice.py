@@ -27,7 +27,7 @@ def choices(config: str, images: int = 10_000) -> dict:
     splits = synthetic_splits(images)
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    counts = thread_counts("auto", CPU)
+    counts = thread_counts("auto", CPU, torch.get_num_threads())
     return {name: step_milliseconds(cfg, model, splits, CPU, 1, PRECISIONS, counts, round_seconds=seconds)
             for name, seconds in (("auto", ROUND_SECONDS), ("long", LONGER * ROUND_SECONDS))}
 

@@ -6,6 +6,8 @@ import torch
 from conftest import on_each_step, with_, without_timing
 
 import vae.train.speed
+from vae.data.load import load_data
+from vae.model.vae import build_model
 from vae.train.loop import train
 from vae.train.speed import PRECISIONS, thread_counts
 
@@ -42,13 +44,30 @@ def run_info(result) -> dict:
     return json.loads((result.run_dir / "run.json").read_text())
 
 
-def test_thread_counts_are_the_powers_of_two_below_the_threads_the_process_has_and_those(monkeypatch):
+def test_thread_counts_are_the_powers_of_two_below_the_threads_the_process_has_and_those():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for have, auto in ((1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (16, (1, 2, 4, 8, 16))):
-        monkeypatch.setattr(torch, "get_num_threads", lambda: have)
-        assert thread_counts("auto", cpu) == auto
-        assert thread_counts("all", cpu) == thread_counts("auto", gpu) == (have,)
-        assert thread_counts(3, cpu) == thread_counts(3, gpu) == (3,)
+        assert thread_counts("auto", cpu, have) == auto
+        assert thread_counts("all", cpu, have) == thread_counts("auto", gpu, have) == (have,)
+        assert thread_counts(3, cpu, have) == thread_counts(3, gpu, have) == (3,)
+
+
+def test_each_step_timed_runs_on_its_own_thread_count_and_the_threads_are_given_back(tiny_cfg, monkeypatch,
+                                                                                     four_threads):
+    seen = {}
+
+    def make_step(cfg, net, opt, splits, world, device, bf16):
+        def step(index, gen, kl_weight, progress):
+            seen.setdefault(id(net), (bf16, set()))[1].add(torch.get_num_threads())
+        return step
+    monkeypatch.setattr(vae.train.speed, "make_step", make_step)
+    splits = load_data(tiny_cfg.data, torch.device("cpu"))
+    ms = vae.train.speed.step_milliseconds(tiny_cfg, build_model(tiny_cfg.model), splits, torch.device("cpu"),
+                                          counts=COUNTS, round_seconds=1e-3)
+    assert {p: set(by) for p, by in ms.items()} == {p: set(COUNTS) for p in PRECISIONS}
+    # a copy of the step for each pair, each only ever run on its count
+    assert sorted((bf16, tuple(n)) for bf16, n in seen.values()) == [(b, (n,)) for b in (False, True) for n in COUNTS]
+    assert torch.get_num_threads() == 4
 
 
 def test_auto_times_every_pair_on_copies_and_the_run_is_the_one_its_choice_makes(tiny_cfg, tmp_path, four_threads):

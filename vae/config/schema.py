@@ -253,7 +253,8 @@ class TrainConfig:
     precision: str = key("fp32", "`bf16` runs the training forward pass under bf16 autocast (the loss, the weights, "
                          "Adam and every evaluation stay fp32): worth it on GPUs and on CPUs with AVX512-BF16 or AMX "
                          "for wide layers, emulated and far slower elsewhere (a warning says so); `auto` times the "
-                         "run's step both ways before training (about a second) and takes the faster, kept for the "
+                         "run's step both ways before training (about a second for each of `train.threads`' "
+                         "counts) and takes the faster, kept for the "
                          "run's life; `run.json` records which one runs and, for `auto`, both timings",
                          choices=("fp32", "bf16", "auto"), role=DURATION)
     threads: int | str = key("all", "torch's threads on the CPU: `all` that this process has (one per usable core, "

@@ -68,7 +68,7 @@ class Run:
     rows: list[dict]
     best: dict
     clock: float  # when the time counted in the next metrics row began: the run's start, then each row's end
-    speed: Speed = Speed(False, 1)  # train.precision and train.threads as they run
+    speed: Speed = Speed(False, 1)  # train.precision and train.threads as they run (choose_speed's, before a step)
     average: WeightAverage | None = None  # the weights averaged over the steps (train.ema_decay)
     progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
     tensorboard: TensorBoardLog | None = None

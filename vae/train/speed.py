@@ -7,12 +7,12 @@ a small step can lose more to its threads' hand-offs than their cores give it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -48,7 +48,9 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     """train.precision and train.threads resolved, the threads set: what is `auto` is timed together, the fastest
     step taken (a checkpoint's precision stays; its threads are timed again, the machine may be another)."""
     precisions = precisions_to_time(cfg, device, state)
-    counts = thread_counts(cfg.train.threads, device)
+    # Every process times the same counts: those of the one with the fewest threads.
+    have = int(all_reduce(torch.tensor([torch.get_num_threads()], device=device), "min").item())
+    counts = thread_counts(cfg.train.threads, device, have)
     if len(precisions) * len(counts) == 1:
         torch.set_num_threads(counts[0])
         return Speed(precisions[0] == "bf16", counts[0])
@@ -56,8 +58,9 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     # Every process decides on the mean of all processes' timings, so all decide alike.
     pairs = [(p, n) for p in precisions for n in counts]
     mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
-    ms = {p: {n: mean[pairs.index((p, n))].item() for n in counts} for p in precisions}
-    precision, threads = min(pairs, key=lambda pair: ms[pair[0]][pair[1]])
+    by_pair = dict(zip(pairs, mean.tolist()))
+    precision, threads = min(pairs, key=by_pair.get)
+    ms = {p: {n: by_pair[p, n] for n in counts} for p in precisions}
     torch.set_num_threads(threads)
     return Speed(precision == "bf16", threads, ms)
 
@@ -74,11 +77,10 @@ def precisions_to_time(cfg: Config, device: torch.device, state: dict | None) ->
     return PRECISIONS
 
 
-def thread_counts(threads: int | str, device: torch.device) -> tuple[int, ...]:
-    """train.threads' candidates: the count asked for; `all`, the threads this process has (torch's default of
-    one per usable core, OMP_NUM_THREADS, or a sweep worker's share); `auto` on the CPU, 1, 2, 4, ... up to
+def thread_counts(threads: int | str, device: torch.device, have: int) -> tuple[int, ...]:
+    """train.threads' candidates: the count asked for; `all`, the `have` threads this process has (torch's default
+    of one per usable core, OMP_NUM_THREADS, or a sweep worker's share); `auto` on the CPU, 1, 2, 4, ... up to
     those. A GPU's step barely uses them: `auto` keeps them all there."""
-    have = torch.get_num_threads()
     if isinstance(threads, int):
         return (threads,)
     if threads == "all" or device.type != "cpu":
@@ -91,7 +93,7 @@ def timings_text(ms: dict[str, dict[int, float]]) -> str:
     return ", ".join(f"{p} on {n} thread{'s' * (n > 1)} {t:.1f} ms" for p, by in ms.items() for n, t in by.items())
 
 
-@contextmanager
+@contextlib.contextmanager
 def threads_kept() -> Iterator[None]:
     """torch's thread count as before the block, after it (a run sets its own; a sweep's next trial must not
     keep it)."""
@@ -105,11 +107,11 @@ def threads_kept() -> Iterator[None]:
 def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.device, processes: int = 1,
                       precisions: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
                       round_seconds: float = ROUND_SECONDS) -> dict[str, dict[int, float]]:
-    """Median milliseconds of one step at train.batch_size in each of `precisions` on each of `counts` threads (the
-    threads this process has when None) on this process: the run's step (make_step's, on a copy of the model and
-    optimizer for each, compiled on its threads under train.compile) on one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about
-    `round_seconds` after two steps of warm-up each. The run's weights, random streams and threads are left as
-    they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
+    """Median milliseconds of one step at train.batch_size in each of `precisions` on each of `counts` threads
+    (the threads this process has when None) on this process: the run's step (make_step's, on a copy of the
+    model and optimizer for each, compiled on its threads under train.compile) on one batch of the training
+    images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two steps of warm-up each.
+    The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
     averaging (the same in either precision)."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
@@ -120,15 +122,26 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
             net = copy.deepcopy(model)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
             steps[precision, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, precision == "bf16"), n)
-    with threads_kept():
+    with threads_kept(), graphs_for_each(len(steps)) if cfg.train.compile else contextlib.nullcontext():
         ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
     return {p: {n: ms[p, n] for n in counts} for p in precisions}
+
+
+@contextlib.contextmanager
+def graphs_for_each(steps: int) -> Iterator[None]:
+    """torch.compile allowed a graph for each of `steps` (it guards on the thread count and the autocast state,
+    so each step timed recompiles the model's code), and its caches emptied after: the run compiles afresh."""
+    import torch._dynamo  # 1.4 s of imports that only a compiled run needs
+
+    with torch._dynamo.config.patch(recompile_limit=steps + torch._dynamo.config.recompile_limit):
+        yield
+    torch._dynamo.reset()
 
 
 def on_threads(step: Step, threads: int) -> Step:
     """`step` run on `threads` of torch's threads."""
     def run(*args) -> None:
-        torch.set_num_threads(threads)  # 0.1 us
+        torch.set_num_threads(threads)
         step(*args)
     return run
 
