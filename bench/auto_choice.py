@@ -15,7 +15,7 @@ import torch
 from bench.measure import configs_from_command_line, synthetic_splits
 from vae.config.load import load_config
 from vae.model.vae import build_model
-from vae.train.speed import PRECISIONS, ROUND_SECONDS, step_milliseconds, thread_counts
+from vae.train.speed import PRECISIONS, ROUND_SECONDS, fastest, step_milliseconds, thread_counts
 
 LONGER = 20  # the long measurement's rounds, against auto's
 CPU = torch.device("cpu")
@@ -32,10 +32,6 @@ def choices(config: str, images: int = 10_000) -> dict:
             for name, seconds in (("auto", ROUND_SECONDS), ("long", LONGER * ROUND_SECONDS))}
 
 
-def pick(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
-    return min(((p, n) for p in ms for n in ms[p]), key=lambda pair: ms[pair[0]][pair[1]])
-
-
 def shown(ms: dict[str, dict[int, float]]) -> str:
     return ", ".join(f"{p} x{n} {t:.2f}" for p, by in ms.items() for n, t in by.items())
 
@@ -44,8 +40,8 @@ def main() -> None:
     for config in configs_from_command_line(__doc__.splitlines()[0], "mnist,mnist_cpu_hour,mnist_logistic_hour"):
         result = choices(config)
         a, b = result["auto"], result["long"]
-        print(f"{config:>20}: auto {shown(a)} ms -> {pick(a)}; {LONGER}x longer {shown(b)} ms -> {pick(b)}: "
-              + ("agree" if pick(a) == pick(b) else "DISAGREE"), flush=True)
+        print(f"{config:>20}: auto {shown(a)} ms -> {fastest(a)}; {LONGER}x longer {shown(b)} ms -> {fastest(b)}: "
+              + ("agree" if fastest(a) == fastest(b) else "DISAGREE"), flush=True)
 
 
 if __name__ == "__main__":

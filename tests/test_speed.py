@@ -9,7 +9,7 @@ import vae.train.speed
 from vae.data.load import load_data
 from vae.model.vae import build_model
 from vae.train.loop import train
-from vae.train.speed import PRECISIONS, thread_counts
+from vae.train.speed import PRECISIONS, fastest, thread_counts
 
 COUNTS = (1, 2, 4)  # what `auto` times with four threads
 
@@ -50,6 +50,11 @@ def test_thread_counts_are_the_powers_of_two_below_the_threads_the_process_has_a
         assert thread_counts("auto", cpu, have) == auto
         assert thread_counts("all", cpu, have) == thread_counts("auto", gpu, have) == (have,)
         assert thread_counts(3, cpu, have) == thread_counts(3, gpu, have) == (3,)
+
+
+def test_fastest_is_the_pair_of_fewest_milliseconds_across_precisions_and_counts():
+    assert fastest({"fp32": {1: 3.0, 2: 1.0}, "bf16": {1: 2.0, 2: 1.5}}) == ("fp32", 2)
+    assert fastest({"fp32": {1: 3.0, 2: 2.5}, "bf16": {1: 0.9, 2: 1.5}}) == ("bf16", 1)
 
 
 def test_each_step_timed_runs_on_its_own_thread_count_and_the_threads_are_given_back(tiny_cfg, monkeypatch,

@@ -59,10 +59,15 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     pairs = [(p, n) for p in precisions for n in counts]
     mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
     by_pair = dict(zip(pairs, mean.tolist()))
-    precision, threads = min(pairs, key=by_pair.get)
     ms = {p: {n: by_pair[p, n] for n in counts} for p in precisions}
+    precision, threads = fastest(ms)
     torch.set_num_threads(threads)
     return Speed(precision == "bf16", threads, ms)
+
+
+def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
+    """The (precision, threads) of the fewest milliseconds."""
+    return min(((p, n) for p in ms for n in ms[p]), key=lambda pair: ms[pair[0]][pair[1]])
 
 
 def precisions_to_time(cfg: Config, device: torch.device, state: dict | None) -> tuple[str, ...]:
