@@ -90,6 +90,17 @@ def test_auto_times_every_pair_on_copies_and_the_run_is_the_one_its_choice_makes
     assert without_timing(auto.rows) == without_timing(explicit.rows)
 
 
+def test_auto_under_compile_times_compiled_steps_and_the_run_compiles_its_own(tiny_cfg, tmp_path):
+    """mnist_cpu_hour's way: each precision's written-out step compiled and timed; the run, compiled afresh, is the
+    one its choice makes when asked for."""
+    cfg = with_(tiny_cfg, train={"compile": True, "threads": 1})
+    auto = train(with_(cfg, train={"precision": "auto"}, output={"dir": str(tmp_path / "a")}))
+    info = run_info(auto)
+    assert set(info["step_ms"]) == set(PRECISIONS) and all(by["1"] > 0 for by in info["step_ms"].values())
+    explicit = train(with_(cfg, train={"precision": info["precision"]}, output={"dir": str(tmp_path / "b")}))
+    assert without_timing(auto.rows) == without_timing(explicit.rows)
+
+
 @pytest.mark.parametrize("precision,threads", [("bf16", 1), ("fp32", 2), ("fp32", 4)])
 def test_auto_trains_on_the_fastest_pair(tiny_cfg, monkeypatch, capsys, four_threads, precision, threads):
     table = {p: {n: 1.0 if (p, n) == (precision, threads) else 2.0 + n for n in COUNTS} for p in PRECISIONS}

@@ -265,13 +265,15 @@ class TrainConfig:
                              "and, for `auto`, the timings; a resume times them again", role=SETTING,
                              ok=lambda v: v in ("all", "auto") or type(v) is int and v >= 1,
                              rule="must be all, auto or a number of threads >= 1")
-    compile: bool = key(False, "`torch.compile` the model for training (seconds of compiling at the start; "
-                        "docs/benchmarks.md says when it pays); needs a C++ compiler, checked before training",
+    compile: bool = key(False, "`torch.compile` the training step (tens of seconds of compiling at the start, and "
+                        "again for each step `auto` times; docs/benchmarks.md says when it pays): the written-out CPU "
+                        "step's gradients where it runs (`train.fast_step`: its casts and elementwise work fused "
+                        "between the matrix products), else the model; needs a C++ compiler, checked before training",
                         role=SETTING)
     cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
                            "Adam) as one CUDA graph after three eager steps and replay it (again after each "
                            "learning-rate change); ignored on the CPU and under torchrun", role=SETTING)
-    fast_step: bool = key(True, "on the CPU in one process, without compile: the MLP VAE's step with its backward "
+    fast_step: bool = key(True, "on the CPU in one process: the MLP VAE's step with its backward "
                           "written out (vae/train/fast_step.py; in fp32, or its products in bf16 as autocast has "
                           "them) where the model and objective are the ones it writes (`model.arch=mlp`, ReLU or ELU, "
                           "`model.prior` `normal` or `mog`, `model.posterior=gaussian`, `model.likelihood=bernoulli`, "

@@ -134,8 +134,9 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
 
 @contextlib.contextmanager
 def graphs_for_each(steps: int) -> Iterator[None]:
-    """torch.compile allowed a graph for each of `steps` (it guards on the thread count and the autocast state,
-    so each step timed recompiles the model's code), and its caches emptied after: the run compiles afresh."""
+    """torch.compile allowed a graph for each of `steps` (it guards on the thread count, the autocast state and the
+    written-out step's object, so each step timed recompiles the same code), and its caches emptied after: the run
+    compiles afresh."""
     import torch._dynamo  # 1.4 s of imports that only a compiled run needs
 
     with torch._dynamo.config.patch(recompile_limit=steps + torch._dynamo.config.recompile_limit):

@@ -181,15 +181,16 @@ class GraphedStep:
 def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Splits, world: World,
               device: torch.device, bf16: bool) -> Step:
     """The step: the model wrapped for gradient averaging and/or compiled, replayed as a CUDA graph where it can be,
-    its forward pass under bf16 autocast when `bf16`; on the CPU the MLP VAE's written-out step where it fits."""
+    its forward pass under bf16 autocast when `bf16`; on the CPU the MLP VAE's written-out step where it fits (its
+    gradients compiled under train.compile)."""
     net = model
     if world.size > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = torch.compile(net) if cfg.train.compile else net
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
     options = StepOptions(cfg.loss, bf16, cfg.train.grad_clip, model.likelihood)
     if fast_step.fits(cfg, model, world.size, device):
-        return fast_step.FastStep(model, opt, batches, options)
+        return fast_step.FastStep(model, opt, batches, options, cfg.train.batch_size if cfg.train.compile else 0)
+    net = torch.compile(net) if cfg.train.compile else net
     step = EagerStep(net, opt, batches, options, world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         return GraphedStep(step, cfg.train.batch_size)
