@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # step.py builds this step
 
 def fits(cfg: Config, model: VAE, processes: int, device: torch.device) -> bool:
     """Whether the run's step is the one FastStep writes out (else autograd's runs)."""
-    return (cfg.train.fast_step and device.type == "cpu" and processes == 1 and type(model) is VAE and cfg.model.arch == "mlp" and cfg.model.activation in ("relu", "elu")
+    return (cfg.train.fast_step and device.type == "cpu" and processes == 1
+            and type(model) is VAE and cfg.model.arch == "mlp" and cfg.model.activation in ("relu", "elu")
             and model.flow is None and cfg.model.prior in ("normal", "mog")
             and isinstance(model.likelihood, Bernoulli) and not cfg.loss.free_bits)
 
@@ -139,7 +140,9 @@ class FastStep:
 
     def gradients(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float, scale: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set the parameters' gradients of `scale` times the batch's objective; returns what step() does."""
+        """Set the parameters' gradients of `scale` times the batch's objective; returns what step() does. (The KL
+        weight enters as a factor, never as an op's alpha= or value=, which torch.compile would make a constant to
+        compile again for each value of a warm-up.)"""
         # Forward, keeping each layer's input.
         enc, h = self.forward(self.encoder, x)
         mu, logvar = h[:, :self.latent].to(self.master), h[:, self.latent:].to(self.master)  # (B, L) each
