@@ -68,7 +68,8 @@ def main() -> None:
         first = statistics.mean(s[0] for s in runs)
         later = statistics.mean(x for s in runs for x in s[1:])
         per_hour[name] = 1 + (3600 - first) / later
-        print(f"{name:>10}: first epoch {first:.2f} s, then {later:.2f} s an epoch: {per_hour[name]:.0f} epochs an hour")
+        print(f"{name:>10}: first epoch {first:.2f} s, then {later:.2f} s an epoch: {per_hour[name]:.0f} epochs "
+              "an hour")
     for name in ("ours eager", "ours"):
         print(f"{name} / as filed: {per_hour[name] / per_hour['as filed']:.2f}x the epochs an hour")
 

@@ -74,7 +74,8 @@ def test_the_written_out_iwae_and_dreg_gradients_are_autograds(prior, k, gradien
     loss = LossConfig(iwae_k=k, gradient=gradient)
     expected, expected_nats = autograd_gradients(model, x, eps, kl_weight, 1 / 6, loss=loss)
     model.zero_grad()
-    nats, _ = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(loss)).step(x, eps, kl_weight, 1 / 6)
+    step = FastStep(model, SimpleNamespace(step=lambda: None), None, StepOptions(loss))
+    nats, _ = step.step(x, eps, kl_weight, 1 / 6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
     torch.testing.assert_close(nats, expected_nats, rtol=1e-12, atol=1e-10)

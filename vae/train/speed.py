@@ -116,8 +116,8 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     (the threads this process has when None) on this process: the run's step (make_step's, on a copy of the
     model and optimizer for each, compiled on its threads under train.compile) on one batch of the training
     images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two steps of warm-up each.
-    The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
-    averaging (the same in either precision)."""
+    The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the
+    autograd step each would run, without the gradients' averaging (the same in either precision)."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
     counts = counts or (torch.get_num_threads(),)
