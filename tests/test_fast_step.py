@@ -237,6 +237,15 @@ def test_the_compiled_fast_step_trains_as_the_eager_one_compiling_twice_at_most(
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_a_process_that_trains_again_compiles_afresh(tiny_cfg, tmp_path):
+    """A sweep's worker trains trial after trial, each its own widths: each run's graphs go with it, so that the next
+    run's steps do not count towards torch's recompile limit (past it they would run uncompiled; here, fail)."""
+    cfg = with_(tiny_cfg, train={"compile": True, "epochs": 1})
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for width in (32, 16):
+            train(with_(cfg, model={"hidden_dims": (width,)}, output={"dir": str(tmp_path / str(width))}))
+
+
 def test_the_fast_step_is_for_one_process_on_the_cpu():
     cfg = Config()
     model = build_model(cfg.model)

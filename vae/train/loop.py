@@ -40,7 +40,7 @@ from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
 from vae.train.speed import Speed, choose_speed, threads_kept, timings_text
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
-from vae.train.step import GraphedStep, Step, make_step
+from vae.train.step import GraphedStep, Step, compiled_graphs_dropped, make_step
 from vae.train.tblog import TensorBoardLog
 
 SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar, NaN check, stop)
@@ -115,7 +115,8 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
-    with process_group(world, device), out_of_memory_reported(device), threads_kept():
+    with process_group(world, device), out_of_memory_reported(device), threads_kept(), \
+            compiled_graphs_dropped(cfg.train.compile):
         argv = argv if argv is not None else sys.argv  # a sweep's trial passes its own, passwords out
         return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share, started)
 

@@ -24,7 +24,7 @@ from vae.data.split import Split
 from vae.model.vae import VAE
 from vae.train.distributed import World, all_reduce
 from vae.train.progress import EpochProgress
-from vae.train.step import Step, make_step
+from vae.train.step import Step, compiled_graphs_dropped, make_step
 
 TIMED_ROUNDS = 5  # alternating rounds of the steps compared
 ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long (at least one)
@@ -135,13 +135,13 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
 @contextlib.contextmanager
 def graphs_for_each(steps: int) -> Iterator[None]:
     """torch.compile allowed a graph for each of `steps` (it guards on the thread count, the autocast state and the
-    written-out step's object, so each step timed recompiles the same code), and its caches emptied after: the run
+    written-out step's precision, so each step timed recompiles the same code), and its caches emptied after: the run
     compiles afresh."""
-    import torch._dynamo  # 1.4 s of imports that only a compiled run needs
+    import torch._dynamo
 
-    with torch._dynamo.config.patch(recompile_limit=steps + torch._dynamo.config.recompile_limit):
+    with torch._dynamo.config.patch(recompile_limit=steps + torch._dynamo.config.recompile_limit), \
+            compiled_graphs_dropped(True):
         yield
-    torch._dynamo.reset()
 
 
 def on_threads(step: Step, threads: int) -> Step:

@@ -7,6 +7,8 @@ follows the eager run's random stream.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -176,6 +178,20 @@ class GraphedStep:
             for group in opt.param_groups:
                 group["capturable"] = False
         self.graph = graph
+
+
+@contextlib.contextmanager
+def compiled_graphs_dropped(compiled: bool) -> Iterator[None]:
+    """torch.compile's graphs of the block's steps dropped after it, when `compiled`: a process that trains again (a
+    sweep's worker, trial after trial) compiles afresh rather than add graphs up to torch's recompile limit, past
+    which its steps would run uncompiled."""
+    try:
+        yield
+    finally:
+        if compiled:
+            import torch._dynamo  # 1.4 s of imports that only a compiled run needs
+
+            torch._dynamo.reset()
 
 
 def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Splits, world: World,
