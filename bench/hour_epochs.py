@@ -6,8 +6,8 @@ in one process.
 Each round trains the config for `--epochs` epochs as filed, then as ours without compile, then as ours (train(),
 with its per-epoch evaluation and writes, into a scratch directory). "As filed" is autograd's step with torch's
 cross-entropy and torch's ELU, bf16 where the CPU has bf16 products (what `auto` meant then), on all the threads;
-"ours" is the run as the config has it now (the written-out step compiled, precision and threads `auto` timed), "ours
-eager" the same with train.compile=false. An epoch's seconds are its row's (vae/train/schedule.py: from the previous
+"ours" is the run as the config has it now (the written-out step; precision, threads and compiling `auto` timed),
+"ours eager" the same with train.compile=false. An epoch's seconds are its row's (vae/train/schedule.py: from the previous
 row's end, the first from train()'s start, so with the start-up and the compiling); an hour holds the first epoch
 and as many more as fit in the rest at the later epochs' mean over all rounds.
 """

@@ -5,7 +5,7 @@
 "As filed" is autograd's step with the Bernoulli log-likelihood through torch's cross-entropy
 (`binary_cross_entropy_with_logits`) and torch's ELU, at the precision `auto` took then (bf16 exactly where the CPU
 has bf16 products); "ours" is the step make_step gives now (the written-out step where it fits), at
-the precision `auto` picks now by timing. Both run on the threads given (--threads; `train.threads` is not
+the precision (and, under train.compile=auto, compiling) `auto` picks now by timing. Both run on the threads given (--threads; `train.threads` is not
 applied: bench/auto_choice.py measures that choice), on copies of one model, on synthetic 8-bit images of
 MNIST's shape, in alternating rounds (vae/train/speed.py's compare_steps). An epoch is its steps
 plus a per-epoch evaluation that neither changes, so the ratio of step times bounds the ratio of
@@ -27,7 +27,8 @@ from vae.device import native_bf16
 from vae.model import likelihoods, vae
 from vae.model.vae import build_model
 from vae.train.distributed import World
-from vae.train.speed import compare_steps, step_milliseconds
+from vae.train.speed import (compare_steps, compiled_as, fastest, precisions_to_time, speed_of, step_milliseconds,
+                              step_name, steps_to_time)
 from vae.train.step import make_step
 
 CPU = torch.device("cpu")
@@ -56,12 +57,11 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
         torch.manual_seed(0)
         filed_model = build_model(cfg.model)  # the same weights (an ELU has none)
     filed_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(CPU))
-    threads = torch.get_num_threads()
-    ours_ms = step_milliseconds(cfg, model, splits, CPU) if cfg.train.precision == "auto" else None
-    ours_bf16 = ours_ms["bf16"][threads] < ours_ms["fp32"][threads] if ours_ms else cfg.train.precision == "bf16"
+    ours = speed_of(*fastest(step_milliseconds(cfg, model, splits, CPU, 1,
+                                               steps_to_time(cfg, precisions_to_time(cfg, CPU, None)))))
     filed_cfg = load_config(config, ["train.device=cpu", "train.fast_step=false"])
     steps = {}
-    for name, step_cfg, bf16 in (("as filed", filed_cfg, filed_bf16), ("ours", cfg, ours_bf16)):
+    for name, step_cfg, bf16 in (("as filed", filed_cfg, filed_bf16), ("ours", compiled_as(cfg, ours), ours.bf16)):
         net = copy.deepcopy(model) if name == "ours" else filed_model
         opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
         steps[name] = make_step(step_cfg, net, opt, splits, World(), CPU, bf16)
@@ -72,8 +72,8 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
             filed(*args)
     steps["as filed"] = filed_step
     ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, CPU, round_seconds)
-    names = {True: "bf16", False: "fp32"}
-    return {"ms": ms, "precision": {"as filed": names[filed_bf16], "ours": names[ours_bf16]}}
+    return {"ms": ms, "precision": {"as filed": "bf16" if filed_bf16 else "fp32",
+                                    "ours": step_name(ours.precision, ours.compiled)}}
 
 
 def main() -> None:

@@ -95,6 +95,8 @@ def test_wrong_types_are_refused(override, message):
     ("train.threads=0", "train.threads"),
     ("train.threads=many", "train.threads"),
     ("train.threads=true", "train.threads"),
+    ("train.compile=1", "train.compile"),
+    ("train.compile=sometimes", "train.compile"),
     ("data.binarize=yes", "data.binarize"),
     ("data.seed=-1", "data.seed"),
     ("model.activation=sigmoid", "model.activation"),

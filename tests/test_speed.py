@@ -90,15 +90,36 @@ def test_auto_times_every_pair_on_copies_and_the_run_is_the_one_its_choice_makes
     assert without_timing(auto.rows) == without_timing(explicit.rows)
 
 
-def test_auto_under_compile_times_compiled_steps_and_the_run_compiles_its_own(tiny_cfg, tmp_path):
-    """mnist_cpu_hour's way: each precision's written-out step compiled and timed; the run, compiled afresh, is the
-    one its choice makes when asked for."""
-    cfg = with_(tiny_cfg, train={"compile": True, "threads": 1})
-    auto = train(with_(cfg, train={"precision": "auto"}, output={"dir": str(tmp_path / "a")}))
+def test_auto_compile_times_each_precision_compiled_and_not_and_the_run_is_the_one_its_choice_makes(tiny_cfg,
+                                                                                                     tmp_path):
+    """The written-out step timed in fp32 and bf16, each compiled and not; the run, compiled afresh when its choice
+    is, trains as the run asked for that choice."""
+    cfg = with_(tiny_cfg, train={"precision": "auto", "compile": "auto", "threads": 1})
+    auto = train(with_(cfg, output={"dir": str(tmp_path / "a")}))
     info = run_info(auto)
-    assert set(info["step_ms"]) == set(PRECISIONS) and all(by["1"] > 0 for by in info["step_ms"].values())
-    explicit = train(with_(cfg, train={"precision": info["precision"]}, output={"dir": str(tmp_path / "b")}))
+    ms = info["step_ms"]
+    assert set(ms) == {"fp32", "fp32 compiled", "bf16", "bf16 compiled"} and all(by["1"] > 0 for by in ms.values())
+    step = min(ms, key=lambda name: ms[name]["1"])
+    assert (info["precision"], info["compiled"]) == (step.split()[0], step.endswith("compiled"))
+    explicit = train(with_(cfg, train={"precision": info["precision"], "compile": info["compiled"]},
+                           output={"dir": str(tmp_path / "b")}))
     assert without_timing(auto.rows) == without_timing(explicit.rows)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_auto_compile_trains_on_the_faster_and_a_resume_times_it_again(tiny_cfg, monkeypatch, capsys, compiled):
+    threads = torch.get_num_threads()
+    fast, slow = ("fp32 compiled", "fp32") if compiled else ("fp32", "fp32 compiled")
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({fast: {threads: 1.0}, slow: {threads: 2.0}}))
+    steps = []
+    on_each_step(monkeypatch, lambda step, *args: steps.append(step) or step(*args))
+    cfg = with_(tiny_cfg, train={"compile": "auto", "epochs": 1})
+    first = train(cfg)
+    assert run_info(first)["compiled"] is compiled and ("on cpu, compiled on" in capsys.readouterr().out) is compiled
+    assert (steps[0].compiled is not None) is compiled  # the written-out step, its gradients compiled or not
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({fast: {threads: 2.0}, slow: {threads: 1.0}}))
+    train(with_(cfg, train={"epochs": 2}), resume=first.run_dir)
+    assert run_info(first)["compiled"] is not compiled  # timed again: compiling changes no number a run keeps
 
 
 @pytest.mark.parametrize("precision,threads", [("bf16", 1), ("fp32", 2), ("fp32", 4)])

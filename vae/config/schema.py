@@ -265,11 +265,14 @@ class TrainConfig:
                              "and, for `auto`, the timings; a resume times them again", role=SETTING,
                              ok=lambda v: v in ("all", "auto") or type(v) is int and v >= 1,
                              rule="must be all, auto or a number of threads >= 1")
-    compile: bool = key(False, "`torch.compile` the training step (tens of seconds of compiling at the start, and "
-                        "again for each step `auto` times; docs/benchmarks.md says when it pays): the written-out CPU "
-                        "step's gradients where it runs (`train.fast_step`: its casts and elementwise work fused "
-                        "between the matrix products), else the model; needs a C++ compiler, checked before training",
-                        role=SETTING)
+    compile: bool | str = key(False, "`torch.compile` the training step (tens of seconds of compiling at the start, "
+                              "and again for each step `auto` times; docs/benchmarks.md says when it pays): the "
+                              "written-out CPU step's gradients where it runs (`train.fast_step`: its casts and "
+                              "elementwise work fused between the matrix products), else the model; `auto` times the "
+                              "run's step compiled and not (with the precisions and threads `auto` times) and takes "
+                              "the faster, timed again on resume; `run.json` records which runs. Needs a C++ "
+                              "compiler, checked before training", role=SETTING,
+                              ok=lambda v: v is True or v is False or v == "auto", rule="must be true, false or auto")
     cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
                            "Adam) as one CUDA graph after three eager steps and replay it (again after each "
                            "learning-rate change); ignored on the CPU and under torchrun", role=SETTING)

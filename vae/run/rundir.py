@@ -88,9 +88,11 @@ def _git_commit() -> str | None:
 
 
 def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.device, processes: int,
-                   precision: str, threads: int, step_ms: dict[str, dict[int, float]] | None = None) -> None:
-    """config.yaml (the resolved config) and run.json (how, where and with what this ran: the `precision` and
-    torch `threads` that run, and where `auto` chose them the milliseconds of a step in each it timed).
+                   precision: str, threads: int, compiled: bool = False,
+                   step_ms: dict[str, dict[int, float]] | None = None) -> None:
+    """config.yaml (the resolved config) and run.json (how, where and with what this ran: the `precision`, torch
+    `threads` and whether the step is `compiled`, and where `auto` chose them the milliseconds of a step in each
+    it timed).
 
     A resumed run keeps the earlier invocations' records under "previous".
     """
@@ -101,6 +103,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
         "device": str(device),
         "precision": precision,
         "threads": threads,
+        "compiled": compiled,
         **({"step_ms": step_ms} if step_ms else {}),
         "processes": processes,
         "python": platform.python_version(),

@@ -38,7 +38,7 @@ from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
-from vae.train.speed import Speed, choose_speed, threads_kept, timings_text
+from vae.train.speed import Speed, choose_speed, compiled_as, threads_kept, timings_text
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
 from vae.train.step import GraphedStep, Step, compiled_graphs_dropped, make_step
 from vae.train.tblog import TensorBoardLog
@@ -138,9 +138,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     if plan.nothing_to_do:
         log(world, plan.nothing_to_do)
         return TrainResult(run.run_dir, run.rows, run.best, run.model)
-    # 4. Speed: train.precision and train.threads set, `auto` timed with the step on this machine.
+    # 4. Speed: train.precision, train.threads and train.compile set, `auto` timed with the step on this machine.
     run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state)
-    step = make_step(cfg, run.model, run.opt, splits, world, device, run.speed.bf16)
+    step = make_step(compiled_as(cfg, run.speed), run.model, run.opt, splits, world, device, run.speed.bf16)
     # 5. Train in the run directory, held by this run alone.
     with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop:
         run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \
@@ -315,6 +315,7 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     how = (f" x {run.world.size} processes" if run.world.size > 1 else
            " (steps replayed as a CUDA graph)" if isinstance(step, GraphedStep) else "")
     how += " under bf16 autocast" if run.speed.bf16 else ""
+    how += ", compiled" if run.speed.compiled else ""
     how += f" on {run.speed.threads} thread{'s' * (run.speed.threads > 1)}" if run.device.type == "cpu" else ""
     if run.speed.ms_per_step:
         how += f" (timed: {timings_text(run.speed.ms_per_step)})"

@@ -100,8 +100,9 @@ def check_tools(cfg: Config) -> None:
         summary_writer_class()
     compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
     if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):
-        raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none "
-                        "was found ($CXX, g++, clang++, c++): install one, or set train.compile=false")
+        raise UserError(f"train.compile={str(cfg.train.compile).lower()} needs a C++ compiler to build "
+                        "torch.compile's kernels, and none was found ($CXX, g++, clang++, c++): install one, or set "
+                        "train.compile=false")
 
 
 def check_machine(cfg: Config, run_dir: Path, device: torch.device, shape: tuple[int, int, int], images: int,
@@ -141,6 +142,6 @@ def claimed(plan: Plan, cfg: Config, argv: list[str], device: torch.device, worl
         if plan.state is not None:
             carry_best(plan.source, plan.run_dir, plan.state["epoch"])
         rundir.write_run_info(plan.run_dir, cfg, argv, device, world.size, speed.precision, speed.threads,
-                              speed.ms_per_step)
+                              speed.compiled, speed.ms_per_step)
         rundir.write_metrics(plan.run_dir, list(plan.rows))
         yield

@@ -1,9 +1,10 @@
-"""train.precision and train.threads: the run's arithmetic and torch's CPU threads, `auto` timed on the machine
-with the run's own step before training.
+"""train.precision, train.threads and train.compile: the run's arithmetic, torch's CPU threads and whether the step
+is compiled, `auto` timed on the machine with the run's own step before training.
 
 A flag says whether the hardware has bf16 products, and a core count how many threads it could run; only a
 measurement says they pay: the casts around a small model's products can cost more than the products save, and
-a small step can lose more to its threads' hand-offs than their cores give it.
+a small step can lose more to its threads' hand-offs than their cores give it; and what a compiler's fusions save
+depends on the machine's kernels as much as on the step.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from vae.train.step import Step, compiled_graphs_dropped, make_step
 TIMED_ROUNDS = 5  # alternating rounds of the steps compared
 ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long (at least one)
 PRECISIONS = ("fp32", "bf16")
+COMPILED = " compiled"  # a timed step's name: its precision, and this when it is compiled ("bf16 compiled")
 K = TypeVar("K")  # what names the steps compared
 
 
@@ -36,38 +38,61 @@ K = TypeVar("K")  # what names the steps compared
 class Speed:
     bf16: bool  # the training forward pass under bf16 autocast
     threads: int  # torch's threads for the run's work on the CPU
-    ms_per_step: dict[str, dict[int, float]] | None = None  # {precision: {threads: ms}}: what `auto` timed
+    ms_per_step: dict[str, dict[int, float]] | None = None  # {step: {threads: ms}}: what `auto` timed
+    compiled: bool = False  # the step under torch.compile
 
     @property
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
 
+def step_name(precision: str, compiled: bool) -> str:
+    """How a timing names a step: 'fp32', 'bf16 compiled', ..."""
+    return precision + COMPILED * compiled
+
+
 def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: torch.device,
                  state: dict | None) -> Speed:
-    """train.precision and train.threads resolved, the threads set: what is `auto` is timed together, the fastest
-    step taken (a checkpoint's precision stays; its threads are timed again, the machine may be another)."""
-    precisions = precisions_to_time(cfg, device, state)
+    """train.precision, train.threads and train.compile resolved, the threads set: what is `auto` is timed together,
+    the fastest step taken (a checkpoint's precision stays; its threads and compiling are timed again, the machine
+    may be another)."""
+    steps = steps_to_time(cfg, precisions_to_time(cfg, device, state))
     # Every process times the same counts: those of the one with the fewest threads.
     have = int(all_reduce(torch.tensor([torch.get_num_threads()], device=device), "min").item())
     counts = thread_counts(cfg.train.threads, device, have)
-    if len(precisions) * len(counts) == 1:
+    if len(steps) * len(counts) == 1:
         torch.set_num_threads(counts[0])
-        return Speed(precisions[0] == "bf16", counts[0])
-    ms = step_milliseconds(cfg, model, splits, device, world.size, precisions, counts)
+        return speed_of(steps[0], counts[0])
+    ms = step_milliseconds(cfg, model, splits, device, world.size, steps, counts)
     # Every process decides on the mean of all processes' timings, so all decide alike.
-    pairs = [(p, n) for p in precisions for n in counts]
+    pairs = [(p, n) for p in steps for n in counts]
     mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
     by_pair = dict(zip(pairs, mean.tolist()))
-    ms = {p: {n: by_pair[p, n] for n in counts} for p in precisions}
-    precision, threads = fastest(ms)
+    ms = {p: {n: by_pair[p, n] for n in counts} for p in steps}
+    step, threads = fastest(ms)
     torch.set_num_threads(threads)
-    return Speed(precision == "bf16", threads, ms)
+    return speed_of(step, threads, ms)
+
+
+def speed_of(step: str, threads: int, ms: dict[str, dict[int, float]] | None = None) -> Speed:
+    """The Speed of the step named `step` on `threads` threads."""
+    return Speed(step.startswith("bf16"), threads, ms, step.endswith(COMPILED))
+
+
+def compiled_as(cfg: Config, speed: Speed) -> Config:
+    """`cfg` with train.compile as `speed` has it (what make_step reads)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=speed.compiled))
 
 
 def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
-    """The (precision, threads) of the fewest milliseconds."""
+    """The (step, threads) of the fewest milliseconds."""
     return min(((p, n) for p in ms for n in ms[p]), key=lambda pair: ms[pair[0]][pair[1]])
+
+
+def steps_to_time(cfg: Config, precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """The steps to time, by name: each of `precisions`, compiled and not under train.compile=auto."""
+    compiles = (False, True) if cfg.train.compile == "auto" else (cfg.train.compile,)
+    return tuple(step_name(p, c) for p in precisions for c in compiles)
 
 
 def precisions_to_time(cfg: Config, device: torch.device, state: dict | None) -> tuple[str, ...]:
@@ -94,7 +119,8 @@ def thread_counts(threads: int | str, device: torch.device, have: int) -> tuple[
 
 
 def timings_text(ms: dict[str, dict[int, float]]) -> str:
-    """What `auto` timed, as a start line says it: 'fp32 on 1 thread 14.2 ms, fp32 on 2 threads 14.0 ms, ...'."""
+    """What `auto` timed, as a start line says it: 'fp32 on 1 thread 14.2 ms, bf16 compiled on 2 threads 9.0 ms,
+    ...'."""
     return ", ".join(f"{p} on {n} thread{'s' * (n > 1)} {t:.1f} ms" for p, by in ms.items() for n, t in by.items())
 
 
@@ -110,26 +136,29 @@ def threads_kept() -> Iterator[None]:
 
 
 def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.device, processes: int = 1,
-                      precisions: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
+                      steps: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
                       round_seconds: float = ROUND_SECONDS) -> dict[str, dict[int, float]]:
-    """Median milliseconds of one step at train.batch_size in each of `precisions` on each of `counts` threads
-    (the threads this process has when None) on this process: the run's step (make_step's, on a copy of the
-    model and optimizer for each, compiled on its threads under train.compile) on one batch of the training
-    images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two steps of warm-up each.
+    """Median milliseconds of one step at train.batch_size as each of `steps` (a precision, compiled or not: see
+    step_name) on each of `counts` threads (the threads this process has when None) on this process: the run's
+    step (make_step's, on a copy of the model and optimizer for each, a compiled one compiled on its threads) on
+    one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two steps of warm-up each.
     The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the
     autograd step each would run, without the gradients' averaging (the same in either precision)."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
     counts = counts or (torch.get_num_threads(),)
-    steps = {}
-    for precision in precisions:
+    timed = {}
+    for name in steps:
+        speed = speed_of(name, 1)
+        compiled = compiled_as(cfg, speed)
         for n in counts:
             net = copy.deepcopy(model)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
-            steps[precision, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, precision == "bf16"), n)
-    with threads_kept(), graphs_for_each(len(steps)) if cfg.train.compile else contextlib.nullcontext():
-        ms = compare_steps(steps, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
-    return {p: {n: ms[p, n] for n in counts} for p in precisions}
+            timed[name, n] = on_threads(make_step(compiled, net, opt, splits, World(), device, speed.bf16), n)
+    graphs = sum(speed_of(name, 1).compiled for name, _ in timed)
+    with threads_kept(), graphs_for_each(graphs) if graphs else contextlib.nullcontext():
+        ms = compare_steps(timed, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
+    return {p: {n: ms[p, n] for n in counts} for p in steps}
 
 
 @contextlib.contextmanager
