@@ -22,7 +22,7 @@ from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint
 from vae.sweep.pool import run_workers
 from vae.sweep.spec import Sweep, load, parse_grid, parse_search
-from vae.sweep.study import create, open_study, summary
+from vae.sweep.study import create, open_study, suggest, summary, train_trial
 
 SWEEP = [sys.executable, str(REPO / "sweep.py")]
 
@@ -146,6 +146,23 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_sweep(tmp_
         assert [r["epoch"] for r in rundir.read_metrics(killed / "runs" / name)] == [1, 2, 3]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_grid_point_given_again_while_another_trial_has_it_is_not_trained(tmp_path, mnist_root):
+    # Both points running, GridSampler gives a third trial one of them again: that trial makes no run.
+    spec, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=0.5,2"])
+    study = open_study(spec, sweep_dir)
+    first, second = study.ask(), study.ask()
+    values = [suggest(spec, first), suggest(spec, second)]
+    assert sorted(v["loss.beta"] for v in values) == ["0.5", "2"]
+    third = study.ask()
+    with pytest.raises(UserError, match=r"not trained: trial [01] has its grid point"):
+        train_trial(spec, sweep_dir, third)
+    assert third.params in values and not any((sweep_dir / "runs").iterdir())
+    study.tell(third, state=optuna.trial.TrialState.FAIL)
+    owner = first if third.params == values[0] else second
+    assert f"trial 2 was not trained: trial {owner.number} has its grid point" in summary(sweep_dir)
+
+
 @pytest.mark.slow
 def test_two_workers_train_every_grid_point_exactly_once(tmp_path, mnist_root):
     config = write_config(tmp_path / "c.yaml", mnist_root)
@@ -153,9 +170,11 @@ def test_two_workers_train_every_grid_point_exactly_once(tmp_path, mnist_root):
                                      "--grid", "loss.beta=0.25,0.5,1,2,4"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    done = trials(tmp_path / "s")
+    done = [t for t in trials(tmp_path / "s") if t.state.name == "COMPLETE"]
     assert sorted(t.params["loss.beta"] for t in done) == ["0.25", "0.5", "1", "2", "4"]
-    assert all(t.state.name == "COMPLETE" for t in done)
+    refused = [t for t in trials(tmp_path / "s") if t.state.name != "COMPLETE"]  # GridSampler's repeats, if any
+    assert all(t.state.name == "FAIL" and "duplicate_of" in t.user_attrs for t in refused)
+    assert len(list((tmp_path / "s" / "runs").iterdir())) == 5
     assert len({t.user_attrs["pid"] for t in done}) == 2  # both workers took trials
     for run in (tmp_path / "s" / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]

@@ -220,9 +220,10 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share
     process's own sweep directory."""
     values = suggest(sweep, trial)
     retried = trial.user_attrs.get("run")  # a retry carries the run it continues
-    if retried is None and not sweep.search and started_elsewhere(trial, values):
+    if retried is None and not sweep.search and (other := started_elsewhere(trial, values)) is not None:
         # Two workers asked for the last points at once: GridSampler gives the second a point again.
-        raise UserError("not trained: another worker had started this grid point")
+        trial.set_user_attr("duplicate_of", other)
+        raise UserError(f"not trained: trial {other} has its grid point")
     name = retried if retried is not None else run_name(sweep, trial, values)
     where = run_dir(sweep_dir, name)
     trial.set_user_attr("run", name)
@@ -248,10 +249,10 @@ def train_trial(sweep: Sweep, sweep_dir: Path, trial: optuna.Trial, memory_share
     return tuple(float(best[OBJECTIVES[name]]) for name in sweep.objectives)
 
 
-def started_elsewhere(trial: optuna.Trial, values: dict[str, Any]) -> bool:
-    """Whether another trial of this grid point is running or complete."""
+def started_elsewhere(trial: optuna.Trial, values: dict[str, Any]) -> int | None:
+    """The number of another trial of this grid point, running or complete; None when there is none."""
     others = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
-    return any(t.number != trial.number and t.params == values for t in others)
+    return next((t.number for t in others if t.number != trial.number and t.params == values), None)
 
 
 def work(sweep: Sweep, sweep_dir: Path, workers: int = 1) -> None:
@@ -346,7 +347,9 @@ def summary(sweep_dir: Path) -> str:
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     lines = [f"{len(done)} of {sweep.size()} trials complete ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
     for t in trials:
-        if t.state == TrialState.FAIL and "error" in t.user_attrs:
+        if t.state == TrialState.FAIL and "duplicate_of" in t.user_attrs:
+            lines.append(f"  trial {t.number} was not trained: trial {t.user_attrs['duplicate_of']} has its grid point")
+        elif t.state == TrialState.FAIL and "error" in t.user_attrs:
             lines.append(f"  trial {t.number} failed: {t.user_attrs['error']}")
         elif t.state == TrialState.FAIL and "requeued_because" in t.user_attrs:
             lines.append(f"  trial {t.number} was stopped by the machine and queued again: "
