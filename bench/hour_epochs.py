@@ -41,7 +41,7 @@ def epoch_seconds(data: str, epochs: int, out: str, how: str) -> tuple[list[floa
     with as_filed() if filed else contextlib.nullcontext():
         result = train(load_config(CONFIG, overrides))
     info = json.loads((result.run_dir / "run.json").read_text())
-    return [row["seconds"] for row in result.rows], f"{info['precision']}, {info['threads']} threads"
+    return [row["seconds"] for row in result.rows], f"{info['precision']}{', compiled' if info.get('compiled') else ''}, {info['threads']} threads"
 
 
 def main() -> None:
