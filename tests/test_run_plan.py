@@ -48,11 +48,19 @@ def test_missing_data_fails_before_anything_is_written(tiny_cfg, tmp_path):
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny_cfg, monkeypatch):
-    import shutil
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=r"^train.compile=true needs a C\+\+ compiler"):
         train(with_(tiny_cfg, train={"compile": True}))
     assert not Path(tiny_cfg.output.dir).exists()  # refused before anything was written
+
+
+def test_compile_auto_without_a_cpp_compiler_times_and_trains_the_uncompiled_steps(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    result = train(with_(tiny_cfg, train={"compile": "auto", "precision": "auto"}))
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["compiled"] is False and sorted(info["step_ms"]) == ["bf16", "fp32"]
+    assert [r["epoch"] for r in result.rows] == [1, 2]
 
 
 def test_a_run_directory_held_by_another_training_is_refused_in_one_line(tiny_cfg):

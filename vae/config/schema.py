@@ -271,7 +271,8 @@ class TrainConfig:
                               "elementwise work fused between the matrix products), else the model; `auto` times the "
                               "run's step compiled and not (with the precisions and threads `auto` times) and takes "
                               "the faster, timed again on resume; `run.json` records which runs. Needs a C++ "
-                              "compiler, checked before training", role=SETTING,
+                              "compiler: `true` without one is refused before training, `auto` then times only "
+                              "the uncompiled steps", role=SETTING,
                               ok=lambda v: v is True or v is False or v == "auto", rule="must be true, false or auto")
     cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
                            "Adam) as one CUDA graph after three eager steps and replay it (again after each "

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from vae.run.resume import carry_best, check_same_run, last_position, position
 from vae.train.distributed import World
 from vae.train.memory import check_memory
-from vae.train.speed import Speed
+from vae.train.speed import Speed, cxx_compiler
 from vae.train.schedule import stops_early
 from vae.train.tblog import summary_writer_class
 
@@ -98,11 +96,9 @@ def check_tools(cfg: Config) -> None:
     """What the config asks for beyond torch: TensorBoard's writer, a C++ compiler for torch.compile."""
     if cfg.logging.tensorboard:
         summary_writer_class()
-    compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
-    if cfg.train.compile and not any(shutil.which(c) for c in compilers if c):
-        raise UserError(f"train.compile={str(cfg.train.compile).lower()} needs a C++ compiler to build "
-                        "torch.compile's kernels, and none was found ($CXX, g++, clang++, c++): install one, or set "
-                        "train.compile=false")
+    if cfg.train.compile is True and not cxx_compiler():  # `auto` then times the uncompiled steps only
+        raise UserError("train.compile=true needs a C++ compiler to build torch.compile's kernels, and none was "
+                        "found ($CXX, g++, clang++, c++): install one, or set train.compile=false or auto")
 
 
 def check_machine(cfg: Config, run_dir: Path, device: torch.device, shape: tuple[int, int, int], images: int,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
+import shutil
 import statistics
 import time
 from collections.abc import Iterator
@@ -90,9 +92,18 @@ def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
 
 
 def steps_to_time(cfg: Config, precisions: tuple[str, ...]) -> tuple[str, ...]:
-    """The steps to time, by name: each of `precisions`, compiled and not under train.compile=auto."""
-    compiles = (False, True) if cfg.train.compile == "auto" else (cfg.train.compile,)
+    """The steps to time, by name: each of `precisions`, compiled and not under train.compile=auto (uncompiled only
+    where no C++ compiler could build the compiled one's kernels)."""
+    if cfg.train.compile == "auto":
+        compiles = (False, True) if cxx_compiler() else (False,)
+    else:
+        compiles = (cfg.train.compile,)
     return tuple(step_name(p, c) for p in precisions for c in compiles)
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile would build its kernels with ($CXX, g++, clang++, c++); None if none is found."""
+    return next((c for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c and shutil.which(c)), None)
 
 
 def precisions_to_time(cfg: Config, device: torch.device, state: dict | None) -> tuple[str, ...]:
@@ -141,8 +152,8 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     """Median milliseconds of one step at train.batch_size as each of `steps` (a precision, compiled or not: see
     step_name) on each of `counts` threads (the threads this process has when None) on this process: the run's
     step (make_step's, on a copy of the model and optimizer for each, a compiled one compiled on its threads) on
-    one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two steps of warm-up each.
-    The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the
+    one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two
+    steps of warm-up each. The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the
     autograd step each would run, without the gradients' averaging (the same in either precision)."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
