@@ -6,7 +6,8 @@ on 1, 2, 4, ... threads, a second or two) beside a measurement 20x longer, in on
 
 On synthetic 8-bit images of MNIST's shape (10,000 of them; a step's time does not depend on the pixels'
 values), on the CPU, on up to --threads threads (torch's default: one per core). Prints per config: auto's ms
-per step of each step (precision, compiled or not) and thread count and its pick, the long measurement's, and whether they agree.
+per step of each step (precision, compiled or not) and thread count and its pick, the long measurement's, and
+whether they agree.
 """
 from __future__ import annotations
 

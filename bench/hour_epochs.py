@@ -7,9 +7,9 @@ Each round trains the config for `--epochs` epochs as filed, then as ours withou
 with its per-epoch evaluation and writes, into a scratch directory). "As filed" is autograd's step with torch's
 cross-entropy and torch's ELU, bf16 where the CPU has bf16 products (what `auto` meant then), on all the threads;
 "ours" is the run as the config has it now (the written-out step; precision, threads and compiling `auto` timed),
-"ours eager" the same with train.compile=false. An epoch's seconds are its row's (vae/train/schedule.py: from the previous
-row's end, the first from train()'s start, so with the start-up and the compiling); an hour holds the first epoch
-and as many more as fit in the rest at the later epochs' mean over all rounds.
+"ours eager" the same with train.compile=false. An epoch's seconds are its row's (vae/train/schedule.py: from the
+previous row's end, the first from train()'s start, so with the start-up and the compiling); an hour holds the
+first epoch and as many more as fit in the rest at the later epochs' mean over all rounds.
 """
 from __future__ import annotations
 
@@ -41,16 +41,19 @@ def epoch_seconds(data: str, epochs: int, out: str, how: str) -> tuple[list[floa
     with as_filed() if filed else contextlib.nullcontext():
         result = train(load_config(CONFIG, overrides))
     info = json.loads((result.run_dir / "run.json").read_text())
-    return [row["seconds"] for row in result.rows], f"{info['precision']}{', compiled' if info.get('compiled') else ''}, {info['threads']} threads"
+    compiled = ", compiled" if info["compiled"] else ""
+    return [row["seconds"] for row in result.rows], f"{info['precision']}{compiled}, {info['threads']} threads"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (at least 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="as-filed/ours pairs of runs")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three runs (as filed, ours eager, ours)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: an hour counts the first epoch apart from the later ones")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "

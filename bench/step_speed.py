@@ -5,11 +5,11 @@
 "As filed" is autograd's step with the Bernoulli log-likelihood through torch's cross-entropy
 (`binary_cross_entropy_with_logits`) and torch's ELU, at the precision `auto` took then (bf16 exactly where the CPU
 has bf16 products); "ours" is the step make_step gives now (the written-out step where it fits), at
-the precision (and, under train.compile=auto, compiling) `auto` picks now by timing. Both run on the threads given (--threads; `train.threads` is not
-applied: bench/auto_choice.py measures that choice), on copies of one model, on synthetic 8-bit images of
-MNIST's shape, in alternating rounds (vae/train/speed.py's compare_steps). An epoch is its steps
-plus a per-epoch evaluation that neither changes, so the ratio of step times bounds the ratio of
-epochs per hour from above.
+the precision (and, under train.compile=auto, compiling) `auto` picks now by timing. Both run on the threads
+given (--threads; `train.threads` is not applied: bench/auto_choice.py measures that choice), on copies of one
+model, on synthetic 8-bit images of MNIST's shape, in alternating rounds (vae/train/speed.py's compare_steps). An
+epoch is its steps plus a per-epoch evaluation that neither changes, so the ratio of step times bounds the ratio
+of epochs per hour from above.
 """
 from __future__ import annotations
 

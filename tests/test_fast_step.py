@@ -7,6 +7,7 @@ import torch
 import torch._dynamo
 import torch.distributions as D
 from conftest import on_each_step, with_, without_timing
+from torch._dynamo.utils import counters
 
 from vae.config.schema import Config, LossConfig, ModelConfig, TrainConfig
 from vae.data.load import Splits
@@ -223,12 +224,14 @@ def test_the_compiled_fast_step_trains_as_the_eager_one_compiling_twice_at_most(
     compiled = FastStep(model, torch.optim.Adam(model.parameters(), fused=True), batches, StepOptions(loss), 8)
     eager = FastStep(twin, torch.optim.Adam(twin.parameters(), fused=True), batches, StepOptions(loss))
     tallies = []
+    counters["stats"].clear()
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         for step in (compiled, eager):
             gen, tally = torch.Generator().manual_seed(5), Tally()
             for i, start in enumerate((0, 8, 16, 0, 8, 16)):  # batches of 8, 8 and 4
                 step(torch.arange(start, min(start + 8, 20)), gen, min(1.0, 0.25 * (i + 1)), tally)
             tallies.append(tally.records)
+    assert counters["stats"]["unique_graphs"] in (1, 2)  # compiled, and not again for each batch
     torch._dynamo.reset()
     for (_, nats_a, lv_a), (_, nats_b, lv_b) in zip(*tallies):
         torch.testing.assert_close(nats_a, nats_b, rtol=1e-5, atol=1e-4)
@@ -243,7 +246,9 @@ def test_a_process_that_trains_again_compiles_afresh(tiny_cfg, tmp_path):
     cfg = with_(tiny_cfg, train={"compile": True, "epochs": 1})
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         for width in (32, 16):
+            before = counters["stats"]["unique_graphs"]
             train(with_(cfg, model={"hidden_dims": (width,)}, output={"dir": str(tmp_path / str(width))}))
+            assert counters["stats"]["unique_graphs"] > before  # this run's step was compiled
 
 
 def test_the_fast_step_is_for_one_process_on_the_cpu():

@@ -1,5 +1,6 @@
 """train.precision and train.threads: `auto` times the run's own step on the machine and trains on the fastest."""
 import json
+import time
 
 import pytest
 import torch
@@ -7,9 +8,10 @@ from conftest import on_each_step, with_, without_timing
 
 import vae.train.speed
 from vae.data.load import load_data
+from vae.data.split import Split
 from vae.model.vae import build_model
 from vae.train.loop import train
-from vae.train.speed import PRECISIONS, fastest, thread_counts
+from vae.train.speed import PRECISIONS, compare_steps, fastest, thread_counts
 
 COUNTS = (1, 2, 4)  # what `auto` times with four threads
 
@@ -50,6 +52,22 @@ def test_thread_counts_are_the_powers_of_two_below_the_threads_the_process_has_a
         assert thread_counts("auto", cpu, have) == auto
         assert thread_counts("all", cpu, have) == thread_counts("auto", gpu, have) == (have,)
         assert thread_counts(3, cpu, have) == thread_counts(3, gpu, have) == (3,)
+
+
+def test_a_slow_start_such_as_compiling_neither_counts_nor_shrinks_the_timed_rounds():
+    """Each step's first two calls (a compiled step's compiling) take 50 ms, the later 1 ms: the timing is of the
+    later, and its rounds hold many steps, not one."""
+    calls = {"slow": 0, "fast": 0}
+
+    def step(name: str):
+        def run(*args) -> None:
+            calls[name] += 1
+            time.sleep(0.05 if calls[name] <= 2 else 0.001)
+        return run
+    split = Split(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ("0",))
+    ms = compare_steps({"slow": step("slow"), "fast": step("fast")}, split, 4, 1.0, torch.device("cpu"), 0.02)
+    assert all(1.0 <= v < 25.0 for v in ms.values())  # sleep(0.001) takes a millisecond at least, not 50
+    assert all(n > 2 + 1 + 5 * 2 for n in calls.values())  # warm-up, sizing, then five rounds of several steps
 
 
 def test_fastest_is_the_pair_of_fewest_milliseconds_across_precisions_and_counts():

@@ -58,9 +58,11 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     """train.precision, train.threads and train.compile resolved, the threads set: what is `auto` is timed together,
     the fastest step taken (a checkpoint's precision stays; its threads and compiling are timed again, the machine
     may be another)."""
-    steps = steps_to_time(cfg, precisions_to_time(cfg, device, state))
-    # Every process times the same counts: those of the one with the fewest threads.
-    have = int(all_reduce(torch.tensor([torch.get_num_threads()], device=device), "min").item())
+    # Every process times the same steps and counts: those of the one with the fewest threads, and compiled ones
+    # only where every process has a C++ compiler.
+    have, compiler = all_reduce(torch.tensor([torch.get_num_threads(), cxx_compiler() is not None], device=device),
+                                "min").tolist()
+    steps = steps_to_time(cfg, precisions_to_time(cfg, device, state), bool(compiler))
     counts = thread_counts(cfg.train.threads, device, have)
     if len(steps) * len(counts) == 1:
         torch.set_num_threads(counts[0])
@@ -91,11 +93,12 @@ def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
     return min(((p, n) for p in ms for n in ms[p]), key=lambda pair: ms[pair[0]][pair[1]])
 
 
-def steps_to_time(cfg: Config, precisions: tuple[str, ...]) -> tuple[str, ...]:
+def steps_to_time(cfg: Config, precisions: tuple[str, ...], compiler: bool | None = None) -> tuple[str, ...]:
     """The steps to time, by name: each of `precisions`, compiled and not under train.compile=auto (uncompiled only
-    where no C++ compiler could build the compiled one's kernels)."""
+    without a C++ compiler to build the compiled one's kernels: `compiler`, or this machine's when None)."""
     if cfg.train.compile == "auto":
-        compiles = (False, True) if cxx_compiler() else (False,)
+        compiler = cxx_compiler() is not None if compiler is None else compiler
+        compiles = (False, True) if compiler else (False,)
     else:
         compiles = (cfg.train.compile,)
     return tuple(step_name(p, c) for p in precisions for c in compiles)
@@ -152,9 +155,9 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     """Median milliseconds of one step at train.batch_size as each of `steps` (a precision, compiled or not: see
     step_name) on each of `counts` threads (the threads this process has when None) on this process: the run's
     step (make_step's, on a copy of the model and optimizer for each, a compiled one compiled on its threads) on
-    one batch of the training images, timed in TIMED_ROUNDS alternating rounds of about `round_seconds` after two
-    steps of warm-up each. The run's weights, random streams and threads are left as they were. Of a run of several `processes`, the
-    autograd step each would run, without the gradients' averaging (the same in either precision)."""
+    one batch of the training images, timed by compare_steps. The run's weights, random streams and threads are
+    left as they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
+    averaging (the same in either precision)."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
     counts = counts or (torch.get_num_threads(),)
@@ -196,7 +199,8 @@ def compare_steps(steps: dict[K, Step], train: Split, batch_size: int, kl_weight
                   round_seconds: float = ROUND_SECONDS) -> dict[K, float]:
     """Median milliseconds of each of `steps` on one batch of `train`, timed in TIMED_ROUNDS alternating rounds
     of about `round_seconds` (so that a drift of the machine's speed hits all alike) after two steps of
-    warm-up each. Their random numbers come from a generator of their own."""
+    warm-up each (a compiled step compiles in them) and one that sizes the rounds. Their random numbers come from
+    a generator of their own."""
     gen = torch.Generator(device=device).manual_seed(0)
     index = torch.randperm(len(train), generator=gen, device=device)[:batch_size]
     tally = EpochProgress.begin(len(index), gen)  # the steps count into a scratch tally
@@ -209,8 +213,9 @@ def compare_steps(steps: dict[K, Step], train: Split, batch_size: int, kl_weight
         sync(device)
         return (time.perf_counter() - t0) / n
 
-    warm = max(seconds(step, 2) for step in steps.values())
-    n = max(1, round(round_seconds / warm))
+    for step in steps.values():
+        seconds(step, 2)
+    n = max(1, round(round_seconds / max(seconds(step, 1) for step in steps.values())))
     rounds = {name: [] for name in steps}
     for _ in range(TIMED_ROUNDS):
         for name, step in steps.items():

@@ -205,7 +205,8 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
     batches = Batches(splits.train, cfg.data.binarize == "dynamic", cfg.loss.iwae_k, model.noise_dim)
     options = StepOptions(cfg.loss, bf16, cfg.train.grad_clip, model.likelihood)
     if fast_step.fits(cfg, model, world.size, device):
-        return fast_step.FastStep(model, opt, batches, options, cfg.train.batch_size if cfg.train.compile else 0)
+        full = min(cfg.train.batch_size, len(splits.train))  # the rows of a full batch, the one compiled
+        return fast_step.FastStep(model, opt, batches, options, full if cfg.train.compile else 0)
     net = torch.compile(net) if cfg.train.compile else net
     step = EagerStep(net, opt, batches, options, world)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
