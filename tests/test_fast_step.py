@@ -174,6 +174,8 @@ def test_only_the_runs_it_writes_out_take_the_fast_step(change, fast):
     step = make_step(cfg, model, opt, Splits(train_split, None, train_split), World(), torch.device("cpu"),
                      cfg.train.precision == "bf16")
     assert isinstance(step, FastStep if fast else EagerStep)
+    if fast and cfg.train.compile:  # batches of 128 from 4 images hold 4: those rows are compiled, not 128
+        assert step.compile_rows == len(train_split)
 
 
 class Tally:
