@@ -13,7 +13,7 @@ from vae.model.vae import ACTIVATION_MODULES
 
 PACKAGE = REPO / "vae"
 # The stages in the order data flows; a module may import its own stage and those before it.
-STAGES = ("foundation", "data", "model", "run", "evaluate", "train", "sweep", "compare", "api", "commands")
+STAGES = ("foundation", "data", "model", "run", "evaluate", "novelty", "train", "sweep", "compare", "api", "commands")
 FOUNDATION = ("config", "errors", "files", "device", "cli")
 
 

@@ -1,6 +1,8 @@
-"""The machine: the config's device name as a torch.device (or why it cannot be had), and whether it has
-bf16 products."""
+"""The machine: the config's device name as a torch.device (or why it cannot be had), whether it has bf16
+products, and how much memory it has free."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -23,3 +25,19 @@ def native_bf16(device: torch.device) -> bool:
     """Whether `device` has bf16 products in hardware (a CPU with AVX512-BF16 or AMX, a GPU with bf16)."""
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
 
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for this run: the GPU's free memory on CUDA, else the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**63  # unknown (not Linux): no refusal
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

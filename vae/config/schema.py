@@ -119,6 +119,11 @@ class DataConfig:
     val_size: int = key(0, "training images held out as a validation split (a permutation seeded by `data.seed`; "
                         "binarized once, like the test set): measured every epoch (`val_*` columns), it chooses "
                         "`best.pt` and drives early stopping. `0` = no validation split", within=(0, 1_000_000))
+    classes: tuple[int | str, ...] = key((), "train, validate and test on these classes only (indices or names, as "
+                                         "`viz.digit` takes them), e.g. `[0, 1, 3, 4, 5, 6, 7, 8, 9]`, so that the "
+                                         "others are new data to score (`evaluate.py --against heldout`). `[]` = "
+                                         "every class", ok=lambda v: len(set(v)) == len(v),
+                                         rule="must name each class once")
 
     def __post_init__(self):
         check_fields(self, "data")
@@ -310,8 +315,9 @@ class VizConfig:
                      ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
     digit: int | str = key(2, "the class shown in the single-class grid, and where the report's decoder starts: its "
                            "index or its name in `data.dataset` (`Trouser`, `tsu`, a class folder's name; any case), "
-                           "kept as the index; on your own images an index beyond their classes means class 0 (so "
-                           "unlabelled ones, the one class `all`, take any index)", ok=lambda v: isinstance(v, str) or v >= 0,
+                           "kept as the index; one of `data.classes` when those are set; on your own images an index "
+                           "beyond their classes (or outside `data.classes`) means class 0 (the first of "
+                           "`data.classes`), so unlabelled ones, the one class `all`, take any index)", ok=lambda v: isinstance(v, str) or v >= 0,
                            rule="must be a class index >= 0 or a class name", role=SETTING)
 
     def __post_init__(self):
@@ -329,6 +335,40 @@ class EvalConfig:
 
     def __post_init__(self):
         check_fields(self, "eval")
+
+
+SCORES = ("nll", "rate", "complexity", "regret", "kl_to_reference")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    reference: str = key("test", "`evaluate.py --against`: the run's split that new data is measured against (of "
+                         "its `data.classes`; `val` needs `data.val_size`)", choices=("test", "val", "train"),
+                         role=SETTING)
+    scores: tuple[str, ...] = key((), "the per-image scores to compute, of " + ", ".join(f"`{s}`" for s in SCORES)
+                                  + " (docs/scoring.md says what each means); `[]` = every one this model defines",
+                                  ok=lambda v: all(s in SCORES for s in v) and len(set(v)) == len(v),
+                                  rule="must name each of " + ", ".join(SCORES) + " at most once", role=SETTING)
+    iwae_samples: int = key(100, "k of the `nll` score's IWAE bound (a ranking needs fewer than `eval.iwae_samples`' "
+                            "5000)", within=(1, 1_000_000), role=SETTING)
+    samples: int = key(8, "the samples of z per image in the `regret` and `kl_to_reference` scores' Monte Carlo "
+                       "estimates", within=(1, 10_000), role=SETTING)
+    compressor: str = key("png", "`complexity`: the lossless compressor whose code length is the image's complexity "
+                          "(Serrà et al. 2020): `png` (Pillow's, optimized), or Python's `bz2` or `zlib` "
+                          "(at level 9) of the raw pixels", choices=("png", "bz2", "zlib"), role=SETTING)
+    regret_steps: int = key(20, "`regret`: Adam steps that refit each image's q(z|x) to it alone", within=(1, 100_000),
+                            role=SETTING)
+    regret_lr: float = key(0.05, "`regret`: the learning rate of that refit", ok=lambda v: math.isfinite(v) and v > 0,
+                           rule="must be a finite number > 0", role=SETTING)
+    alpha: float = key(0.05, "the two-sample test's level: the data differ when its p-value is below it",
+                       ok=lambda v: 0 < v < 1, rule="must be a number in (0, 1)", role=SETTING)
+    permutations: int = key(1000, "the two-sample test's random permutations (its smallest p-value is "
+                            "1 / (permutations + 1))", within=(10, 1_000_000), role=SETTING)
+    bootstrap: int = key(1000, "bootstrap resamples of the KL between the aggregate posteriors, for its 95% "
+                         "interval", within=(10, 1_000_000), role=SETTING)
+
+    def __post_init__(self):
+        check_fields(self, "score")
 
 
 @dataclass(frozen=True)
@@ -350,6 +390,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     viz: VizConfig = VizConfig()
     eval: EvalConfig = EvalConfig()
+    score: ScoreConfig = ScoreConfig()
     logging: LoggingConfig = LoggingConfig()
     output: OutputConfig = OutputConfig()
 
@@ -358,6 +399,8 @@ class Config:
         _require(not self.train.patience or self.data.val_size > 0, "train.patience", self.train.patience,
                  "needs data.val_size > 0 (a validation split to watch)")
         _require(self.eval.split != "val" or self.data.val_size > 0, "eval.split", self.eval.split,
+                 "needs data.val_size > 0 (the run has no validation split)")
+        _require(self.score.reference != "val" or self.data.val_size > 0, "score.reference", self.score.reference,
                  "needs data.val_size > 0 (the run has no validation split)")
         _require(self.loss.gradient == "standard" or not self.model.latent2_dim, "loss.gradient", self.loss.gradient,
                  "dreg is built for one stochastic layer (set model.latent2_dim=0)")
@@ -371,28 +414,44 @@ class Config:
                  "loss.free_bits", self.loss.free_bits, "needs model.prior=normal and model.posterior=gaussian "
                  "(free bits floor each dimension's KL, which only a factorized prior and posterior define)")
         if self.data.dataset in CLASS_NAMES:  # the classes are known now; a folder's or an array's when read
-            object.__setattr__(self, "viz", dataclasses.replace(self.viz, digit=class_index(
-                self.viz.digit, CLASS_NAMES[self.data.dataset], self.data.dataset)))
+            data, viz = resolve_classes(self.data, self.viz, CLASS_NAMES[self.data.dataset])
+            object.__setattr__(self, "data", data)
+            object.__setattr__(self, "viz", viz)
 
 
 def with_classes(cfg: Config, classes: tuple[str, ...]) -> Config:
-    """cfg with viz.digit the index of one of the `classes` its data was read with."""
-    known = cfg.data.dataset in CLASS_NAMES
-    digit = class_index(cfg.viz.digit, classes, cfg.data.dataset if known else cfg.data.path, strict=known)
-    return dataclasses.replace(cfg, viz=dataclasses.replace(cfg.viz, digit=digit))
+    """cfg with viz.digit and data.classes the indices of `classes`, those its data was read with."""
+    data, viz = resolve_classes(cfg.data, cfg.viz, classes)
+    return dataclasses.replace(cfg, data=data, viz=viz)
 
 
-def class_index(digit: int | str, classes: tuple[str, ...], where: str, strict: bool = True) -> int:
-    """viz.digit as the index of one of `classes` (those of `where`, said in an error): a name matched in any case.
-    Not `strict` (your own images, whose classes the config cannot know), an index beyond them means class 0."""
+def resolve_classes(data: DataConfig, viz: VizConfig, classes: tuple[str, ...]) -> tuple[DataConfig, VizConfig]:
+    """data.classes and viz.digit as indices of `classes`; viz.digit must be one of data.classes."""
+    known = data.dataset in CLASS_NAMES
+    where = data.dataset if known else data.path
+    kept = tuple(class_index(c, classes, where, key="data.classes") for c in data.classes)
+    _require(len(set(kept)) == len(kept), "data.classes", list(data.classes), "must name each class once")
+    digit = class_index(viz.digit, classes, where, strict=known)
+    if kept and digit not in kept:
+        _require(not known, "viz.digit", viz.digit, f"must be one of the classes trained on (data.classes: "
+                 f"{', '.join(classes[c] for c in kept)})")
+        digit = kept[0]  # your own images: as for an index beyond their classes
+    return dataclasses.replace(data, classes=kept), dataclasses.replace(viz, digit=digit)
+
+
+def class_index(digit: int | str, classes: tuple[str, ...], where: str, strict: bool = True,
+                key: str = "viz.digit") -> int:
+    """A class (of `key`) as the index of one of `classes` (those of `where`, said in an error): a name matched in
+    any case. Not `strict` (your own images, whose classes the config cannot know), an index beyond them means
+    class 0."""
     if isinstance(digit, str):
         names = [n.lower() for n in classes]
-        _require(digit.lower() in names, "viz.digit", digit,
+        _require(digit.lower() in names, key, digit,
                  f"must be a class of {where} ({', '.join(classes)}) or its index 0..{len(classes) - 1}")
         return names.index(digit.lower())
     if digit >= len(classes) and not strict:
         return 0
-    _require(digit < len(classes), "viz.digit", digit, f"must be a class index 0..{len(classes) - 1} of {where}")
+    _require(0 <= digit < len(classes), key, digit, f"must be a class index 0..{len(classes) - 1} of {where}")
     return digit
 
 

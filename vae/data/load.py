@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from vae.config.schema import CLASS_NAMES, DataConfig
+from vae.config.schema import CLASS_NAMES, DataConfig, class_index
 from vae.data.images import centre_crop, load_images
 from vae.data.mnist import load_dataset
 from vae.data.split import Split
@@ -42,8 +42,23 @@ def held_out(split: Split, size: int, seed: int, key: str) -> tuple[Split, Split
     return split.subset(order[:size].sort().values), split.subset(order[size:].sort().values)
 
 
+def trained_classes(cfg: DataConfig, classes: tuple[str, ...]) -> tuple[int, ...]:
+    """The indices of data.classes among `classes` (those the data was read with); every index when it is empty."""
+    where = cfg.dataset if cfg.dataset in CLASS_NAMES else cfg.path
+    return tuple(class_index(c, classes, where, key="data.classes") for c in cfg.classes) or tuple(range(len(classes)))
+
+
+def of_classes(split: Split, classes: tuple[int, ...], key: str) -> Split:
+    """The examples of `split` whose label is one of `classes`; `key` is the config key that asked, named when none
+    is left."""
+    kept = split.subset(torch.isin(split.labels, torch.tensor(classes, device=split.labels.device)).nonzero()[:, 0])
+    if not len(kept):
+        raise UserError(f"{key} leaves no images in a split of {len(split)}")
+    return kept
+
+
 def read_splits(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
-    """The dataset's (train, test) splits on `device`, resized when data.image_size asks."""
+    """The dataset's (train, test) splits on `device`, resized when data.image_size asks (every class)."""
     if cfg.dataset in CLASS_NAMES:
         train, test = load_dataset(cfg.root, cfg.download, device, cfg.dataset)
         if cfg.image_size and train.shape[1:] != (cfg.image_size, cfg.image_size):
@@ -57,19 +72,23 @@ def read_splits(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
     return train, test
 
 
-def load_data(cfg: DataConfig, device: torch.device) -> Splits:
+def load_data(cfg: DataConfig, device: torch.device, binarized: bool = True) -> Splits:
     """The splits as the config asks for them.
 
-    data.val_size training images, chosen by a permutation seeded by data.seed, become the
+    Only the images of data.classes, when it names some. data.val_size training images, chosen by a permutation seeded by data.seed, become the
     validation split. binarize=static draws every split once; dynamic draws the test and
     validation splits once and the training images anew each time they are used (in the training
-    loop), so evaluation numbers compare between runs. The draws are seeded by data.seed.
+    loop), so evaluation numbers compare between runs. The draws are seeded by data.seed. Not `binarized`: the
+    splits' intensities, whatever data.binarize says.
     """
     train, test = read_splits(cfg, device)
+    if cfg.classes:
+        keep = trained_classes(cfg, train.classes)
+        train, test = (of_classes(s, keep, f"data.classes={list(cfg.classes)}") for s in (train, test))
     val = None
     if cfg.val_size:
         val, train = held_out(train, cfg.val_size, cfg.seed, f"data.val_size={cfg.val_size}")
-    if cfg.binarize == "none":
+    if cfg.binarize == "none" or not binarized:
         return Splits(train, val, test)
     return Splits(train.binarized(cfg.seed + TRAIN_DRAW) if cfg.binarize == "static" else train,
                   val.binarized(cfg.seed + VAL_DRAW) if val is not None else None, test.binarized(cfg.seed))

@@ -6,12 +6,13 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from vae.config.load import load_config, to_dict
 from vae.config.schema import Config, with_classes
-from vae.data.load import TRAIN_DRAW, load_data
+from vae.data.load import TRAIN_DRAW, Splits, load_data
 from vae.data.split import Split
 from vae.device import resolve_device
 from vae.evaluate.estimators import ACTIVE_THRESHOLD, active_units, activity, iwae_nll, rate_split
@@ -168,8 +169,22 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
     return {**metrics, "seconds": seconds}
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Everything evaluate.py reports for one checkpoint; writes <run>/eval/ and <run>/report.html."""
+class Loaded(NamedTuple):
+    """A checkpoint ready to measure: its file and bytes, its state, the config with the overrides, the data and the
+    model in eval mode on the device."""
+
+    path: Path
+    data: bytes
+    state: dict
+    cfg: Config
+    device: torch.device
+    splits: Splits
+    model: VAE
+
+
+def load_evaluated(path: str | Path, overrides: list[str] = ()) -> Loaded:
+    """The checkpoint at `path` (a run directory means its last.pt) with `overrides` of the keys that may change,
+    its data read as its config says."""
     path = resolve_checkpoint(path)
     data = path.read_bytes()  # once: what is measured is what its id names, even while a run writes on
     state, stored = load_checkpoint(path, data)
@@ -181,16 +196,26 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     cfg = with_classes(cfg, splits.classes)
     model = build_model(cfg.model, splits.shape).to(device)
     load_state(model, evaluated_weights(state), path)
-    model.eval()
+    return Loaded(path, data, state, cfg, device, splits, model.eval())
+
+
+def fixed_split(splits: Splits, cfg: Config, name: str) -> Split:
+    """The split `name` as evaluations measure it: under dynamic binarization, the training images drawn once, as
+    the other splits are."""
+    split = getattr(splits, name)
+    return split.binarized(cfg.data.seed + TRAIN_DRAW) if name == "train" and cfg.data.binarize == "dynamic" else split
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Everything evaluate.py reports for one checkpoint; writes <run>/eval/ and <run>/report.html."""
+    path, data, state, cfg, device, splits, model = load_evaluated(path, overrides)
 
     run_dir = run_dir_of(path) or path.resolve().parent
     rows = rundir.read_metrics(run_dir)  # for the report; read now so a bad file fails before the work
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    split = getattr(splits, cfg.eval.split)
-    if cfg.eval.split == "train" and cfg.data.binarize == "dynamic":
-        split = split.binarized(cfg.data.seed + TRAIN_DRAW)  # one fixed draw, as the other splits have
+    split = fixed_split(splits, cfg, cfg.eval.split)
     metrics = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_id(data), "config": to_dict(cfg),
                "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,

@@ -86,6 +86,22 @@ def iwae_nll(model: VAE, split: Split, k: int, seed: int) -> tuple[torch.Tensor,
     return torch.cat(nll), torch.cat(neg_elbo)
 
 
+class GaussianComponents:
+    """Diagonal Gaussians N(mu_m, diag(exp(logvar_m))), m = 1..M, whose log densities at many points are matrix
+    products: log N(z; mu_m, var_m) = -1/2 [z^2 . p_m - 2 z . (mu_m p_m) + const_m], p = 1/var. float64."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        mu, logvar = mu.double(), logvar.double()
+        self.precision = torch.exp(-logvar)  # (M, L)
+        self.scaled_mu = mu * self.precision
+        self.const = (mu.pow(2) * self.precision + logvar + LOG_2PI).sum(-1)  # (M,)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """z (c, L) -> log N(z_i; mu_m, var_m) of each point and component: (c, M)."""
+        z = z.double()
+        return -0.5 * (z.pow(2) @ self.precision.T - 2 * z @ self.scaled_mu.T + self.const)
+
+
 def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_NORMAL, chunk: int = 256,
                generator: torch.Generator | None = None, progress: bool = False) -> dict[str, float]:
     """ELBO surgery (Hoffman & Johnson 2016): E_x KL(q(z|x)||p(z)) = I(x; z) + KL(q(z)||p(z)), against the
@@ -100,15 +116,11 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_N
     mu, logvar = mu.double(), logvar.double()
     z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device,
                                                    dtype=mu.dtype)
-    precision = torch.exp(-logvar)  # (N, L)
-    # log N(z_i; mu_m, var_m) = -1/2 [z_i^2 . p_m - 2 z_i . (mu_m p_m) + const_m], p = 1/var
-    const = (mu.pow(2) * precision + logvar + LOG_2PI).sum(-1)  # (N,)
     log_qz = torch.empty(N, dtype=torch.float64, device=mu.device)
+    components = GaussianComponents(mu, logvar)
     for start in tqdm(range(0, N, chunk), desc="aggregate posterior", leave=False,
                       disable=None if progress else True):
-        zc = z[start:start + chunk]  # (c, L)
-        log_components = -0.5 * (zc.pow(2) @ precision.T - 2 * zc @ (mu * precision).T + const)  # (c, N)
-        log_qz[start:start + chunk] = torch.logsumexp(log_components, dim=1) - math.log(N)
+        log_qz[start:start + chunk] = torch.logsumexp(components.log_prob(z[start:start + chunk]), dim=1) - math.log(N)
     log_q_cond = log_normal(z, mu, logvar)  # (N,)
     log_pz = prior.double().log_prob(z)
     return {"mutual_information": (log_q_cond - log_qz).mean().item(),

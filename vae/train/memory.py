@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from vae.config.schema import Config
+from vae.device import available_bytes, gib
 from vae.errors import UserError
 from vae.model.priors import LatentPrior
 from vae.model.vae import build_model
@@ -42,23 +42,6 @@ def estimate_bytes(cfg: Config, shape: tuple[int, int, int], images: int) -> dic
             **({"the average of the weights": FLOAT * n_params} if cfg.train.ema_decay else {}),
             "one batch's activations": 2 * FLOAT * sum(outputs) + 3 * FLOAT * k * batch * outputs_per_image,
             "the images": images * pixels}
-
-
-def available_bytes(device: torch.device) -> int:
-    """Memory free for this run: the GPU's free memory on CUDA, else the system's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2**63  # unknown (not Linux): no refusal
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def check_memory(cfg: Config, shape: tuple[int, int, int], images: int, device: torch.device, share: int = 1) -> None:
