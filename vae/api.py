@@ -6,6 +6,8 @@
     probs = model.reconstruct(images)              # the means of p(x|z), in the layout the images came in
     model.shape, model.classes                     # (C, H, W) of the images it was trained on, its label names
     p = model.prior()                              # p(z): N(0, I) or a Gaussian mixture (mog, the VampPrior)
+    model.score(images, reference=ref_images)      # per-image scores in nats: how unusual each image is
+    model.compare(ref_images, new_images)          # how different two datasets are: KL, test, AUROCs
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vae.config.schema import Config
+from vae.data.split import Split
 from vae.device import resolve_device
 from vae.errors import UserError
 from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
@@ -118,6 +121,43 @@ class Model:
             x = levels.round_().div_(LEVELS - 1)
         gen = torch.Generator(device=self.device).manual_seed(self.config.eval.seed if seed is None else seed)
         return torch.cat([iwae_batch(self.module, batch, k, gen)[0] for batch in x.split(IWAE_EXAMPLES)]).float()
+
+    def _split(self, images) -> Split:
+        """Images as a Split of 8-bit images on the device (floats rounded to the nearest of 256 levels)."""
+        x = as_pixels(images, self.device, self.shape)[0]
+        eight_bit = x.mul(LEVELS - 1).round_().to(torch.uint8).view(len(x), *self.shape)
+        return Split(eight_bit, torch.zeros(len(x), dtype=torch.long, device=self.device), self.classes)
+
+    @torch.no_grad()
+    def score(self, images, reference=None, scores: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """How unusual each image is to the model: score name -> (N,) float64 nats on the CPU, higher = more unusual
+        (`nll`, `rate`, `complexity`, `regret`; `kl_to_reference` needs `reference`, images of the data to measure
+        against). `scores` defaults to score.scores, else every score this model defines; the settings are the
+        run's score.* keys and eval.seed, as `evaluate.py --against` uses them. Images are measured as 8-bit."""
+        from vae.evaluate.heldout import encode_split
+        from vae.novelty.scores import chosen_scores, score_split
+        cfg = self.config
+        asked = tuple(scores or cfg.score.scores)
+        if reference is None and "kl_to_reference" in asked:
+            raise UserError("kl_to_reference needs reference images: pass reference=")
+        scores = chosen_scores(self.module, cfg, asked)
+        scores = scores if reference is not None else tuple(s for s in scores if s != "kl_to_reference")
+        split = self._split(images)
+        post = encode_split(self.module, split, cfg.eval.seed)
+        ref_post = encode_split(self.module, self._split(reference), cfg.eval.seed) if reference is not None else None
+        return score_split(self.module, split, post, ref_post, cfg, scores)
+
+    @torch.no_grad()
+    def compare(self, reference, new) -> dict:
+        """How different `new` images are from `reference` images, as evaluate.py --against measures them: "scores"
+        (per score: the means in nats and bits/dim, AUROC, AUPR, FPR at 95% TPR; new images positive), "dataset"
+        ("aggregate_kl": KL(q_new(z) || q_ref(z)) in nats with its 95% interval; "test": the MMD test's p-value and
+        whether the data differ at score.alpha), and the per-image "reference_scores" and "new_scores"."""
+        from vae.novelty.measure import measure
+        from vae.novelty.scores import chosen_scores
+        m = measure(self.module, self._split(reference), self._split(new), self.config,
+                    chosen_scores(self.module, self.config))
+        return {"scores": m.scores, "dataset": m.dataset, "reference_scores": m.ref_scores, "new_scores": m.new_scores}
 
 
 def load(path: str | Path, device: str = "auto") -> Model:

@@ -8,33 +8,17 @@ from pathlib import Path
 
 import torch
 
-from vae.config.schema import Config
 from vae.data.split import Split
 from vae.device import available_bytes, gib
 from vae.errors import UserError
-from vae.evaluate.analyze import BITS_PER_NAT, fixed_split, load_evaluated, targets, timed
-from vae.evaluate.heldout import Posteriors, encode_split
+from vae.evaluate.analyze import fixed_split, load_evaluated, targets, timed
 from vae.files import atomic_write_text, refuse_links
-from vae.model.vae import VAE
-from vae.novelty.datasets import TEST_IMAGES, aggregate_kl, mmd_test
+from vae.novelty.datasets import TEST_IMAGES
+from vae.novelty.measure import measure
 from vae.novelty.output import save_scores
-from vae.novelty.scores import chosen_scores, not_defined, score_split
-from vae.novelty.separation import separation
+from vae.novelty.scores import chosen_scores, not_defined
 from vae.novelty.sources import new_data, source_name
 from vae.run.checkpoint import checkpoint_id, run_dir_of
-
-# What each score is, for metrics.json and the page (vae/novelty/scores.py says how each is computed)
-MEANINGS = {
-    "nll": "-log p(x), the IWAE-k bound: the model's likelihood, which deep generative models are known to rate "
-           "higher on some data they never saw (simple images: few strokes, flat backgrounds)",
-    "rate": "KL(q(z|x) || p(z)), the training objective's own KL: the nats the image's code carries beyond the prior",
-    "complexity": "nll - L(x) ln 2, L(x) the image's code length in bits under a lossless compressor (Serrà et al. "
-                  "2020): the likelihood corrected for how simple the image is",
-    "regret": "-ELBO(x) under the encoder's q(z|x) minus -ELBO(x) under a q(z|x) refit to the image alone (Xiao et "
-              "al. 2020's likelihood regret, refitting the posterior): how badly the encoder fits this image",
-    "kl_to_reference": "KL(q(z|x) || q_ref(z)), q_ref the reference images' aggregate posterior: how far the image's "
-                       "code lies from where the reference data's codes lie",
-}
 
 
 def check_memory(new: int, reference: int, dims: int, permutations: int, device: torch.device) -> None:
@@ -58,29 +42,6 @@ def out_dir(path: Path, name: str, out: str | Path | None) -> Path:
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} is a file, not a folder to write the scores into: pass --out DIR")
     return target
-
-
-def compare_datasets(model: VAE, reference: Posteriors, new: Posteriors, cfg: Config) -> dict:
-    """The dataset-level answer: the KL between the aggregate posteriors (where the posterior is Gaussian), and
-    the two-sample test on the codes."""
-    seed, score = cfg.eval.seed, cfg.score
-    kl = None
-    if model.flow is None and len(new.mu) >= 2:
-        kl = aggregate_kl(new.mu, new.logvar, reference.mu, reference.logvar, seed, score.bootstrap)
-    test = mmd_test(new.mu, reference.mu, score.permutations, seed) if len(new.mu) >= 2 else None
-    if test:
-        test.update(alpha=score.alpha, differ=test["p_value"] < score.alpha)
-    why = ("one new image: a distribution needs more" if len(new.mu) < 2 else
-           "the flow posterior: its density at another image's z needs the flow inverted" if kl is None else None)
-    return {"aggregate_kl": kl, "test": test, **({"not_defined": why} if why else {})}
-
-
-def per_score(name: str, ref: torch.Tensor, new: torch.Tensor, dims: int) -> dict:
-    """A score's meaning, its means on both sides in nats and bits/dim, and how well it separates them."""
-    means = {side: values.mean().item() for side, values in (("reference", ref), ("new", new))}
-    return {"meaning": MEANINGS[name], **{f"{side}_mean": v for side, v in means.items()},
-            **{f"{side}_bits_per_dim": v * BITS_PER_NAT / dims for side, v in means.items()},
-            **separation(ref.numpy(), new.numpy())}
 
 
 def summary(m: dict) -> str:
@@ -114,22 +75,15 @@ def score_against(checkpoint: str | Path, against: str, transform: str | None = 
     if reference is None:  # the config's own checks make this unreachable; kept as one clear line
         raise UserError(f"score.reference={cfg.score.reference}: the run has no such split")
     new = new_data(cfg, against, transform, splits.shape, device)
-    scores = chosen_scores(model, cfg.score)
+    scores = chosen_scores(model, cfg)
     check_memory(len(new), len(reference), new.dims, cfg.score.permutations, device)
     name = source_name(against, transform)
     target = out_dir(path, name, out)
     target.mkdir(parents=True, exist_ok=True)
 
-    t0, seconds, seed = time.perf_counter(), {}, cfg.eval.seed
-    with timed(seconds, "encode"):
-        ref_post, new_post = encode_split(model, reference, seed), encode_split(model, new, seed)
-    with timed(seconds, "reference_scores"):
-        ref_scores = score_split(model, reference, ref_post, ref_post, cfg.score, scores, seed, is_reference=True)
-    with timed(seconds, "new_scores"):
-        new_scores = score_split(model, new, new_post, ref_post, cfg.score, scores, seed)
-    with timed(seconds, "dataset"):
-        dataset = compare_datasets(model, ref_post, new_post, cfg)
-    undefined = {k: v for k, v in not_defined(model).items() if k not in scores}
+    t0 = time.perf_counter()
+    measured = measure(model, reference, new, cfg, scores)
+    undefined = {k: v for k, v in not_defined(model, cfg.data.binarize != "none").items() if k not in scores}
     metrics = {
         "checkpoint": str(path), "checkpoint_sha256": checkpoint_id(data), "epoch": state["epoch"],
         "device": str(device), "unit": "nats per image unless named otherwise; every score: higher = more unusual",
@@ -138,13 +92,13 @@ def score_against(checkpoint: str | Path, against: str, transform: str | None = 
         "protocol": {"targets": targets(cfg), "iwae_samples": cfg.score.iwae_samples, "samples": cfg.score.samples,
                      "compressor": cfg.score.compressor, "regret_steps": cfg.score.regret_steps,
                      "regret_lr": cfg.score.regret_lr, "permutations": cfg.score.permutations,
-                     "bootstrap": cfg.score.bootstrap, "seed": seed},
-        "scores": {s: per_score(s, ref_scores[s], new_scores[s], new.dims) for s in scores},
-        "not_defined": undefined, "dataset": dataset,
+                     "bootstrap": cfg.score.bootstrap, "seed": cfg.eval.seed},
+        "scores": measured.scores, "not_defined": undefined, "dataset": measured.dataset,
     }
     metrics["summary"] = summary(metrics)
+    seconds = measured.seconds
     with timed(seconds, "writing"):
-        save_scores(target, reference, new, ref_post, new_post, ref_scores, new_scores, metrics, model)
+        save_scores(target, reference, new, measured, metrics, model.shape)
     metrics["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 3)}
     metrics["out"] = str(target)
     atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")

@@ -12,7 +12,7 @@ from vae.data.split import Split
 from vae.evaluate.heldout import Posteriors
 from vae.evaluate.plots import plt, save_figure, save_labeled_rows
 from vae.files import atomic_write, atomic_write_text
-from vae.model.vae import VAE
+from vae.novelty.measure import Measured
 from vae.novelty.page import write_page
 from vae.novelty.separation import roc
 
@@ -76,12 +76,12 @@ def save_typical(new: Split, scores: torch.Tensor, name: str, shape: tuple[int, 
     save_labeled_rows(images, ["most unusual", "most typical"], path, f"new images by {name}")
 
 
-def save_scores(out: Path, reference: Split, new: Split, ref_post: Posteriors, new_post: Posteriors,
-                ref_scores: dict, new_scores: dict, metrics: dict, model: VAE) -> None:
+def save_scores(out: Path, reference: Split, new: Split, m: Measured, metrics: dict,
+                shape: tuple[int, int, int]) -> None:
     """Everything but metrics.json."""
-    save_arrays(out, reference, new, ref_post, new_post, ref_scores, new_scores)
-    plot_histograms(ref_scores, new_scores, out / "histograms.png")
-    plot_roc(ref_scores, new_scores, {s: m["auroc"] for s, m in metrics["scores"].items()}, out / "roc.png")
-    best = max(metrics["scores"], key=lambda s: metrics["scores"][s]["auroc"])
-    save_typical(new, new_scores[best], best, model.shape, out / "typical.png")
+    save_arrays(out, reference, new, m.ref_post, m.new_post, m.ref_scores, m.new_scores)
+    plot_histograms(m.ref_scores, m.new_scores, out / "histograms.png")
+    plot_roc(m.ref_scores, m.new_scores, {s: v["auroc"] for s, v in m.scores.items()}, out / "roc.png")
+    best = max(m.scores, key=lambda s: m.scores[s]["auroc"])
+    save_typical(new, m.new_scores[best], best, shape, out / "typical.png")
     write_page(out, metrics, best)

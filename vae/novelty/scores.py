@@ -2,8 +2,9 @@
 
 nll              -log p(x), the IWAE-k bound: what the model's likelihood says
 rate             KL(q(z|x) || p(z)), the training objective's own KL: how far the image's code is from the prior
-complexity       nll - L(x) ln 2 with L(x) a lossless compressor's code length in bits (Serrà et al. 2020): the
-                 likelihood corrected for how simple the image is, which deep likelihoods reward regardless of data
+complexity       nll - L(x) ln 2 with L(x) a lossless compressor's code length in bits of the image as the likelihood
+                 sees it, binary or 8-bit pixels (Serrà et al. 2020): the likelihood corrected for how simple the
+                 image is, which deep likelihoods reward regardless of data; defined where the NLL is a code length
 regret           -ELBO(x) - min over q of -ELBO(x; q): what refitting q(z|x) to the image alone gains over the
                  encoder's posterior (the likelihood regret of Xiao et al. 2020, with the posterior refit in place of
                  the encoder): an encoder fits the data it was trained on, not other data
@@ -23,11 +24,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from vae.config.schema import SCORES, ScoreConfig
+from vae.config.schema import SCORES, Config
 from vae.data.split import Split
 from vae.errors import UserError
 from vae.evaluate.estimators import GaussianComponents, iwae_nll
-from vae.evaluate.heldout import Posteriors, encode_split
+from vae.evaluate.heldout import Posteriors
 from vae.model.distributions import log_normal
 from vae.model.vae import VAE
 
@@ -35,23 +36,33 @@ REGRET_BATCH = 500  # images refit at once
 COMPONENT_CHUNK = 256  # rows of z against every reference posterior at once
 
 
-def _png(image: np.ndarray) -> bytes:
+def _png(image: np.ndarray, binary: bool) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    picture = Image.fromarray(image)
+    (picture.convert("1") if binary else picture).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-# score.compressor -> one image (H, W) or (H, W, 3) uint8 -> its compressed bytes
-COMPRESSORS: dict[str, Callable[[np.ndarray], bytes]] = {
+def _packed(image: np.ndarray, binary: bool) -> bytes:
+    """The pixels as the likelihood sees them: a bit each for binary images, else a byte."""
+    return np.packbits(image > 127).tobytes() if binary else image.tobytes()
+
+
+# score.compressor -> (one image (H, W) or (H, W, 3) uint8, whether its pixels are binary) -> its compressed bytes
+COMPRESSORS: dict[str, Callable[[np.ndarray, bool], bytes]] = {
     "png": _png,
-    "bz2": lambda image: bz2.compress(image.tobytes(), 9),
-    "zlib": lambda image: zlib.compress(image.tobytes(), 9),
+    "bz2": lambda image, binary: bz2.compress(_packed(image, binary), 9),
+    "zlib": lambda image, binary: zlib.compress(_packed(image, binary), 9),
 }
 
 
-def not_defined(model: VAE) -> dict[str, str]:
-    """The scores this model does not define, each with why."""
+def not_defined(model: VAE, binarized: bool) -> dict[str, str]:
+    """The scores this model does not define, each with why (`binarized`: whether its data are binary pixels)."""
     why = {}
+    if not binarized and not model.likelihood.evaluation.eight_bit:
+        why["complexity"] = ("a Bernoulli likelihood of grey levels: its NLL is a cross-entropy of intensities, not a "
+                             "code length of the images that a compressor's code length could be taken from "
+                             "(binarize the data, or model 8-bit pixels with model.likelihood=logistic)")
     if model.flow is not None:
         why["regret"] = why["kl_to_reference"] = ("the flow posterior: its density at another image's z needs the "
                                                   "flow inverted dimension by dimension")
@@ -60,57 +71,63 @@ def not_defined(model: VAE) -> dict[str, str]:
     return why
 
 
-def chosen_scores(model: VAE, cfg: ScoreConfig) -> tuple[str, ...]:
-    """score.scores, or every score the model defines when it is empty; a named score it does not define is
-    refused."""
-    undefined = not_defined(model)
-    asked = [s for s in cfg.scores if s in undefined]
-    if asked:
-        raise UserError(f"score.scores names {asked[0]}, which this model does not define ({undefined[asked[0]]}): "
+def chosen_scores(model: VAE, cfg: Config, asked: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`asked`, else score.scores, else every score the model defines; a named score it does not define is refused."""
+    asked = asked or cfg.score.scores
+    undefined = not_defined(model, cfg.data.binarize != "none")
+    bad = [s for s in asked if s in undefined]
+    if bad:
+        raise UserError(f"score.scores names {bad[0]}, which this model does not define ({undefined[bad[0]]}): "
                         f"leave it out")
-    return cfg.scores or tuple(s for s in SCORES if s not in undefined)
+    unknown = [s for s in asked if s not in SCORES]
+    if unknown:
+        raise UserError(f"no score {unknown[0]}: the scores are {', '.join(SCORES)}")
+    return asked or tuple(s for s in SCORES if s not in undefined)
 
 
-def compressed_bits(images: torch.Tensor, compressor: str) -> torch.Tensor:
-    """Code lengths in bits of uint8 images (N, C, H, W), each compressed alone: (N,) float64."""
+def compressed_bits(images: torch.Tensor, compressor: str, binary: bool = False) -> torch.Tensor:
+    """Code lengths in bits of uint8 images (N, C, H, W), each compressed alone (`binary`: of its pixels as bits,
+    0 or 255 each): (N,) float64."""
     pixels = images.cpu().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
     pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
     compress = COMPRESSORS[compressor]
-    return torch.tensor([8.0 * len(compress(np.ascontiguousarray(p))) for p in pixels], dtype=torch.float64)
+    return torch.tensor([8.0 * len(compress(np.ascontiguousarray(p), binary)) for p in pixels], dtype=torch.float64)
+
+
+def refit_gain(model: VAE, prior, x: torch.Tensor, eps: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """How much lower -ELBO(x) gets (B,) when q(z|x)'s mean and log-variance, from the encoder's, are refit to each
+    image of x (B, D) by Adam, at the fixed noise eps (S, B, L): the best of the steps' values (so >= 0)."""
+    likelihood = model.likelihood.evaluation
+
+    def negative_elbo(mu, logvar):  # (B,), averaged over the fixed noise
+        z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
+        return -(likelihood.log_prob(model.decode(z), x) + prior.log_prob(z) - log_normal(z, mu, logvar)).mean(0)
+
+    with torch.no_grad():
+        mu, logvar = (t.float().clone().requires_grad_() for t in model.encode(x))
+    adam = torch.optim.Adam([mu, logvar], lr=lr)
+    losses = []  # each (B,): at the encoder's q, then after each step
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = negative_elbo(mu, logvar)
+            losses.append(loss.detach())
+            mu.grad, logvar.grad = torch.autograd.grad(loss.sum(), [mu, logvar])
+            adam.step()
+        losses.append(negative_elbo(mu, logvar).detach())
+    return losses[0] - torch.stack(losses).min(0).values
 
 
 def regret(model: VAE, split: Split, steps: int, lr: float, samples: int, seed: int) -> torch.Tensor:
-    """-ELBO under the encoder's q(z|x) minus the least -ELBO of a q(z|x) refit to each image by Adam (its mean and
-    log-variance, from the encoder's), both at the same `samples` draws of the noise: (N,) float64 nats, >= 0."""
+    """refit_gain of every image in `split`, each at its own `samples` draws of the noise: (N,) float64 nats."""
     device = split.images.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    likelihood = model.likelihood.evaluation
     with torch.no_grad():
         prior = model.prior_distribution()
     out = []
     for idx in tqdm(torch.arange(len(split), device=device).split(REGRET_BATCH), desc="regret", leave=False,
                     disable=None):
-        x = split.pixels(idx)
-        with torch.no_grad():
-            mu0, logvar0 = (t.float() for t in model.encode(x))
-        eps = torch.randn((samples, *mu0.shape), generator=gen, device=device)
-
-        def negative_elbo(mu, logvar):  # (B,), averaged over the fixed noise
-            z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
-            log_w = likelihood.log_prob(model.decode(z), x) + prior.log_prob(z) - log_normal(z, mu, logvar)
-            return -log_w.mean(0)
-
-        mu, logvar = mu0.clone().requires_grad_(), logvar0.clone().requires_grad_()
-        adam = torch.optim.Adam([mu, logvar], lr=lr)
-        with torch.enable_grad():
-            losses = []  # each (B,): at the encoder's q, then after each step
-            for _ in range(steps):
-                loss = negative_elbo(mu, logvar)
-                losses.append(loss.detach())
-                mu.grad, logvar.grad = torch.autograd.grad(loss.sum(), [mu, logvar])
-                adam.step()
-            losses.append(negative_elbo(mu, logvar).detach())
-        out.append((losses[0] - torch.stack(losses).min(0).values).double())
+        eps = torch.randn((samples, len(idx), model.latent_dim), generator=gen, device=device)
+        out.append(refit_gain(model, prior, split.pixels(idx), eps, steps, lr).double())
     return torch.cat(out)
 
 
@@ -137,17 +154,19 @@ def kl_to_reference(post: Posteriors, reference: Posteriors, samples: int, seed:
     return out
 
 
-def score_split(model: VAE, split: Split, post: Posteriors, reference: Posteriors, cfg: ScoreConfig,
-                scores: tuple[str, ...], seed: int, is_reference: bool = False) -> dict[str, torch.Tensor]:
-    """The `scores` of every image in `split` (whose encoding is `post`), each (N,) float64 nats on the CPU."""
-    out = {}
+def score_split(model: VAE, split: Split, post: Posteriors, reference: Posteriors | None, config: Config,
+                scores: tuple[str, ...], is_reference: bool = False) -> dict[str, torch.Tensor]:
+    """The `scores` of every image in `split` (whose encoding is `post`, `reference` the reference images'), each
+    (N,) float64 nats on the CPU; `is_reference`: the images are the reference's own. The noise is seeded by
+    eval.seed."""
+    cfg, seed, binarized, out = config.score, config.eval.seed, config.data.binarize != "none", {}
     if "nll" in scores or "complexity" in scores:
         nll = iwae_nll(model, split, cfg.iwae_samples, seed)[0].double()
         out["nll"] = nll
     if "rate" in scores:
         out["rate"] = post.kl.double()
     if "complexity" in scores:
-        out["complexity"] = nll.cpu() - compressed_bits(split.images, cfg.compressor) * math.log(2)
+        out["complexity"] = nll.cpu() - compressed_bits(split.images, cfg.compressor, binarized) * math.log(2)
     if "regret" in scores:
         out["regret"] = regret(model, split, cfg.regret_steps, cfg.regret_lr, cfg.samples, seed)
     if "kl_to_reference" in scores:
