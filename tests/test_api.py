@@ -112,7 +112,8 @@ def readme_block(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
 
 
-@pytest.mark.parametrize("heading", ["### Python API", "### Latents for your own analysis"])
+@pytest.mark.parametrize("heading", ["### Python API", "### Latents for your own analysis",
+                                     "### Scoring new images from Python"])
 def test_the_readme_examples_run_as_written(run, tmp_path, heading):
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "mnist").symlink_to(run)  # the README's run directory

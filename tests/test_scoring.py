@@ -183,3 +183,21 @@ def test_the_api_scores_images_and_compares_two_datasets(nine):
     result = model.compare(reference, new)
     assert set(result["scores"]) == set(SCORES) and result["new_scores"]["nll"].shape == (30,)
     assert result["dataset"]["test"]["p_value"] < 0.05  # inverted images differ
+
+
+def test_a_link_where_the_scores_go_and_too_little_memory_are_refused_before_any_work(nine, tmp_path, monkeypatch,
+                                                                                      capsys):
+    import vae.novelty.against
+    (tmp_path / "elsewhere").mkdir()
+    link = nine / "scores" / "test-noise"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(tmp_path / "elsewhere")
+    try:
+        assert_one_clear_line(*cli("evaluate", ["--checkpoint", nine, "--against", "test", "--transform", "noise"],
+                                   monkeypatch, capsys), "is a symbolic link")
+    finally:
+        link.unlink()
+    monkeypatch.setattr(vae.novelty.against, "available_bytes", lambda device: 2**20)
+    assert_one_clear_line(*cli("evaluate", ["--checkpoint", nine, "--against", "test", "--transform", "noise"],
+                               monkeypatch, capsys), "scoring needs about")
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and not (nine / "scores" / "test-noise").exists()
