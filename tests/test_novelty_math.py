@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
+from vae.evaluate.estimators import GaussianComponents
 from vae.evaluate.heldout import Posteriors
 from vae.novelty.datasets import _log_mixture, aggregate_kl, aggregate_kl_terms, mmd_test
 from vae.novelty.scores import compressed_bits, kl_to_reference, refit_gain
 from vae.novelty.separation import separation
-from vae.evaluate.estimators import GaussianComponents
 
 
 def posteriors(mu: torch.Tensor, logvar: torch.Tensor) -> Posteriors:
@@ -158,8 +158,9 @@ def test_refitting_a_posterior_the_encoder_got_wrong_gains_more_than_refitting_a
 
 @pytest.fixture
 def tiny_model_and_images(evaluated):
-    from vae import load
     from conftest import digit_split
+
+    from vae import load
     model = load(evaluated[4][0], device="cpu").module
     split = digit_split(50, seed=5)
     return model, split.pixels(torch.arange(50))

@@ -317,7 +317,8 @@ class VizConfig:
                            "index or its name in `data.dataset` (`Trouser`, `tsu`, a class folder's name; any case), "
                            "kept as the index; one of `data.classes` when those are set; on your own images an index "
                            "beyond their classes (or outside `data.classes`) means class 0 (the first of "
-                           "`data.classes`), so unlabelled ones, the one class `all`, take any index)", ok=lambda v: isinstance(v, str) or v >= 0,
+                           "`data.classes`), so unlabelled ones, the one class `all`, take any index)",
+                           ok=lambda v: isinstance(v, str) or v >= 0,
                            rule="must be a class index >= 0 or a class name", role=SETTING)
 
     def __post_init__(self):

@@ -75,11 +75,11 @@ def read_splits(cfg: DataConfig, device: torch.device) -> tuple[Split, Split]:
 def load_data(cfg: DataConfig, device: torch.device, binarized: bool = True) -> Splits:
     """The splits as the config asks for them.
 
-    Only the images of data.classes, when it names some. data.val_size training images, chosen by a permutation seeded by data.seed, become the
-    validation split. binarize=static draws every split once; dynamic draws the test and
-    validation splits once and the training images anew each time they are used (in the training
-    loop), so evaluation numbers compare between runs. The draws are seeded by data.seed. Not `binarized`: the
-    splits' intensities, whatever data.binarize says.
+    Only the images of data.classes, when it names some. data.val_size training images, chosen by a permutation
+    seeded by data.seed, become the validation split. binarize=static draws every split once; dynamic draws the
+    test and validation splits once and the training images anew each time they are used (in the training loop),
+    so evaluation numbers compare between runs. The draws are seeded by data.seed. Not `binarized`: the splits'
+    intensities, whatever data.binarize says.
     """
     train, test = read_splits(cfg, device)
     if cfg.classes:

@@ -8,24 +8,26 @@ from pathlib import Path
 
 import torch
 
+from vae.config.schema import Config
 from vae.data.split import Split
 from vae.device import available_bytes, gib
 from vae.errors import UserError
 from vae.evaluate.analyze import fixed_split, load_evaluated, targets, timed
 from vae.files import atomic_write_text, refuse_links
-from vae.novelty.datasets import TEST_IMAGES
+from vae.novelty.datasets import CHUNK, TEST_IMAGES
 from vae.novelty.measure import measure
 from vae.novelty.output import save_scores
-from vae.novelty.scores import chosen_scores, not_defined
+from vae.novelty.scores import COMPONENT_CHUNK, chosen_scores, not_defined
 from vae.novelty.sources import new_data, source_name
 from vae.run.checkpoint import checkpoint_id, run_dir_of
 
 
-def check_memory(new: int, reference: int, dims: int, permutations: int, device: torch.device) -> None:
-    """Refuse scoring whose images and the test's kernel and permutations would not fit in the free memory."""
+def check_memory(new: int, reference: int, dims: int, cfg: Config, device: torch.device) -> None:
+    """Refuse scoring whose images, KL estimates and test would not fit in the free memory."""
     pooled = min(new, TEST_IMAGES) + min(reference, TEST_IMAGES)
     parts = {"the images": 5 * (new + reference) * dims,  # uint8, and a float batch of them
-             "the test's kernel and permutations": 8 * pooled * (3 * pooled + 2 * permutations)}
+             "the KLs' blocks of log-densities": 8 * 2 * max(cfg.score.samples * COMPONENT_CHUNK, CHUNK) * reference,
+             "the test's kernel and permutations": 8 * pooled * (3 * pooled + 2 * cfg.score.permutations)}
     needed = sum(parts.values())
     if needed > available_bytes(device):
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())
@@ -71,12 +73,13 @@ def score_against(checkpoint: str | Path, against: str, transform: str | None = 
     if against == cfg.score.reference and not transform:
         raise UserError(f"--against {against} is the reference itself (score.reference={cfg.score.reference}): "
                         f"set score.reference to another split, or pass --transform")
-    reference = fixed_split(splits, cfg, cfg.score.reference)
-    if reference is None:  # the config's own checks make this unreachable; kept as one clear line
-        raise UserError(f"score.reference={cfg.score.reference}: the run has no such split")
+    reference = fixed_split(splits, cfg, cfg.score.reference)  # the config's checks make sure the run has it
+    if len(reference) < 2:
+        raise UserError(f"score.reference={cfg.score.reference} holds {len(reference)} image: scoring needs at least "
+                        f"2 reference images (another split, or a larger data.test_fraction)")
     new = new_data(cfg, against, transform, splits.shape, device)
     scores = chosen_scores(model, cfg)
-    check_memory(len(new), len(reference), new.dims, cfg.score.permutations, device)
+    check_memory(len(new), len(reference), new.dims, cfg, device)
     name = source_name(against, transform)
     target = out_dir(path, name, out)
     target.mkdir(parents=True, exist_ok=True)

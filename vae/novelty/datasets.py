@@ -18,7 +18,8 @@ CHUNK = 512  # rows of z against a group of components at once
 TEST_IMAGES = 2000  # the test's kernel covers at most this many images of each side (a random subset, seeded)
 
 
-def _log_mixture(z: torch.Tensor, components: GaussianComponents, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+def _log_mixture(z: torch.Tensor, components: GaussianComponents,
+                 leave_out: torch.Tensor | None = None) -> torch.Tensor:
     """log (1/M) sum_m N(z_i; mu_m, var_m) of each row of z (N, L): (N,); `leave_out[i]` is a component that
     row i leaves out of its mixture (its own posterior)."""
     out = []
