@@ -10,12 +10,12 @@ from vae.files import atomic_write_text
 
 def score_table(metrics: dict) -> str:
     """Each score: its means on both sides, how well it separates them, what it means."""
-    rows = [[name, f"{m['reference_mean']:.3f} ({m['reference_bits_per_dim']:.4f})",
+    rows = [[name, m["meaning"], f"{m['reference_mean']:.3f} ({m['reference_bits_per_dim']:.4f})",
              f"{m['new_mean']:.3f} ({m['new_bits_per_dim']:.4f})", f"{m['auroc']:.3f}", f"{m['aupr']:.3f}",
-             f"{m['fpr_at_95_tpr']:.3f}", m["meaning"]] for name, m in metrics["scores"].items()]
-    best = max(range(len(rows)), key=lambda i: float(rows[i][3]))
-    return table(["score", "reference mean, nats (bits/dim)", "new mean, nats (bits/dim)", "AUROC", "AUPR",
-                  "FPR at 95% TPR", "what it is"], rows, marked=best, numbers_from=1)
+             f"{m['fpr_at_95_tpr']:.3f}"] for name, m in metrics["scores"].items()]
+    best = max(range(len(rows)), key=lambda i: float(rows[i][4]))
+    return table(["score", "what it is", "reference mean, nats (bits/dim)", "new mean, nats (bits/dim)", "AUROC",
+                  "AUPR", "FPR at 95% TPR"], rows, marked=best, numbers_from=2)
 
 
 def dataset_section(metrics: dict) -> str:
@@ -56,4 +56,4 @@ def write_page(out: Path, metrics: dict, best: str) -> None:
         "the new images as more usual than the reference. Per-image numbers: scores.csv and scores.npz beside "
         "this page.</p>",
     ])
-    atomic_write_text(out / "scores.html", page(f"How different is {new['name']}?", body))
+    atomic_write_text(out / "scores.html", page(f"How different are the new images ({new['name']})?", body))
