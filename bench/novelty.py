@@ -32,14 +32,14 @@ from vae.evaluate.analyze import fixed_split, load_evaluated
 from vae.evaluate.heldout import encode_split
 from vae.files import atomic_write_text
 from vae.novelty.datasets import mmd_test
-from vae.novelty.scores import compressed_bits, score_split
+from vae.novelty.scores import Reference, compressed_bits, score_split
 from vae.novelty.separation import separation
 from vae.novelty.sources import new_data
 from vae.run.layout import last_pt
 from vae.train.loop import train
 
 CONFIG = "mnist_cpu_hour"
-SCORES = ("nll", "rate", "complexity", "regret", "kl_to_reference")
+SCORES = ("nll", "rate", "complexity", "typicality", "regret", "kl_to_reference")
 COMPRESSORS = ("png", "bz2", "zlib")
 TRANSFORMS = ("hflip", "vflip", "rot90", "invert", "noise", "constant")
 SIZES = (2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)  # the draws' sizes n of the power curve
@@ -64,14 +64,15 @@ def subset(split: Split, n: int, seed: int) -> Split:
     return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n])
 
 
-def scored(loaded, split: Split, reference_post, is_reference: bool) -> tuple[dict, object]:
-    """Every score of `split` (with the complexity of each compressor) and its encoding."""
+def scored(loaded, split: Split, reference: Reference | None) -> tuple[dict, Reference]:
+    """Every score of `split` (with the complexity of each compressor; against `reference`, else as the reference's
+    own images), and what new images' scores need of it as a reference."""
     post = encode_split(loaded.model, split, loaded.cfg.eval.seed)
-    scores = score_split(loaded.model, split, post, reference_post or post, loaded.cfg, SCORES,
-                         is_reference)
+    scores = score_split(loaded.model, split, post, reference or Reference(post), loaded.cfg, SCORES,
+                         is_reference=reference is None)
     bits = {c: compressed_bits(split.images, c, binary=True) for c in COMPRESSORS}
     scores.update({f"complexity_{c}": scores["nll"] - b * math.log(2) for c, b in bits.items()})
-    return scores, post
+    return scores, Reference(post, scores["nll"].mean().item())
 
 
 def aurocs(ref: dict, new: dict) -> dict:
@@ -91,12 +92,12 @@ def leave_one_out(data: str, out: Path, minutes: float, digit: int) -> dict:
         ref = fixed_split(loaded.splits, cfg, reference)
         new = new_data(cfg, "heldout", None, ref.shape, loaded.device)
         new = subset(new, 1000, cfg.eval.seed) if reference == "val" else new
-        ref_scores, ref_post = scored(loaded, ref, None, True)
-        new_scores, new_post = scored(loaded, new, ref_post, False)
+        ref_scores, as_reference = scored(loaded, ref, None)
+        new_scores, new_side = scored(loaded, new, as_reference)
         result[reference] = aurocs(ref_scores, new_scores)
         result[f"{reference}_images"] = [len(ref), len(new)]
         if reference == "test":
-            result["power"] = power(ref_post.mu, new_post.mu, cfg.eval.seed)
+            result["power"] = power(as_reference.post.mu, new_side.post.mu, cfg.eval.seed)
         result["epochs"] = loaded.state["epoch"]
     atomic_write_text(saved, json.dumps(result, indent=1))
     return result
@@ -125,15 +126,15 @@ def all_digits(data: str, out: Path, minutes: float) -> dict:
     loaded = load_evaluated(trained(data, out / "all", minutes, None), ["train.device=cpu"])
     cfg = loaded.cfg
     test = fixed_split(loaded.splits, cfg, "test")
-    ref_scores, ref_post = scored(loaded, test, None, True)
+    ref_scores, as_reference = scored(loaded, test, None)
     result = {"epochs": loaded.state["epoch"], "transforms": {}}
     for transform in TRANSFORMS:
         new = subset(new_data(cfg, "test", transform, test.shape, loaded.device), 2000, cfg.eval.seed)
-        result["transforms"][transform] = aurocs(ref_scores, scored(loaded, new, ref_post, False)[0])
+        result["transforms"][transform] = aurocs(ref_scores, scored(loaded, new, as_reference)[0])
     # two random halves: the test file's own halves differ (its first 5,000 images come from other writers than the
     # last 5,000), which this test detects
     gen = torch.Generator().manual_seed(cfg.eval.seed)
-    first, second = ref_post.mu[torch.randperm(len(test), generator=gen)].tensor_split(2)
+    first, second = as_reference.post.mu[torch.randperm(len(test), generator=gen)].tensor_split(2)
     ref = first[:TEST_REFERENCE]
     p = [mmd_test(second[torch.randperm(len(second), generator=gen)[:100]], ref, PERMUTATIONS, i)["p_value"]
          for i in range(NULL_DRAWS)]

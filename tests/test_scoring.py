@@ -19,7 +19,7 @@ from vae.train.loop import train
 
 FAST = ["score.iwae_samples=8", "score.regret_steps=3", "score.samples=2", "score.permutations=50",
         "score.bootstrap=50"]
-SCORES = ["nll", "rate", "complexity", "regret", "kl_to_reference"]
+SCORES = ["nll", "rate", "complexity", "typicality", "regret", "kl_to_reference"]
 
 
 def run_cfg(root, out, digit=2, **data) -> Config:
@@ -87,7 +87,7 @@ def test_the_cli_prints_the_sentence_and_each_scores_auroc(nine, monkeypatch, ca
     metrics = json.loads((tmp_path / "inv" / "metrics.json").read_text())
     assert metrics["new"]["name"] == "test-invert" and metrics["reference"]["split"] == "val"
     assert lines[0] == metrics["summary"] and lines[-1].startswith("wrote inv/scores.html")
-    for name, line in zip(SCORES, lines[1:6]):
+    for name, line in zip(SCORES, lines[1:7]):
         assert line.split()[0] == name and f"AUROC {metrics['scores'][name]['auroc']:.3f}" in line
         assert metrics["scores"][name]["auroc"] > 0.9  # the sign: inverted digits score higher on every score
 
@@ -165,8 +165,8 @@ def test_a_score_the_model_does_not_define_is_refused_and_otherwise_left_out(mni
                                             "score.scores=[nll,regret]"], monkeypatch, capsys),
                           "score.scores names regret, which this model does not define (the flow posterior")
     m = score_against(run, "test", "hflip", FAST)
-    assert list(m["scores"]) == ["nll", "rate", "complexity"] and set(m["not_defined"]) == {"regret",
-                                                                                            "kl_to_reference"}
+    assert list(m["scores"]) == ["nll", "rate", "complexity", "typicality"]
+    assert set(m["not_defined"]) == {"regret", "kl_to_reference"}
     assert m["dataset"]["aggregate_kl"] is None and m["dataset"]["test"] is not None
 
 
@@ -177,9 +177,11 @@ def test_the_api_scores_images_and_compares_two_datasets(nine):
     reference, new = splits.test.images, 255 - splits.test.images[:30]
     scores = model.score(new[:5], reference=reference)
     assert list(scores) == SCORES and all(s.shape == (5,) and s.dtype == torch.float64 for s in scores.values())
-    assert list(model.score(new[:5])) == SCORES[:4]  # kl_to_reference needs a reference
-    with pytest.raises(UserError, match="kl_to_reference needs reference images"):
-        model.score(new[:5], scores=("kl_to_reference",))
+    assert list(model.score(new[:5])) == ["nll", "rate", "complexity", "regret"]  # the others need a reference
+    with pytest.raises(UserError, match="typicality and kl_to_reference need reference images"):
+        model.score(new[:5], scores=("typicality", "kl_to_reference"))
+    reference_nll = model.score(reference, scores=("nll",))["nll"]
+    assert torch.allclose(scores["typicality"], (scores["nll"] - reference_nll.mean()).abs())
     same = model.score(new[:5], reference=reference, scores=("nll",))["nll"]
     assert torch.allclose(same, scores["nll"])  # seeded by eval.seed: the same numbers each call
     result = model.compare(reference, new)

@@ -131,21 +131,26 @@ class Model:
     @torch.no_grad()
     def score(self, images, reference=None, scores: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """How unusual each image is to the model: score name -> (N,) float64 nats on the CPU, higher = more unusual
-        (`nll`, `rate`, `complexity`, `regret`; `kl_to_reference` needs `reference`, images of the data to measure
-        against). `scores` defaults to score.scores, else every score this model defines; the settings are the
-        run's score.* keys and eval.seed, as `evaluate.py --against` uses them. Images are measured as 8-bit."""
+        (`nll`, `rate`, `complexity`, `regret`; `typicality` and `kl_to_reference` need `reference`, images of the
+        data to measure against). `scores` defaults to score.scores, else every score this model defines; the
+        settings are the run's score.* keys and eval.seed, as `evaluate.py --against` uses them. Images are
+        measured as 8-bit."""
         from vae.evaluate.heldout import encode_split
-        from vae.novelty.scores import chosen_scores, score_split
-        cfg = self.config
+        from vae.novelty.scores import Reference, chosen_scores, score_split
+        cfg, needs = self.config, ("typicality", "kl_to_reference")
         asked = tuple(scores or cfg.score.scores)
-        if reference is None and "kl_to_reference" in asked:
-            raise UserError("kl_to_reference needs reference images: pass reference=")
+        if reference is None and set(needs) & set(asked):
+            raise UserError(f"{' and '.join(s for s in needs if s in asked)} need reference images: pass reference=")
         scores = chosen_scores(self.module, cfg, asked)
-        scores = scores if reference is not None else tuple(s for s in scores if s != "kl_to_reference")
         split = self._split(images)
         post = encode_split(self.module, split, cfg.eval.seed)
-        ref_post = encode_split(self.module, self._split(reference), cfg.eval.seed) if reference is not None else None
-        return score_split(self.module, split, post, ref_post, cfg, scores)
+        if reference is None:
+            return score_split(self.module, split, post, None, cfg, tuple(s for s in scores if s not in needs))
+        ref = self._split(reference)
+        ref_post = encode_split(self.module, ref, cfg.eval.seed)
+        nll_mean = score_split(self.module, ref, ref_post, None, cfg, ("nll",))["nll"].mean().item() \
+            if "typicality" in scores else None
+        return score_split(self.module, split, post, Reference(ref_post, nll_mean), cfg, scores)
 
     @torch.no_grad()
     def compare(self, reference, new) -> dict:

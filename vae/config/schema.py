@@ -338,7 +338,7 @@ class EvalConfig:
         check_fields(self, "eval")
 
 
-SCORES = ("nll", "rate", "complexity", "regret", "kl_to_reference")
+SCORES = ("nll", "rate", "complexity", "typicality", "regret", "kl_to_reference")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from vae.evaluate.analyze import BITS_PER_NAT, timed
 from vae.evaluate.heldout import Posteriors, encode_split
 from vae.model.vae import VAE
 from vae.novelty.datasets import aggregate_kl, mmd_test
-from vae.novelty.scores import score_split
+from vae.novelty.scores import Reference, score_split
 from vae.novelty.separation import separation
 
 # What each score is, for metrics.json and the page (vae/novelty/scores.py says how each is computed)
@@ -24,6 +24,8 @@ MEANINGS = {
                   "2020): the likelihood corrected for how simple the image is",
     "regret": "-ELBO(x) under the encoder's q(z|x) minus -ELBO(x) under a q(z|x) refit to the image alone (Xiao et "
               "al. 2020's likelihood regret, refitting the posterior): how badly the encoder fits this image",
+    "typicality": "|nll - the reference images' mean nll| (Nalisnick et al. 2019's typicality test of one image): "
+                  "an image can be too likely to be typical of the data, as well as too unlikely",
     "kl_to_reference": "KL(q(z|x) || q_ref(z)), q_ref the reference images' aggregate posterior: how far the image's "
                        "code lies from where the reference data's codes lie",
 }
@@ -70,9 +72,12 @@ def measure(model: VAE, reference: Split, new: Split, cfg: Config, scores: tuple
     with timed(seconds, "encode"):
         ref_post, new_post = encode_split(model, reference, seed), encode_split(model, new, seed)
     with timed(seconds, "reference_scores"):
-        ref_scores = score_split(model, reference, ref_post, ref_post, cfg, scores, is_reference=True)
+        with_nll = scores if "nll" in scores else ("nll", *scores)  # its mean: where typicality is measured from
+        ref_scores = score_split(model, reference, ref_post, Reference(ref_post), cfg, with_nll, is_reference=True)
+        nll_mean = ref_scores["nll"].mean().item()
+        ref_scores = {s: ref_scores[s] for s in scores}
     with timed(seconds, "new_scores"):
-        new_scores = score_split(model, new, new_post, ref_post, cfg, scores)
+        new_scores = score_split(model, new, new_post, Reference(ref_post, nll_mean), cfg, scores)
     with timed(seconds, "dataset"):
         dataset = compare_datasets(model, ref_post, new_post, cfg)
     summaries = {s: per_score(s, ref_scores[s], new_scores[s], new.dims) for s in scores}

@@ -8,6 +8,8 @@ complexity       nll - L(x) ln 2 with L(x) a lossless compressor's code length i
 regret           -ELBO(x) - min over q of -ELBO(x; q): what refitting q(z|x) to the image alone gains over the
                  encoder's posterior (the likelihood regret of Xiao et al. 2020, with the posterior refit in place of
                  the encoder): an encoder fits the data it was trained on, not other data
+typicality       |nll - the reference images' mean nll| (Nalisnick et al. 2019's typicality, of one image): an image
+                 can be too likely to be typical, as well as too unlikely
 kl_to_reference  KL(q(z|x) || q_ref(z)) against the reference images' aggregate posterior in place of the prior:
                  how far the image's code lies from where the reference data's codes lie
 """
@@ -18,6 +20,7 @@ import io
 import math
 import zlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -154,22 +157,29 @@ def kl_to_reference(post: Posteriors, reference: Posteriors, samples: int, seed:
     return out
 
 
-def score_split(model: VAE, split: Split, post: Posteriors, reference: Posteriors | None, config: Config,
+class Reference(NamedTuple):
+    """What the scores of new images need of the reference images: their posteriors, and their mean NLL (None while
+    the reference images themselves are scored: their own mean is taken)."""
+
+    post: Posteriors
+    nll_mean: float | None = None
+
+
+def score_split(model: VAE, split: Split, post: Posteriors, reference: Reference | None, config: Config,
                 scores: tuple[str, ...], is_reference: bool = False) -> dict[str, torch.Tensor]:
-    """The `scores` of every image in `split` (whose encoding is `post`, `reference` the reference images'), each
-    (N,) float64 nats on the CPU; `is_reference`: the images are the reference's own. The noise is seeded by
-    eval.seed."""
+    """The `scores` of every image in `split` (whose encoding is `post`), each (N,) float64 nats on the CPU;
+    `is_reference`: the images are the reference's own. The noise is seeded by eval.seed."""
     cfg, seed, binarized, out = config.score, config.eval.seed, config.data.binarize != "none", {}
-    if "nll" in scores or "complexity" in scores:
-        nll = iwae_nll(model, split, cfg.iwae_samples, seed)[0].double()
-        out["nll"] = nll
+    if {"nll", "complexity", "typicality"} & set(scores):
+        nll = out["nll"] = iwae_nll(model, split, cfg.iwae_samples, seed)[0].double().cpu()
     if "rate" in scores:
         out["rate"] = post.kl.double()
     if "complexity" in scores:
-        out["complexity"] = nll.cpu() - compressed_bits(split.images, cfg.compressor, binarized) * math.log(2)
+        out["complexity"] = nll - compressed_bits(split.images, cfg.compressor, binarized) * math.log(2)
+    if "typicality" in scores:
+        out["typicality"] = (nll - (nll.mean().item() if is_reference else reference.nll_mean)).abs()
     if "regret" in scores:
         out["regret"] = regret(model, split, cfg.regret_steps, cfg.regret_lr, cfg.samples, seed)
     if "kl_to_reference" in scores:
-        out["kl_to_reference"] = kl_to_reference(post, reference, cfg.samples, seed, leave_out=is_reference)
+        out["kl_to_reference"] = kl_to_reference(post, reference.post, cfg.samples, seed, leave_out=is_reference)
     return {name: out[name].cpu() for name in scores}
-
