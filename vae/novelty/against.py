@@ -47,7 +47,7 @@ def out_dir(path: Path, name: str, out: str | Path | None) -> Path:
 
 
 def summary(m: dict) -> str:
-    """The answer in one sentence (two when a score separates the images)."""
+    """The answer in two sentences: the data as a whole, then the score that best tells the images apart."""
     new, ref, d = m["new"], m["reference"], m["dataset"]
     said = f"The {new['images']} new images ({new['name']}) "
     if d["aggregate_kl"]:

@@ -20,19 +20,20 @@ MEANINGS = {
     "nll": "-log p(x), the IWAE-k bound: the model's likelihood, which deep generative models are known to rate "
            "higher on some data they never saw (simple images: few strokes, flat backgrounds)",
     "rate": "KL(q(z|x) || p(z)), the training objective's own KL: the nats the image's code carries beyond the prior",
-    "complexity": "nll - L(x) ln 2, L(x) the image's code length in bits under a lossless compressor (Serrà et al. "
-                  "2020): the likelihood corrected for how simple the image is",
-    "regret": "-ELBO(x) under the encoder's q(z|x) minus -ELBO(x) under a q(z|x) refit to the image alone (Xiao et "
-              "al. 2020's likelihood regret, refitting the posterior): how badly the encoder fits this image",
+    "complexity": "nll - L(x) ln 2, L(x) the code length in bits of the image as the likelihood sees it under a "
+                  "lossless compressor (Serrà et al. 2020): the likelihood corrected for how simple the image is",
     "typicality": "|nll - the reference images' mean nll| (Nalisnick et al. 2019's typicality test of one image): "
                   "an image can be too likely to be typical of the data, as well as too unlikely",
+    "regret": "-ELBO(x) under the encoder's q(z|x) minus -ELBO(x) under a q(z|x) refit to the image alone (Xiao et "
+              "al. 2020's likelihood regret, refitting the posterior): how badly the encoder fits this image",
     "kl_to_reference": "KL(q(z|x) || q_ref(z)), q_ref the reference images' aggregate posterior: how far the image's "
                        "code lies from where the reference data's codes lie",
 }
 
 
-
 class Measured(NamedTuple):
+    """Both sides measured: their encodings, every image's scores, and the summaries."""
+
     ref_post: Posteriors
     new_post: Posteriors
     ref_scores: dict[str, torch.Tensor]  # score -> (M,) float64 nats on the CPU
