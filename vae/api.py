@@ -25,6 +25,7 @@ from vae.model.likelihoods import LEVELS
 from vae.model.vae import VAE, build_model
 from vae.run.checkpoint import evaluated_weights, load_checkpoint, load_state, resolve_checkpoint
 
+
 def layouts(shape: tuple[int, int, int]) -> dict[tuple[int, ...], bool]:
     """The layouts one image of `shape` (C, H, W) may come in, each mapped to whether its channels come last:
     (C, H, W), flat (C * H * W,), and (H, W) when grey or (H, W, C) when colour (as PIL and NumPy hold it)."""
