@@ -354,9 +354,10 @@ class ScoreConfig:
                             "5000)", within=(1, 1_000_000), role=SETTING)
     samples: int = key(8, "the samples of z per image in the `regret` and `kl_to_reference` scores' Monte Carlo "
                        "estimates", within=(1, 10_000), role=SETTING)
-    compressor: str = key("png", "`complexity`: the lossless compressor whose code length is the image's complexity "
-                          "(Serrà et al. 2020): `png` (Pillow's, optimized), or Python's `bz2` or `zlib` "
-                          "(at level 9) of the raw pixels", choices=("png", "bz2", "zlib"), role=SETTING)
+    compressor: str = key("zlib", "`complexity`: the lossless compressor whose code length is the image's "
+                          "complexity (Serrà et al. 2020), of its pixels as the likelihood sees them (a bit each when "
+                          "binarized): Python's `zlib` or `bz2` (level 9), or `png` (Pillow's, optimized). `zlib` was "
+                          "chosen on validation data (docs/results.md)", choices=("zlib", "bz2", "png"), role=SETTING)
     regret_steps: int = key(20, "`regret`: Adam steps that refit each image's q(z|x) to it alone", within=(1, 100_000),
                             role=SETTING)
     regret_lr: float = key(0.05, "`regret`: the learning rate of that refit", ok=lambda v: math.isfinite(v) and v > 0,
