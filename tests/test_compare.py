@@ -138,3 +138,16 @@ def test_a_folder_that_is_no_run_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--compare", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_an_evaluation_written_before_keys_were_added_still_counts_as_one_of_the_same_config():
+    """A metrics.json config without the keys added since (the score section, data.classes) takes their defaults, so
+    a comparison does not evaluate every older run again; another value of a key is another config."""
+    from vae.compare.compare import same_config
+    from vae.config.load import to_dict
+    cfg = Config(train=TrainConfig(epochs=3))
+    older = to_dict(cfg)
+    del older["score"], older["data"]["classes"]
+    assert same_config(older, cfg)
+    assert not same_config({**older, "train": {**older["train"], "epochs": 4}}, cfg)
+    assert not same_config({"train": {"epochs": "x"}}, cfg)  # an unreadable config is no match

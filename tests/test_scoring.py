@@ -184,6 +184,8 @@ def test_the_api_scores_images_and_compares_two_datasets(nine):
     assert torch.allclose(scores["typicality"], (scores["nll"] - reference_nll.mean()).abs())
     same = model.score(new[:5], reference=reference, scores=("nll",))["nll"]
     assert torch.allclose(same, scores["nll"])  # seeded by eval.seed: the same numbers each call
+    with pytest.raises(UserError, match="reference images: at least 2 are needed, got 1"):
+        model.compare(reference[:1], new)
     result = model.compare(reference, new)
     assert set(result["scores"]) == set(SCORES) and result["new_scores"]["nll"].shape == (30,)
     assert result["dataset"]["test"]["p_value"] < 0.05  # inverted images differ

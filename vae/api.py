@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vae.config.schema import Config
+from vae.data.load import NEW_DRAW
 from vae.data.split import Split
 from vae.device import resolve_device
 from vae.errors import UserError
@@ -123,11 +124,16 @@ class Model:
         gen = torch.Generator(device=self.device).manual_seed(self.config.eval.seed if seed is None else seed)
         return torch.cat([iwae_batch(self.module, batch, k, gen)[0] for batch in x.split(IWAE_EXAMPLES)]).float()
 
-    def _split(self, images) -> Split:
-        """Images as a Split of 8-bit images on the device (floats rounded to the nearest of 256 levels)."""
+    def _split(self, images, least: int = 1) -> Split:
+        """Images as a Split of 8-bit images on the device (floats rounded to the nearest of 256 levels), binarized
+        as `evaluate.py --against` binarizes new images where the model's data were binarized (binary images stay
+        as they are); at least `least` of them."""
         x = as_pixels(images, self.device, self.shape)[0]
+        if len(x) < least:
+            raise UserError(f"reference images: at least {least} are needed, got {len(x)}")
         eight_bit = x.mul(LEVELS - 1).round_().to(torch.uint8).view(len(x), *self.shape)
-        return Split(eight_bit, torch.zeros(len(x), dtype=torch.long, device=self.device), self.classes)
+        split = Split(eight_bit, torch.zeros(len(x), dtype=torch.long, device=self.device), self.classes)
+        return split if self.config.data.binarize == "none" else split.binarized(self.config.data.seed + NEW_DRAW)
 
     @torch.no_grad()
     def score(self, images, reference=None, scores: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
@@ -139,15 +145,14 @@ class Model:
         from vae.evaluate.heldout import encode_split
         from vae.novelty.scores import Reference, chosen_scores, score_split
         cfg, needs = self.config, ("typicality", "kl_to_reference")
-        asked = tuple(scores or cfg.score.scores)
-        if reference is None and set(needs) & set(asked):
-            raise UserError(f"{' and '.join(s for s in needs if s in asked)} need reference images: pass reference=")
-        scores = chosen_scores(self.module, cfg, asked)
+        if reference is None and scores and set(needs) & set(scores):
+            raise UserError(f"{' and '.join(s for s in needs if s in scores)} need reference images: pass reference=")
+        scores = chosen_scores(self.module, cfg, tuple(scores or ()))
         split = self._split(images)
         post = encode_split(self.module, split, cfg.eval.seed)
         if reference is None:
             return score_split(self.module, split, post, None, cfg, tuple(s for s in scores if s not in needs))
-        ref = self._split(reference)
+        ref = self._split(reference, least=2)
         ref_post = encode_split(self.module, ref, cfg.eval.seed)
         nll_mean = score_split(self.module, ref, ref_post, None, cfg, ("nll",))["nll"].mean().item() \
             if "typicality" in scores else None
@@ -161,7 +166,7 @@ class Model:
         whether the data differ at score.alpha), and the per-image "reference_scores" and "new_scores"."""
         from vae.novelty.measure import measure
         from vae.novelty.scores import chosen_scores
-        m = measure(self.module, self._split(reference), self._split(new), self.config,
+        m = measure(self.module, self._split(reference, least=2), self._split(new), self.config,
                     chosen_scores(self.module, self.config))
         return {"scores": m.scores, "dataset": m.dataset, "reference_scores": m.ref_scores, "new_scores": m.new_scores}
 

@@ -61,9 +61,17 @@ def evaluation(run: Path, stored: Config, overrides: list[str]) -> dict:
         cached = None
     whole = isinstance(cached, dict) and {"protocol", "rate_split", "split", "epoch"} <= cached.keys()
     if whole and cached.get("checkpoint_sha256") == checkpoint_id(last_pt(run).read_bytes()) \
-            and cached.get("config") == to_dict(cfg):
+            and same_config(cached.get("config"), cfg):
         return cached
     return evaluate_checkpoint(last_pt(run), overrides)
+
+
+def same_config(stored, cfg: Config) -> bool:
+    """Whether a metrics.json's config is `cfg`, keys added since it was written taking their defaults."""
+    try:
+        return to_dict(from_dict(stored)) == to_dict(cfg)
+    except UserError:
+        return False
 
 
 def finished(cfg: Config, metrics: dict, rows: list[dict]) -> bool:

@@ -14,8 +14,9 @@ from vae.data.split import Split
 from vae.errors import UserError
 
 # data.seed + these seed the fixed binarizations of the training and validation images (the test
-# images' is data.seed itself) and the choice of the test images where the data has no test split
-TRAIN_DRAW, VAL_DRAW, TEST_PICK = 1, 2, 3
+# images' is data.seed itself), the choice of the test images where the data has no test split, and the
+# binarization of new images scored against a run
+TRAIN_DRAW, VAL_DRAW, TEST_PICK, NEW_DRAW = 1, 2, 3, 4
 
 
 class Splits(NamedTuple):

@@ -14,7 +14,7 @@ from vae.device import available_bytes, gib
 from vae.errors import UserError
 from vae.evaluate.analyze import fixed_split, load_evaluated, targets, timed
 from vae.files import atomic_write_text, refuse_links
-from vae.novelty.datasets import CHUNK, TEST_IMAGES
+from vae.novelty.datasets import CHUNK, PERMUTED, TEST_IMAGES
 from vae.novelty.measure import measure
 from vae.novelty.output import save_scores
 from vae.novelty.scores import COMPONENT_CHUNK, chosen_scores, not_defined
@@ -27,13 +27,12 @@ def check_memory(new: int, reference: int, dims: int, cfg: Config, device: torch
     pooled = min(new, TEST_IMAGES) + min(reference, TEST_IMAGES)
     parts = {"the images": 5 * (new + reference) * dims,  # uint8, and a float batch of them
              "the KLs' blocks of log-densities": 8 * 2 * max(cfg.score.samples * COMPONENT_CHUNK, CHUNK) * reference,
-             "the test's kernel and permutations": 8 * pooled * (3 * pooled + 2 * cfg.score.permutations)}
+             "the test's kernel and permutations": 8 * pooled * (3 * pooled + 3 * PERMUTED)}
     needed = sum(parts.values())
     if needed > available_bytes(device):
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())
         raise UserError(f"scoring needs about {gib(needed)} of memory on {device} ({detail}) but only "
-                        f"{gib(available_bytes(device))} is available: score fewer images at once, or lower "
-                        f"score.permutations")
+                        f"{gib(available_bytes(device))} is available: score fewer images at once")
 
 
 def out_dir(path: Path, name: str, out: str | Path | None) -> Path:
@@ -52,8 +51,8 @@ def summary(m: dict) -> str:
     said = f"The {new['images']} new images ({new['name']}) "
     if d["aggregate_kl"]:
         kl = d["aggregate_kl"]
-        said += (f"lie {kl['kl']:.2f} nats (95% interval {kl['low']:.2f} to {kl['high']:.2f}) from the "
-                 f"{ref['images']} reference images ({ref['split']}) in KL(q_new(z) ‖ q_ref(z))")
+        said += (f"are KL(q_new(z) ‖ q_ref(z)) = {kl['kl']:.2f} nats (95% interval {kl['low']:.2f} to "
+                 f"{kl['high']:.2f}) from the {ref['images']} reference images ({ref['split']})")
     else:
         said += f"were compared with the {ref['images']} reference images ({ref['split']})"
     if d["test"]:

@@ -16,6 +16,7 @@ from vae.evaluate.estimators import GaussianComponents
 
 CHUNK = 512  # rows of z against a group of components at once
 TEST_IMAGES = 2000  # the test's kernel covers at most this many images of each side (a random subset, seeded)
+PERMUTED = 100  # permutations whose statistics are computed at once
 
 
 def _log_mixture(z: torch.Tensor, components: GaussianComponents,
@@ -36,11 +37,12 @@ def aggregate_kl_terms(new_mu: torch.Tensor, new_logvar: torch.Tensor, ref_mu: t
     """log q_new(z_i) - log q_ref(z_i) at z_i ~ q(z|x_i), one draw per new image: (N,) float64, whose mean estimates
     KL(q_new(z) || q_ref(z)) between the aggregate posteriors q(z) = (1/N) sum_n q(z|x_n).
 
-    Each density is a mixture of the same number of posteriors, s = min(N - 1, M), so that neither side's estimate
-    of a log-density is biased more than the other's (a log of a mean of s terms is biased low, less so as s
-    grows): z_i's own side leaves its own component out (with it the estimate counts x_i as its own neighbour,
-    and q_new(z_i) is too high wherever posteriors are narrower than the data's spread); each side's images are
-    cut into groups of s components, and a log-density is the mean over its side's groups.
+    Each density is a mixture of exactly s = min(N - 1, M) posteriors, so that neither side's estimate of a
+    log-density is biased more than the other's (a log of a mean of s terms is biased low, less so as s grows):
+    z_i's own side leaves its own component out (with it the estimate counts x_i as its own neighbour, and
+    q_new(z_i) is too high wherever posteriors are narrower than the data's spread): the new images are cut into
+    groups of s + 1, each image's mixture the other s of its group (the few left over take s of the first group);
+    the reference images into groups of s (a remainder of fewer is left out), and log q_ref is the mean over them.
     """
     n, m = len(new_mu), len(ref_mu)
     if n < 2:
@@ -50,11 +52,16 @@ def aggregate_kl_terms(new_mu: torch.Tensor, new_logvar: torch.Tensor, ref_mu: t
                                                            dtype=torch.float64)
     s = min(n - 1, m)
     log_q_new = torch.empty(n, dtype=torch.float64, device=z.device)
-    for group in torch.randperm(n, generator=generator, device=z.device).tensor_split(max(1, n // (s + 1))):
-        own = torch.arange(len(group), device=z.device)  # z[group][j]'s own component is the group's j-th
+    order = torch.randperm(n, generator=generator, device=z.device)
+    groups = order[:n // (s + 1) * (s + 1)].view(-1, s + 1)  # each image among s others
+    for group in groups:
+        own = torch.arange(s + 1, device=z.device)  # z[group][j]'s own component is the group's j-th
         log_q_new[group] = _log_mixture(z[group], GaussianComponents(new_mu[group], new_logvar[group]), own)
-    groups = torch.randperm(m, generator=generator, device=z.device).tensor_split(max(1, m // s))
-    log_q_ref = torch.stack([_log_mixture(z, GaussianComponents(ref_mu[g], ref_logvar[g])) for g in groups]).mean(0)
+    rest = order[len(groups) * (s + 1):]  # fewer than s + 1 left over: each against s images of the first group
+    if len(rest):
+        log_q_new[rest] = _log_mixture(z[rest], GaussianComponents(new_mu[groups[0, :s]], new_logvar[groups[0, :s]]))
+    ref_groups = torch.randperm(m, generator=generator, device=z.device)[:m // s * s].view(-1, s)
+    log_q_ref = torch.stack([_log_mixture(z, GaussianComponents(ref_mu[g], ref_logvar[g])) for g in ref_groups]).mean(0)
     return log_q_new - log_q_ref
 
 
@@ -96,7 +103,7 @@ def mmd_test(new: torch.Tensor, ref: torch.Tensor, permutations: int, seed: int)
         return out if np.ndim(x_index) > 1 else out[0]
 
     result = stats.permutation_test((np.arange(n), np.arange(n, n + m)), mmd2, permutation_type="independent",
-                                    vectorized=True, n_resamples=permutations, alternative="greater",
+                                    vectorized=True, n_resamples=permutations, alternative="greater", batch=PERMUTED,
                                     rng=np.random.default_rng(seed))
     return {"statistic": float(result.statistic), "p_value": float(result.pvalue),
             "bandwidth": bandwidth, "new_images": n, "reference_images": m}

@@ -41,8 +41,7 @@ COMPONENT_CHUNK = 256  # rows of z against every reference posterior at once
 
 def _png(image: np.ndarray, binary: bool) -> bytes:
     buffer = io.BytesIO()
-    picture = Image.fromarray(image)
-    (picture.convert("1") if binary else picture).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(image > 127 if binary else image).save(buffer, format="PNG", optimize=True)  # bool: 1 bit each
     return buffer.getvalue()
 
 

@@ -8,13 +8,13 @@ import torch
 
 from vae.config.schema import CLASS_NAMES, Config
 from vae.data.images import centre_crop, load_images
-from vae.data.load import load_data, of_classes, read_splits, trained_classes
+from vae.data.load import NEW_DRAW, load_data, of_classes, read_splits, trained_classes
 from vae.data.mnist import load_dataset
 from vae.data.split import Split
 from vae.errors import UserError
+from vae.evaluate.analyze import fixed_split
 
 SPLITS = ("test", "val", "train")  # the run's own splits, as its config reads them
-NEW_DRAW = 4  # data.seed + this seeds the binarization of new images (the run's splits take 0..3)
 
 
 def _rotate(x, gen):
@@ -42,9 +42,11 @@ TRANSFORMS = {
 }
 
 
-def run_split(cfg: Config, name: str, device: torch.device) -> Split:
-    """The run's split `name` as its config reads it, before any binarization (of data.classes)."""
-    split = getattr(load_data(cfg.data, device, binarized=False), name)
+def run_split(cfg: Config, name: str, device: torch.device, binarized: bool) -> Split:
+    """The run's split `name` as its config reads it (of data.classes): binarized as evaluations measure it, or
+    not `binarized`."""
+    splits = load_data(cfg.data, device, binarized)
+    split = fixed_split(splits, cfg, name) if binarized else getattr(splits, name)
     if split is None:
         raise UserError(f"--against {name}: the run has no validation split (data.val_size=0)")
     return split
@@ -80,7 +82,7 @@ def own_images(cfg: Config, path: Path) -> Split:
 def read_source(cfg: Config, against: str, device: torch.device) -> Split:
     """What `--against` names, as uint8 images before any transform or binarization."""
     if against in SPLITS:
-        return run_split(cfg, against, device)
+        return run_split(cfg, against, device, binarized=False)
     if against == "heldout":
         return heldout(cfg, device)
     if against in CLASS_NAMES:
@@ -110,6 +112,8 @@ def new_data(cfg: Config, against: str, transform: str | None, shape: tuple[int,
     data are (a draw seeded by data.seed)."""
     if transform and transform not in TRANSFORMS:
         raise UserError(f"--transform {transform}: not one of {', '.join(TRANSFORMS)}")
+    if against in SPLITS and not transform:  # the images the run itself measures, binarized as it has them
+        return run_split(cfg, against, device, binarized=True)
     split = fit_to(read_source(cfg, against, device), shape, f"the images of --against {against}")
     if transform:
         gen = torch.Generator().manual_seed(cfg.eval.seed)

@@ -28,7 +28,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "val_loss", 
 OPTIONAL_COLUMNS = ("val_loss", "val_recon", "val_kl", "test_kl_z2")
 INTEGER_COLUMNS = ("epoch", "test_active_units")
 RUN_FILES = ("metrics.csv", "config.yaml", "run.json", "report.html")  # never opened through a link
-RUN_ENTRIES = (CHECKPOINTS, "images", "eval", "tensorboard", *RUN_FILES)  # (the folders may be links)
+RUN_ENTRIES = (CHECKPOINTS, "images", "eval", "scores", "tensorboard", *RUN_FILES)  # (the folders may be links)
 
 
 def check_fresh(run_dir: Path, overwrite: bool) -> None:
