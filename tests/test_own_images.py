@@ -262,3 +262,17 @@ def test_the_data_path_is_the_data_so_resume_refuses_another(tmp_path):
     run = train(with_(cfg, train={"epochs": 1})).run_dir
     with pytest.raises(UserError, match=r"data.path"):
         train(with_(cfg, data={"path": str(tmp_path / "b.npz")}), resume=run)
+
+
+def test_a_run_on_some_classes_of_your_images_named_in_its_config_resumes_with_that_config(tmp_path):
+    root = write_folder(tmp_path / "pets", {name: images_of(10, (1, 4, 4), i)
+                                            for i, name in enumerate(("cat", "dog", "fox"))})
+    cfg = with_(run_cfg(tmp_path, DataConfig(dataset="folder", path=str(root), classes=("fox", "cat"),
+                                             test_fraction=0.5)),
+                viz={"digit": "fox"}, train={"epochs": 1})
+    first = train(cfg)
+    assert load(first.run_dir, device="cpu").config.data.classes == (2, 0)  # names stored as the indices they mean
+    resumed = train(with_(cfg, train={"epochs": 2}), resume=first.run_dir)  # the names again: the same run
+    assert [r["epoch"] for r in resumed.rows] == [1, 2]
+    with pytest.raises(UserError, match="data.classes"):
+        train(with_(cfg, data={"classes": ("dog",)}, viz={"digit": "dog"}, train={"epochs": 3}), resume=first.run_dir)

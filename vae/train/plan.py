@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vae.config.schema import Config
+from vae.config.schema import CLASS_NAMES, Config, resolve_classes
 from vae.data.split import MNIST_SHAPE
 from vae.device import native_bf16
 from vae.errors import UserError
@@ -60,13 +60,22 @@ def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, device: to
     if resume is not None:
         resume = resolve_checkpoint(resume)
         state, stored = load_checkpoint(resume)
-        check_same_run(stored, cfg)
+        check_same_run(stored, resolved_classes(cfg, state))
         source = run_dir_of(resume)
         start = state["epoch"] + 1  # rows from there on belong to work that is about to be redone
         rows = tuple(r for r in rundir.read_metrics(source) if r["epoch"] < start) if source else ()
         plan = Plan(plan.run_dir, overwrite, resume, state, source, rows, nothing_to_do(cfg, resume, state, rows))
     check_target(plan)
     return dataclasses.replace(plan, warnings=tuple(w for w in [bf16_warning(cfg, device)] if w))
+
+
+def resolved_classes(cfg: Config, state: dict) -> Config:
+    """cfg with data.classes as the indices the checkpoint stores: your own images' class names are resolved only
+    once the data is read, and the checkpoint knows the classes it read."""
+    if not cfg.data.classes or cfg.data.dataset in CLASS_NAMES:  # the MNIST-class datasets' are resolved already
+        return cfg
+    data, _ = resolve_classes(cfg.data, cfg.viz, tuple(state["data"]["classes"]))
+    return dataclasses.replace(cfg, data=data)
 
 
 def nothing_to_do(cfg: Config, resume: Path, state: dict, rows: tuple[dict, ...]) -> str:
