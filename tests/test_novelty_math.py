@@ -12,7 +12,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Mul
 
 from vae.evaluate.estimators import GaussianComponents
 from vae.evaluate.heldout import Posteriors
-from vae.novelty.datasets import _log_mixture, aggregate_kl, aggregate_kl_terms, mmd_test
+from vae.novelty.datasets import aggregate_kl, aggregate_kl_terms, mmd_test
 from vae.novelty.scores import compressed_bits, kl_to_reference, refit_gain
 from vae.novelty.separation import separation
 
@@ -37,13 +37,13 @@ def test_the_log_mixture_is_torch_distributions_mixture_density_with_and_without
     mu, logvar, z = (torch.randn(7, 3, generator=gen, dtype=torch.float64) for _ in range(3))
     mixture = MixtureSameFamily(Categorical(logits=torch.zeros(7, dtype=torch.float64)),
                                 Independent(Normal(mu, torch.exp(0.5 * logvar)), 1))
-    assert torch.allclose(_log_mixture(z, GaussianComponents(mu, logvar)), mixture.log_prob(z))
+    assert torch.allclose(GaussianComponents(mu, logvar).log_mixture(z), mixture.log_prob(z))
     left_out = torch.tensor([3, 0, 6, 1, 2, 5, 4])
     for i in range(7):  # row i's mixture without component left_out[i], by torch.distributions
         keep = torch.arange(7) != left_out[i]
         rest = MixtureSameFamily(Categorical(logits=torch.zeros(6, dtype=torch.float64)),
                                  Independent(Normal(mu[keep], torch.exp(0.5 * logvar[keep])), 1))
-        assert torch.allclose(_log_mixture(z, GaussianComponents(mu, logvar), left_out)[i], rest.log_prob(z[i]))
+        assert torch.allclose(GaussianComponents(mu, logvar).log_mixture(z, left_out)[i], rest.log_prob(z[i]))
 
 
 def test_the_aggregate_posteriors_kl_matches_the_closed_form_of_a_linear_gaussian_encoder_of_gaussian_data():
@@ -73,8 +73,8 @@ def test_leaving_each_images_own_component_out_keeps_the_kl_near_zero_when_the_d
     terms = aggregate_kl_terms(new_mu, logvar, ref_mu, logvar[:1999], torch.Generator().manual_seed(1000))
     z = new_mu.double() + 0.05 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(1000),
                                              dtype=torch.float64)  # the same draws of z
-    naive = (_log_mixture(z, GaussianComponents(new_mu, logvar)) -
-             _log_mixture(z, GaussianComponents(ref_mu, logvar[:1999]))).mean().item()
+    naive = (GaussianComponents(new_mu, logvar).log_mixture(z) -
+             GaussianComponents(ref_mu, logvar[:1999]).log_mixture(z)).mean().item()
     assert abs(terms.mean().item()) < 0.25
     assert naive > 0.9
 

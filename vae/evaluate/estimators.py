@@ -18,6 +18,7 @@ from vae.model.vae import VAE
 
 IWAE_EXAMPLES = 100  # examples per IWAE batch
 IWAE_SAMPLES_PER_CHUNK = {"cpu": 4096, "cuda": 131072}  # z's decoded at once (memory vs speed), at one output per pixel
+MIXTURE_CHUNK = 512  # rows of z against every component at once
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit d is active when Cov_x(E_q[z_d]) > 0.01
 
 # log w = log p(x, z) - log q(z|x) for a batch, at the samples z made from noise eps (S, B, D) -> (S, B)
@@ -101,6 +102,18 @@ class GaussianComponents:
         z = z.double()
         return -0.5 * (z.pow(2) @ self.precision.T - 2 * z @ self.scaled_mu.T + self.const)
 
+    def log_mixture(self, z: torch.Tensor, leave_out: torch.Tensor | None = None,
+                    chunk: int = MIXTURE_CHUNK) -> torch.Tensor:
+        """log (1/M) sum_m N(z_i; mu_m, var_m), the equal mixture of the components, at each row of z (N, L): (N,);
+        row i leaves component `leave_out[i]` out (its own posterior), a mixture of the other M - 1."""
+        out = []
+        for start in range(0, len(z), chunk):
+            log_c = self.log_prob(z[start:start + chunk])  # (c, M)
+            if leave_out is not None:
+                log_c[torch.arange(len(log_c)), leave_out[start:start + chunk]] = -math.inf
+            out.append(torch.logsumexp(log_c, dim=1) - math.log(log_c.shape[1] - (leave_out is not None)))
+        return torch.cat(out)
+
 
 def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_NORMAL, chunk: int = 256,
                generator: torch.Generator | None = None, progress: bool = False) -> dict[str, float]:
@@ -120,7 +133,7 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_N
     components = GaussianComponents(mu, logvar)
     for start in tqdm(range(0, N, chunk), desc="aggregate posterior", leave=False,
                       disable=None if progress else True):
-        log_qz[start:start + chunk] = torch.logsumexp(components.log_prob(z[start:start + chunk]), dim=1) - math.log(N)
+        log_qz[start:start + chunk] = components.log_mixture(z[start:start + chunk])
     log_q_cond = log_normal(z, mu, logvar)  # (N,)
     log_pz = prior.double().log_prob(z)
     return {"mutual_information": (log_q_cond - log_qz).mean().item(),

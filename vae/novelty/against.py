@@ -14,10 +14,11 @@ from vae.device import available_bytes, gib
 from vae.errors import UserError
 from vae.evaluate.analyze import fixed_split, load_evaluated, targets, timed
 from vae.files import atomic_write_text, refuse_links
-from vae.novelty.datasets import CHUNK, PERMUTED, TEST_IMAGES
+from vae.evaluate.estimators import MIXTURE_CHUNK
+from vae.novelty.datasets import PERMUTED, TEST_IMAGES
 from vae.novelty.measure import measure
 from vae.novelty.output import save_scores
-from vae.novelty.scores import COMPONENT_CHUNK, chosen_scores, not_defined
+from vae.novelty.scores import chosen_scores, not_defined
 from vae.novelty.sources import new_data, source_name
 from vae.run.checkpoint import checkpoint_id, run_dir_of
 
@@ -26,7 +27,7 @@ def check_memory(new: int, reference: int, dims: int, cfg: Config, device: torch
     """Refuse scoring whose images, KL estimates and test would not fit in the free memory."""
     pooled = min(new, TEST_IMAGES) + min(reference, TEST_IMAGES)
     parts = {"the images": 5 * (new + reference) * dims,  # uint8, and a float batch of them
-             "the KLs' blocks of log-densities": 8 * 2 * max(cfg.score.samples * COMPONENT_CHUNK, CHUNK) * reference,
+             "the KLs' blocks of log-densities": 8 * 2 * MIXTURE_CHUNK * reference,  # log-densities, exponentials
              "the test's kernel and permutations": 8 * pooled * (3 * pooled + 3 * PERMUTED)}
     needed = sum(parts.values())
     if needed > available_bytes(device):

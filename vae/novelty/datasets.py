@@ -14,22 +14,8 @@ from scipy import stats
 
 from vae.evaluate.estimators import GaussianComponents
 
-CHUNK = 512  # rows of z against a group of components at once
 TEST_IMAGES = 2000  # the test's kernel covers at most this many images of each side (a random subset, seeded)
 PERMUTED = 100  # permutations whose statistics are computed at once
-
-
-def _log_mixture(z: torch.Tensor, components: GaussianComponents,
-                 leave_out: torch.Tensor | None = None) -> torch.Tensor:
-    """log (1/M) sum_m N(z_i; mu_m, var_m) of each row of z (N, L): (N,); `leave_out[i]` is a component that
-    row i leaves out of its mixture (its own posterior)."""
-    out = []
-    for start in range(0, len(z), CHUNK):
-        log_c = components.log_prob(z[start:start + CHUNK])  # (c, M)
-        if leave_out is not None:
-            log_c[torch.arange(len(log_c)), leave_out[start:start + CHUNK]] = -math.inf
-        out.append(torch.logsumexp(log_c, dim=1) - math.log(log_c.shape[1] - (leave_out is not None)))
-    return torch.cat(out)
 
 
 def aggregate_kl_terms(new_mu: torch.Tensor, new_logvar: torch.Tensor, ref_mu: torch.Tensor, ref_logvar: torch.Tensor,
@@ -56,12 +42,12 @@ def aggregate_kl_terms(new_mu: torch.Tensor, new_logvar: torch.Tensor, ref_mu: t
     groups = order[:n // (s + 1) * (s + 1)].view(-1, s + 1)  # each image among s others
     for group in groups:
         own = torch.arange(s + 1, device=z.device)  # z[group][j]'s own component is the group's j-th
-        log_q_new[group] = _log_mixture(z[group], GaussianComponents(new_mu[group], new_logvar[group]), own)
+        log_q_new[group] = GaussianComponents(new_mu[group], new_logvar[group]).log_mixture(z[group], own)
     rest = order[len(groups) * (s + 1):]  # fewer than s + 1 left over: each against s images of the first group
     if len(rest):
-        log_q_new[rest] = _log_mixture(z[rest], GaussianComponents(new_mu[groups[0, :s]], new_logvar[groups[0, :s]]))
+        log_q_new[rest] = GaussianComponents(new_mu[groups[0, :s]], new_logvar[groups[0, :s]]).log_mixture(z[rest])
     ref_groups = torch.randperm(m, generator=generator, device=z.device)[:m // s * s].view(-1, s)
-    log_q_ref = torch.stack([_log_mixture(z, GaussianComponents(ref_mu[g], ref_logvar[g])) for g in ref_groups]).mean(0)
+    log_q_ref = torch.stack([GaussianComponents(ref_mu[g], ref_logvar[g]).log_mixture(z) for g in ref_groups]).mean(0)
     return log_q_new - log_q_ref
 
 

@@ -33,7 +33,7 @@ from vae.errors import UserError
 from vae.evaluate.estimators import GaussianComponents, iwae_nll
 from vae.evaluate.heldout import Posteriors
 from vae.model.distributions import log_normal
-from vae.model.vae import VAE
+from vae.model.vae import VAE, TwoLayerVAE
 
 REGRET_BATCH = 500  # images refit at once
 COMPONENT_CHUNK = 256  # rows of z against every reference posterior at once
@@ -68,7 +68,7 @@ def not_defined(model: VAE, binarized: bool) -> dict[str, str]:
     if model.flow is not None:
         why["regret"] = why["kl_to_reference"] = ("the flow posterior: its density at another image's z needs the "
                                                   "flow inverted dimension by dimension")
-    elif hasattr(model, "latent2_dim"):
+    elif isinstance(model, TwoLayerVAE):
         why["regret"] = "two stochastic layers: refitting q(z1|x) alone leaves q(z2|z1) the encoder's"
     return why
 
@@ -141,17 +141,13 @@ def kl_to_reference(post: Posteriors, reference: Posteriors, samples: int, seed:
     mu, logvar = post.mu.double(), post.logvar.double()
     gen = torch.Generator(device=mu.device).manual_seed(seed)
     components = GaussianComponents(reference.mu, reference.logvar)
-    M = len(reference.mu) - leave_out
     out = torch.empty(len(mu), dtype=torch.float64, device=mu.device)
     for start in tqdm(range(0, len(mu), COMPONENT_CHUNK), desc="KL to the reference", leave=False, disable=None):
         m, lv = mu[start:start + COMPONENT_CHUNK], logvar[start:start + COMPONENT_CHUNK]
         z = m + torch.exp(0.5 * lv) * torch.randn((samples, *m.shape), generator=gen, device=mu.device,
                                                   dtype=torch.float64)  # (S, c, L)
-        log_components = components.log_prob(z.reshape(-1, z.shape[-1])).view(samples, len(m), -1)  # (S, c, M)
-        if leave_out:
-            rows = torch.arange(start, start + len(m), device=mu.device)
-            log_components[:, torch.arange(len(m)), rows] = -math.inf
-        log_q_ref = torch.logsumexp(log_components, dim=-1) - math.log(M)  # (S, c)
+        own = torch.arange(start, start + len(m), device=mu.device).repeat(samples) if leave_out else None
+        log_q_ref = components.log_mixture(z.reshape(-1, z.shape[-1]), own).view(samples, len(m))  # (S, c)
         out[start:start + len(m)] = (log_normal(z, m, lv) - log_q_ref).mean(0)
     return out
 
