@@ -21,7 +21,8 @@ from vae.config.load import load_config
 from vae.config.schema import Config
 from vae.data.split import MNIST_SHAPE
 from vae.model.vae import build_model
-from vae.train.step import StepOptions, optimizer_step
+from vae.train.autograd_step import optimizer_step
+from vae.train.step import StepOptions
 
 PIXELS = math.prod(MNIST_SHAPE)
 

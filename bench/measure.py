@@ -21,10 +21,11 @@ from vae.data.split import MNIST_SHAPE, Split
 from vae.device import native_bf16
 from vae.evaluate.heldout import evaluate
 from vae.model.vae import build_model
+from vae.train.choose_step import make_step
 from vae.train.distributed import World
 from vae.train.loop import run_epoch
 from vae.train.progress import EpochProgress
-from vae.train.step import make_step
+from vae.train.step import Speed
 
 TARGET_NATS = 106.0
 
@@ -36,7 +37,8 @@ def our_step(train: Split, device: torch.device, train_cfg: TrainConfig, hidden:
     torch.manual_seed(1)
     model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
-    return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device, cfg.train.precision == "bf16")
+    speed = Speed(cfg.train.precision == "bf16", torch.get_num_threads(), compiled=bool(cfg.train.compile))
+    return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device, speed)
 
 
 def run_ours(splits: tuple[Split, Split | None], epochs: int, device: torch.device, train_cfg: TrainConfig,

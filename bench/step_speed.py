@@ -26,10 +26,18 @@ from vae.config.load import load_config
 from vae.device import native_bf16
 from vae.model import likelihoods, vae
 from vae.model.vae import build_model
+from vae.train.choose_step import make_step
 from vae.train.distributed import World
-from vae.train.speed import (compare_steps, compiled_as, fastest, precisions_to_time, speed_of, step_milliseconds,
-                              step_name, steps_to_time)
-from vae.train.step import make_step
+from vae.train.speed import (
+    compare_steps,
+    fastest,
+    precisions_to_time,
+    speed_of,
+    step_milliseconds,
+    step_name,
+    steps_to_time,
+)
+from vae.train.step import Speed
 
 CPU = torch.device("cpu")
 
@@ -61,10 +69,11 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
                                                steps_to_time(cfg, precisions_to_time(cfg, CPU, None)))))
     filed_cfg = load_config(config, ["train.device=cpu", "train.fast_step=false"])
     steps = {}
-    for name, step_cfg, bf16 in (("as filed", filed_cfg, filed_bf16), ("ours", compiled_as(cfg, ours), ours.bf16)):
+    filed_speed = Speed(filed_bf16, torch.get_num_threads())
+    for name, step_cfg, speed in (("as filed", filed_cfg, filed_speed), ("ours", cfg, ours)):
         net = copy.deepcopy(model) if name == "ours" else filed_model
         opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
-        steps[name] = make_step(step_cfg, net, opt, splits, World(), CPU, bf16)
+        steps[name] = make_step(step_cfg, net, opt, splits, World(), CPU, speed)
     filed = steps["as filed"]
 
     def filed_step(*args):

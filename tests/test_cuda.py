@@ -4,8 +4,8 @@ import torch
 from conftest import with_, without_timing
 
 from vae.run.checkpoint import load_checkpoint
+from vae.train.autograd_step import GraphedStep
 from vae.train.loop import train
-from vae.train.step import GraphedStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -11,7 +11,8 @@ import torch.distributions as D
 
 from vae.config.schema import ModelConfig
 from vae.evaluate.estimators import iwae_batch
-from vae.model.distributions import STANDARD_NORMAL, DiagonalGaussian, GaussianMixture, latent_rate
+from vae.model.distributions import (EXP_FLOOR, STANDARD_NORMAL, DiagonalGaussian, GaussianMixture, exp_or_zero,
+                                     latent_rate, logsumexp)
 from vae.model.flow import IAF
 from vae.model.vae import ACTIVATION_MODULES, build_model
 
@@ -36,6 +37,28 @@ def test_each_log_prob_matches_torch_distributions():
                                D.Independent(D.Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z))
     p = random_mixture()
     torch.testing.assert_close(p.log_prob(z), torch_mixture(p).log_prob(z))
+
+
+def test_exp_below_the_floor_is_zero_and_exact_above_it():
+    x = torch.tensor([0.0, -10.0, EXP_FLOOR, EXP_FLOOR - 1e-3, -95.0, -1e4, -math.inf])
+    expected = torch.exp(x.double()).float()
+    expected[3:] = 0.0  # subnormal (-87.34 < x < -87: still normal in IEEE, under 1.7e-38), or zero
+    assert torch.equal(exp_or_zero(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_is_torchs_to_rounding_with_its_gradient_and_infinite_rows(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(3, 500, dtype=dtype) * 60  # most terms below e^-87 of the largest
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    value, reference = logsumexp(ours, 1), torch.logsumexp(theirs, 1)
+    torch.testing.assert_close(value, reference, rtol=torch.finfo(dtype).eps, atol=0)
+    value.sum().backward()
+    # the softmax, ours zero where torch's is under 1.7e-38; exp(a) carries a's rounding, |a| eps, and |a| < 100 here
+    reference.sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=100 * torch.finfo(dtype).eps, atol=1.7e-38)
+    infinite = torch.tensor([[-math.inf] * 3, [math.inf, 0.0, 0.0], [-math.inf, 0.0, 0.0]], dtype=dtype)
+    assert torch.equal(logsumexp(infinite, 1), torch.logsumexp(infinite, 1))
 
 
 def test_a_mixture_samples_its_components_in_proportion_to_their_weights():

@@ -13,11 +13,13 @@ from vae.config.schema import Config, LossConfig, ModelConfig, TrainConfig
 from vae.data.load import Splits
 from vae.data.split import Split
 from vae.model.vae import build_model
+from vae.train.autograd_step import EagerStep
+from vae.train.choose_step import make_step
 from vae.train.distributed import World
 from vae.train.fast_step import FastStep, MixtureLogProb, fits
 from vae.train.loop import train
 from vae.train.objective import objective_nats
-from vae.train.step import Batches, EagerStep, StepOptions, make_step
+from vae.train.step import Batches, Speed, StepOptions
 
 
 def autograd_gradients(model, x, eps, kl_weight, scale, bf16=False, loss=LossConfig()):
@@ -172,7 +174,7 @@ def test_only_the_runs_it_writes_out_take_the_fast_step(change, fast):
     opt = torch.optim.Adam(model.parameters())
     train_split = Split(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), ("0",))
     step = make_step(cfg, model, opt, Splits(train_split, None, train_split), World(), torch.device("cpu"),
-                     cfg.train.precision == "bf16")
+                     Speed(cfg.train.precision == "bf16", 1, compiled=cfg.train.compile))
     assert isinstance(step, FastStep if fast else EagerStep)
     if fast and cfg.train.compile:  # batches of 128 from 4 images hold 4: those rows are compiled, not 128
         assert step.compile_rows == len(train_split)

@@ -14,7 +14,7 @@ from vae.model.vae import ACTIVATION_MODULES
 PACKAGE = REPO / "vae"
 # The stages in the order data flows; a module may import its own stage and those before it.
 STAGES = ("foundation", "data", "model", "run", "evaluate", "novelty", "train", "sweep", "compare", "api", "commands")
-FOUNDATION = ("config", "errors", "files", "device", "cli")
+FOUNDATION = ("config", "errors", "files", "device", "denormals", "cli")
 
 
 def stage(module: str) -> str:
@@ -35,6 +35,7 @@ def imports_of(path):
             yield from (f"vae.{a.name}" for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vae":
             yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names if a.name[0].islower())  # from vae.train import fast_step
         elif isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "vae")
 
@@ -54,6 +55,25 @@ def test_no_stage_imports_a_later_one():
     upward = [f"{name} imports {target}" for name, path in modules() for target in imports_of(path)
               if STAGES.index(stage(target)) > STAGES.index(stage(name))]
     assert upward == []
+
+
+def test_no_module_imports_itself_through_others():
+    """The import graph has no cycle (so, among them, the training steps: the interface, autograd's steps, the
+    written-out one and the function that picks one import one way)."""
+    graph = {name: {t for t in imports_of(path) if t != name} for name, path in modules()}
+
+    def reached(start):
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+    assert [name for name in graph if name in reached(name)] == []
+    steps = ("vae.train.autograd_step", "vae.train.fast_step", "vae.train.choose_step")
+    assert not set(steps) & reached("vae.train.step")
+    assert {"vae.train.autograd_step", "vae.train.fast_step"} <= graph["vae.train.choose_step"]
 
 
 def test_the_import_check_sees_imports_inside_functions_too():

@@ -1,5 +1,4 @@
 """Training options still report the plain negative ELBO: bf16, compile, binarization, beta, IWAE, conv, two layers."""
-import json
 from pathlib import Path
 
 import pytest

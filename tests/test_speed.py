@@ -79,9 +79,9 @@ def test_each_step_timed_runs_on_its_own_thread_count_and_the_threads_are_given_
                                                                                      four_threads):
     seen = {}
 
-    def make_step(cfg, net, opt, splits, world, device, bf16):
+    def make_step(cfg, net, opt, splits, world, device, speed):
         def step(index, gen, kl_weight, progress):
-            seen.setdefault(id(net), (bf16, set()))[1].add(torch.get_num_threads())
+            seen.setdefault(id(net), (speed.bf16, set()))[1].add(torch.get_num_threads())
         return step
     monkeypatch.setattr(vae.train.speed, "make_step", make_step)
     splits = load_data(tiny_cfg.data, torch.device("cpu"))

@@ -7,8 +7,9 @@ from vae.data.mnist import load_dataset
 from vae.evaluate.heldout import evaluate
 from vae.model.likelihoods import vae_loss
 from vae.model.vae import VAE
+from vae.train.autograd_step import EagerStep
 from vae.train.progress import EpochProgress
-from vae.train.step import Batches, EagerStep, StepOptions
+from vae.train.step import Batches, StepOptions
 
 
 def eager_step(model, opt, split, cfg):

@@ -18,6 +18,7 @@ import torch
 from vae.config.schema import Config
 from vae.data.load import NEW_DRAW
 from vae.data.split import Split
+from vae.denormals import flushed_denormals
 from vae.device import resolve_device
 from vae.errors import UserError
 from vae.evaluate.estimators import IWAE_EXAMPLES, iwae_batch
@@ -56,7 +57,8 @@ def as_pixels(images, device: torch.device, shape: tuple[int, int, int]) -> tupl
 
 
 class Model:
-    """A trained VAE in eval mode; every method runs without gradients on `device`."""
+    """A trained VAE in eval mode; every method runs without gradients on `device`, and those that measure (nll,
+    score, compare) with subnormal numbers flushed to zero, as evaluate.py does."""
 
     def __init__(self, module: VAE, config: Config, device: torch.device, checkpoint: Path, classes: tuple[str, ...]):
         self.module, self.config, self.device, self.checkpoint = module, config, device, checkpoint
@@ -108,6 +110,7 @@ class Model:
         return self.module.means(self.module.generate(noise))
 
     @torch.no_grad()
+    @flushed_denormals()
     def nll(self, images, k: int | None = None, seed: int | None = None) -> torch.Tensor:
         """IWAE-k estimate of -log p(x) per image, in nats: (N,). k and seed default to eval.iwae_samples and
         eval.seed, so the numbers are evaluate.py's for the same images."""
@@ -136,6 +139,7 @@ class Model:
         return split if self.config.data.binarize == "none" else split.binarized(self.config.data.seed + NEW_DRAW)
 
     @torch.no_grad()
+    @flushed_denormals()
     def score(self, images, reference=None, scores: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """How unusual each image is to the model: score name -> (N,) float64 nats on the CPU, higher = more unusual
         (`nll`, `rate`, `complexity`, `regret`; `typicality` and `kl_to_reference` need `reference`, images of the
@@ -159,6 +163,7 @@ class Model:
         return score_split(self.module, split, post, Reference(ref_post, nll_mean), cfg, scores)
 
     @torch.no_grad()
+    @flushed_denormals()
     def compare(self, reference, new) -> dict:
         """How different `new` images are from `reference` images, as evaluate.py --against measures them: "scores"
         (per score: the means in nats and bits/dim, AUROC, AUPR, FPR at 95% TPR; new images positive), "dataset"

@@ -40,6 +40,13 @@ def main(argv: list[str]) -> None:
     if args.transform and not args.against:
         parser.error("--transform transforms the data of --against: pass --against SOURCE")
     # torch (about 5 s to import) loads only once the arguments are checked
+    from vae.denormals import flushed_denormals
+    with flushed_denormals():
+        evaluate(args)
+
+
+def evaluate(args) -> None:
+    """The command on its checked arguments."""
     from vae.compare.compare import compare, default_out
     from vae.evaluate.analyze import evaluate_checkpoint
     if args.compare:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vae.config.load import from_dict
+from vae.config.load import from_dict, to_dict
 from vae.config.schema import CLASS_NAMES, Config
 from vae.data.split import MNIST_SHAPE
 from vae.errors import UserError
@@ -43,6 +43,23 @@ UPGRADES = {
     3: lambda state: {**state, "format_version": 4, "average": None},  # v3 kept no average of the weights
     4: _data_of_v4,
 }
+
+
+def checkpoint_state(cfg: Config, splits, epoch: int, best: dict, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, gen: torch.Generator, progress: dict | None, precision: str,
+                     average: dict | None) -> dict:
+    """A checkpoint of this format: after `epoch` epochs of training (and the `progress` state of the next one when
+    it stopped inside it), the best evaluation so far, the weights, Adam, every random stream, the precision
+    train.precision resolved to, and the `average` state of the weights' moving average."""
+    return {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "data": data_info(splits), "epoch": epoch,
+            "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(gen),
+            "progress": progress, "precision": precision, "average": average}
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """The training stream `gen` and torch's global streams (CPU, and every GPU's)."""
+    return {"device_type": gen.device.type, "generator": gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def data_info(splits) -> dict:

@@ -14,11 +14,6 @@ from vae.run.checkpoint import load_checkpoint
 from vae.run.layout import best_pt, last_pt
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    return {"device_type": gen.device.type, "generator": gen.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
 def restore_rng(state: dict, gen: torch.Generator) -> None:
     """Put every random stream back where the checkpoint left it (same device type only)."""
     torch.set_rng_state(state["torch"])

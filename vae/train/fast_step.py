@@ -12,7 +12,8 @@ kernel). EagerStep is the reference it is tested against (tests/test_fast_step.p
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +21,12 @@ from torch import nn
 
 from vae.config.schema import Config
 from vae.model.activations import ELU, elu, elu_derivative
-from vae.model.distributions import LOG_2PI
+from vae.model.distributions import EXP_FLOOR, LOG_2PI, logsumexp
 from vae.model.likelihoods import Bernoulli, bernoulli_terms
 from vae.model.priors import MixturePrior
 from vae.model.vae import VAE
 from vae.train.progress import EpochProgress
-
-if TYPE_CHECKING:  # step.py builds this step
-    from vae.train.step import Batches, StepOptions
+from vae.train.step import Batches, StepOptions
 
 
 def fits(cfg: Config, model: VAE, processes: int, device: torch.device) -> bool:
@@ -75,8 +74,9 @@ class MixtureLogProb:
         const = F.log_softmax(m.logits, 0) - 0.5 * (m.mu * m.mu * precision + m.logvar + LOG_2PI).sum(-1)  # (K,)
         powers = torch.cat([z * z, z], dim=1)  # (N, 2L)
         log_joint = torch.addmm(const, powers, weights.t())  # (N, K): log a_k N(z; mu_k, .)
-        log_p = torch.logsumexp(log_joint, dim=1)  # (N,)
-        self.saved = powers, log_joint.sub_(log_p.unsqueeze(1)).exp_(), precision, weights
+        log_p = logsumexp(log_joint, dim=1)  # (N,)
+        log_r = log_joint.sub_(log_p.unsqueeze(1))  # responsibilities, exp_or_zero's in place:
+        self.saved = powers, log_r.masked_fill_(log_r < EXP_FLOOR, -math.inf).exp_(), precision, weights
         return log_p
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vae.config.load import to_dict
 from vae.config.schema import Config, LossConfig, TrainConfig, with_classes
 from vae.data.load import Splits, load_data
+from vae.denormals import flushed_denormals
 from vae.device import resolve_device
 from vae.errors import Interrupted, UserError
 from vae.evaluate.heldout import evaluate
@@ -28,19 +28,21 @@ from vae.evaluate.pictures import fixed_latents, save_pictures
 from vae.evaluate.plots import plot_loss_curves
 from vae.model.vae import VAE, build_model, init_output_bias
 from vae.run import rundir
-from vae.run.checkpoint import FORMAT_VERSION, check_same_data, data_info, load_state, save_checkpoint
+from vae.run.checkpoint import check_same_data, checkpoint_state, load_state, save_checkpoint
 from vae.run.layout import best_pt, last_pt
-from vae.run.resume import restore_rng, rng_state
+from vae.run.resume import restore_rng
+from vae.train.autograd_step import GraphedStep
 from vae.train.averaging import WeightAverage
+from vae.train.choose_step import compiled_graphs_dropped, make_step
 from vae.train.distributed import World, all_reduce, process_group, world_from_environment
 from vae.train.epoch_report import collapse_warning, epoch_line
 from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
-from vae.train.speed import Speed, choose_speed, compiled_as, threads_kept, timings_text
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
-from vae.train.step import GraphedStep, Step, compiled_graphs_dropped, make_step
+from vae.train.speed import choose_speed, threads_kept, timings_text
+from vae.train.step import Speed, Step
 from vae.train.tblog import TensorBoardLog
 
 SYNC_EVERY = 50  # steps between reads of the loss from the device (progress bar, NaN check, stop)
@@ -84,11 +86,9 @@ class Run:
 
     def checkpoint(self, epochs_done: int, inside: EpochProgress | None = None) -> dict:
         """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
-        return {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg), "data": data_info(self.splits),
-                "epoch": epochs_done, "best": self.best, "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(), "rng": rng_state(self.gen),
-                "progress": inside.state() if inside else None, "precision": self.speed.precision,
-                "average": self.average.state() if self.average else None}
+        return checkpoint_state(self.cfg, self.splits, epochs_done, self.best, self.model, self.opt, self.gen,
+                                inside.state() if inside else None, self.speed.precision,
+                                self.average.state() if self.average else None)
 
     def save_inside(self, epoch: int, progress: EpochProgress) -> None:
         """last.pt in the middle of `epoch` (rank 0 writes)."""
@@ -108,14 +108,16 @@ def train(cfg: Config, resume: str | Path | None = None, overwrite: bool = False
     trains data-parallel over all its processes. `after_epoch` is called with each epoch's metrics
     row once its checkpoint is written, and whether it is the run's last epoch (a sweep reports it
     to its pruner, which may stop the run). `memory_share` processes (a sweep's workers) share the
-    machine's free memory, so the run is checked against its share of it.
+    machine's free memory, so the run is checked against its share of it. Subnormal numbers are flushed to zero
+    on every thread throughout (vae/denormals.py).
     """
     started = time.perf_counter()  # the time budget counts the start-up too
     world = world_from_environment()
     device = world.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # new streams and CUDA graphs are made on the current device
-    with process_group(world, device), out_of_memory_reported(device), threads_kept(), \
+    # (the flush outside threads_kept: after the run, the threads it had before are the ones set back)
+    with process_group(world, device), out_of_memory_reported(device), flushed_denormals(), threads_kept(), \
             compiled_graphs_dropped(cfg.train.compile):
         argv = argv if argv is not None else sys.argv  # a sweep's trial passes its own, passwords out
         return _train(cfg, resume, overwrite, argv, world, device, after_epoch, memory_share, started)
@@ -140,7 +142,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
         return TrainResult(run.run_dir, run.rows, run.best, run.model)
     # 4. Speed: train.precision, train.threads and train.compile set, `auto` timed with the step on this machine.
     run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state)
-    step = make_step(compiled_as(cfg, run.speed), run.model, run.opt, splits, world, device, run.speed.bf16)
+    step = make_step(cfg, run.model, run.opt, splits, world, device, run.speed)
     # 5. Train in the run directory, held by this run alone.
     with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop:
         run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \

@@ -19,8 +19,9 @@ from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from vae.run.resume import carry_best, check_same_run, last_position, position
 from vae.train.distributed import World
 from vae.train.memory import check_memory
-from vae.train.speed import Speed, cxx_compiler
 from vae.train.schedule import stops_early
+from vae.train.speed import cxx_compiler
+from vae.train.step import Speed
 from vae.train.tblog import summary_writer_class
 
 IMAGE_BYTES_PER_EPOCH = 300_000  # the pictures of an epoch, at MNIST's size

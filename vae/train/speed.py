@@ -16,7 +16,6 @@ import shutil
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -25,27 +24,16 @@ from vae.config.schema import Config
 from vae.data.load import Splits
 from vae.data.split import Split
 from vae.model.vae import VAE
+from vae.train.choose_step import compiled_graphs_dropped, make_step
 from vae.train.distributed import World, all_reduce
 from vae.train.progress import EpochProgress
-from vae.train.step import Step, compiled_graphs_dropped, make_step
+from vae.train.step import Speed, Step
 
 TIMED_ROUNDS = 5  # alternating rounds of the steps compared
 ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long (at least one)
 PRECISIONS = ("fp32", "bf16")
 COMPILED = " compiled"  # a timed step's name: its precision, and this when it is compiled ("bf16 compiled")
 K = TypeVar("K")  # what names the steps compared
-
-
-@dataclass(frozen=True)
-class Speed:
-    bf16: bool  # the training forward pass under bf16 autocast
-    threads: int  # torch's threads for the run's work on the CPU
-    ms_per_step: dict[str, dict[int, float]] | None = None  # {step: {threads: ms}}: what `auto` timed
-    compiled: bool = False  # the step under torch.compile
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.bf16 else "fp32"
 
 
 def step_name(precision: str, compiled: bool) -> str:
@@ -81,11 +69,6 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
 def speed_of(step: str, threads: int, ms: dict[str, dict[int, float]] | None = None) -> Speed:
     """The Speed of the step named `step` on `threads` threads."""
     return Speed(step.startswith("bf16"), threads, ms, step.endswith(COMPILED))
-
-
-def compiled_as(cfg: Config, speed: Speed) -> Config:
-    """`cfg` with train.compile as `speed` has it (what make_step reads)."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=speed.compiled))
 
 
 def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
@@ -163,12 +146,10 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     counts = counts or (torch.get_num_threads(),)
     timed = {}
     for name in steps:
-        speed = speed_of(name, 1)
-        compiled = compiled_as(cfg, speed)
         for n in counts:
             net = copy.deepcopy(model)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
-            timed[name, n] = on_threads(make_step(compiled, net, opt, splits, World(), device, speed.bf16), n)
+            timed[name, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, speed_of(name, n)), n)
     graphs = sum(speed_of(name, 1).compiled for name, _ in timed)
     with threads_kept(), graphs_for_each(graphs) if graphs else contextlib.nullcontext():
         ms = compare_steps(timed, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
