@@ -15,14 +15,8 @@ from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, Tra
 from vae.errors import UserError
 from vae.evaluate.analyze import evaluate_checkpoint
 from vae.evaluate.estimators import iwae_batch
-from vae.model.likelihoods import (
-    LOG_SCALE_MIN,
-    Bernoulli,
-    ContinuousBernoulli,
-    ContinuousBernoulliBins,
-    DiscretizedLogistic,
-    log_one_minus_exp,
-)
+from vae.model.likelihoods import (LOG_SCALE_MIN, Bernoulli, ContinuousBernoulli, ContinuousBernoulliBins,
+                                   DiscretizedLogistic, log_one_minus_exp)
 from vae.model.vae import build_model
 from vae.train.loop import train
 

@@ -3,8 +3,9 @@ decoder p(x|z), a prior p(z); and its two-stochastic-layer form. Images (C, H, W
 flattened, D = C * H * W numbers each."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
+
+import math
 
 import torch
 from torch import nn
