@@ -22,9 +22,9 @@ LONGER = 20  # the long measurement's rounds, against auto's
 CPU = torch.device("cpu")
 
 
-def choices(config: str, images: int = 10_000) -> dict:
+def choices(config: str, images: int = 10_000, overrides: tuple[str, ...] = ()) -> dict:
     """auto's and the long measurement's ms per step, {step: {threads: ms}}, for `config` (a name or a path)."""
-    cfg = load_config(config, ["train.device=cpu"])
+    cfg = load_config(config, ["train.device=cpu", *overrides])
     splits = synthetic_splits(images)
     torch.manual_seed(0)
     model = build_model(cfg.model)

@@ -48,9 +48,10 @@ def as_filed():
         yield
 
 
-def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0) -> dict:
+def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0, overrides: tuple[str, ...] = ()
+                   ) -> dict:
     """ms per step of the config's step as filed and ours, and the precisions they ran at."""
-    cfg = load_config(config, ["train.device=cpu"])
+    cfg = load_config(config, ["train.device=cpu", *overrides])
     splits = synthetic_splits(images)
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -60,7 +61,7 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
     filed_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(CPU))
     ours = speed_of(*fastest(step_milliseconds(cfg, model, splits, CPU, 1,
                                                steps_to_time(cfg, precisions_to_time(cfg, CPU, None)))))
-    filed_cfg = load_config(config, ["train.device=cpu", "train.fast_step=false"])
+    filed_cfg = load_config(config, ["train.device=cpu", *overrides, "train.fast_step=false"])
     steps = {}
     filed_speed = Speed(filed_bf16, torch.get_num_threads())
     for name, step_cfg, speed in (("as filed", filed_cfg, filed_speed), ("ours", cfg, ours)):

@@ -1,14 +1,20 @@
 """The benchmarks keep working: bench/speed.py (two epochs of both loops and one fast setting on the synthetic
 data), bench/bf16_step.py and bench/step_speed.py, asserted on the numbers they return."""
+import json
+
 import pytest
 import torch
 
 import bench.auto_choice
 from bench.auto_choice import choices
 from bench.bf16_step import step_timings
+from bench.default_run import default_run
+from bench.late_epochs import epoch_seconds
 from bench.speed import benchmark
 from bench.step_speed import steps_compared
 from vae.config.schema import Config
+
+FP32 = ("train.precision=fp32", "train.compile=false")  # the default model's step in fp32, uncompiled
 
 pytestmark = pytest.mark.slow  # trains both loops: skipped by pytest -m "not slow"
 
@@ -33,9 +39,9 @@ def test_bf16_step_benchmark_times_both_precisions_for_each_batch():
 
 
 def test_step_speed_benchmark_times_the_step_as_filed_and_ours():
-    result = steps_compared("mnist", images=256, round_seconds=0.001)
+    result = steps_compared("mnist", images=256, round_seconds=0.001, overrides=FP32)
     assert set(result["ms"]) == {"as filed", "ours"} and all(ms > 0 for ms in result["ms"].values())
-    assert result["precision"] == {"as filed": "fp32", "ours": "fp32"}  # mnist.yaml asks for fp32
+    assert result["precision"] == {"as filed": "fp32", "ours": "fp32"}  # as asked
 
 
 def test_auto_choice_benchmark_times_every_precision_on_every_thread_count_twice(monkeypatch):
@@ -43,7 +49,7 @@ def test_auto_choice_benchmark_times_every_precision_on_every_thread_count_twice
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        result = choices("mnist", images=256)
+        result = choices("mnist", images=256, overrides=("train.compile=false",))
         assert torch.get_num_threads() == 2  # the timing gives the threads back
     finally:
         torch.set_num_threads(threads)
@@ -51,3 +57,17 @@ def test_auto_choice_benchmark_times_every_precision_on_every_thread_count_twice
     for ms in result.values():
         assert {p: set(by) for p, by in ms.items()} == {"fp32": {1, 2}, "bf16": {1, 2}}
         assert all(t > 0 for by in ms.values() for t in by.values())
+
+
+def test_default_run_benchmark_trains_the_default_config_as_make_train_runs_it(mnist_root, tmp_path):
+    rows, seconds, info = default_run(str(mnist_root), str(tmp_path / "run"), "cpu", ["train.epochs=2"])
+    assert [r["epoch"] for r in rows] == [1, 2] and seconds >= sum(r["seconds"] for r in rows) > 0
+    assert info["precision"] in ("fp32", "bf16") and "step_ms" in info  # `auto` timed it
+
+
+def test_late_epochs_benchmark_runs_the_hour_config_fresh_and_resumed_as_before_and_now(mnist_root, tmp_path):
+    fresh, info = epoch_seconds(str(mnist_root), None, 2, str(tmp_path / "early"), [], before=True)
+    late, _ = epoch_seconds(str(mnist_root), str(tmp_path / "early"), 2, str(tmp_path / "late"),
+                            [f"train.precision={info['precision']}", "train.threads=1"], before=False)
+    assert len(fresh) == len(late) == 1 and min(fresh + late) > 0  # each run's second epoch
+    assert json.loads((tmp_path / "late" / "run.json").read_text())["threads"] == 1

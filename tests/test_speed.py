@@ -10,8 +10,9 @@ import vae.train.speed
 from vae.data.load import load_data
 from vae.data.split import Split
 from vae.model.vae import build_model
+from vae.train.distributed import World
 from vae.train.loop import train
-from vae.train.speed import PRECISIONS, compare_steps, fastest, thread_counts
+from vae.train.speed import PRECISIONS, RunLength, compare_steps, compile_pays, fastest, thread_counts
 
 COUNTS = (1, 2, 4)  # what `auto` times with four threads
 
@@ -25,10 +26,22 @@ def four_threads():
     torch.set_num_threads(threads)
 
 
-def timed(table: dict[str, dict[int, float]]):
-    """A stand-in for step_milliseconds: `table`'s milliseconds of what it is asked to time."""
-    return lambda cfg, model, splits, device, processes, precisions, counts: {
-        p: {n: table[p][n] for n in counts} for p in precisions}
+def timed(table: dict[str, dict[int, float]], compile_seconds: float = 0.0, asked: list | None = None):
+    """A stand-in for step_milliseconds: `table`'s milliseconds of what it is asked to time (noted in `asked`), a
+    compiled step's warm-up taking `compile_seconds` more than two steps."""
+    def step_milliseconds(cfg, model, splits, device, processes, steps, counts, started=None):
+        if asked is not None:
+            asked.extend(steps)
+        if started is not None:
+            started.update({p: compile_seconds * p.endswith("compiled") + 2e-3 * table[p][counts[0]] for p in steps})
+        return {p: {n: table[p][n] for n in counts} for p in steps}
+    return step_milliseconds
+
+
+@pytest.fixture
+def compiling_always_might_pay(monkeypatch):
+    """`auto` times the compiled step however short the run (the tests' are a few steps)."""
+    monkeypatch.setattr(vae.train.speed, "COMPILE_SECONDS_AT_LEAST", 0.0)
 
 
 def threads_seen(monkeypatch) -> set[int]:
@@ -108,24 +121,49 @@ def test_auto_times_every_pair_on_copies_and_the_run_is_the_one_its_choice_makes
     assert without_timing(auto.rows) == without_timing(explicit.rows)
 
 
-def test_auto_compile_times_each_precision_compiled_and_not_and_the_run_is_the_one_its_choice_makes(tiny_cfg,
-                                                                                                     tmp_path):
-    """The written-out step timed in fp32 and bf16, each compiled and not; the run, compiled afresh when its choice
-    is, trains as the run asked for that choice."""
+def test_auto_compile_times_the_fastest_step_compiled_and_the_run_is_the_one_its_choice_makes(
+        tiny_cfg, tmp_path, capsys, compiling_always_might_pay):
+    """The written-out step timed in fp32 and bf16, then the faster compiled, its compiling timed too: over the
+    run's 20 steps it does not pay. The run trains as the run asked for that choice."""
     cfg = with_(tiny_cfg, train={"precision": "auto", "compile": "auto", "threads": 1})
     auto = train(with_(cfg, output={"dir": str(tmp_path / "a")}))
     info = run_info(auto)
     ms = info["step_ms"]
-    assert set(ms) == {"fp32", "fp32 compiled", "bf16", "bf16 compiled"} and all(by["1"] > 0 for by in ms.values())
-    step = min(ms, key=lambda name: ms[name]["1"])
-    assert (info["precision"], info["compiled"]) == (step.split()[0], step.endswith("compiled"))
+    faster = min(PRECISIONS, key=lambda p: ms[p]["1"])
+    assert set(ms) == {"fp32", "bf16", f"{faster} compiled"} and all(by["1"] > 0 for by in ms.values())
+    assert (info["precision"], info["compiled"]) == (faster, False)
+    assert "s, more than it saves over this run)" in capsys.readouterr().out
     explicit = train(with_(cfg, train={"precision": info["precision"], "compile": info["compiled"]},
                            output={"dir": str(tmp_path / "b")}))
     assert without_timing(auto.rows) == without_timing(explicit.rows)
 
 
+def test_compiling_pays_where_the_run_ends_sooner_or_takes_more_steps_in_its_budget():
+    # 2 ms a step, or 1 ms after 5 s of compiling: 1 ms saved a step
+    assert not compile_pays(2.0, 1.0, 5.0, RunLength(4_000))  # 8 s, against 9
+    assert compile_pays(2.0, 1.0, 5.0, RunLength(6_000))  # 12 s, against 11
+    assert compile_pays(2.0, 1.0, 5.0, RunLength(10**9, seconds=60.0))  # 55,000 steps in the minute, against 30,000
+    assert not compile_pays(2.0, 1.0, 5.0, RunLength(10**9, seconds=8.0))  # 3,000, against 4,000
+    assert not compile_pays(2.0, 1.0, 5.0, RunLength(3_000, seconds=60.0))  # both finish in the minute: 8 s, against 6
+
+
+@pytest.mark.parametrize("epochs, compiled", [(1, False), (300, True)])
+def test_auto_times_the_compiled_step_only_for_a_run_long_enough_that_it_might_pay(tiny_cfg, monkeypatch, epochs,
+                                                                                  compiled):
+    """At 1 ms a step, saving at most COMPILE_SAVES_AT_MOST of it cannot repay COMPILE_SECONDS_AT_LEAST of
+    compiling in one epoch's 10 steps; in 300 epochs' 3,000 it can (and, at no cost here, does)."""
+    threads, asked = torch.get_num_threads(), []
+    monkeypatch.setattr(vae.train.speed, "step_milliseconds",
+                        timed({"fp32": {threads: 1.0}, "fp32 compiled": {threads: 0.5}}, asked=asked))
+    cfg = with_(tiny_cfg, train={"compile": "auto", "epochs": epochs})
+    speed = vae.train.speed.choose_speed(cfg, None, None, World(), torch.device("cpu"), None, RunLength(epochs * 10))
+    assert ("fp32 compiled" in asked) is compiled and speed.compiled is compiled
+
+
+
 @pytest.mark.parametrize("compiled", [False, True])
-def test_auto_compile_trains_on_the_faster_and_a_resume_times_it_again(tiny_cfg, monkeypatch, capsys, compiled):
+def test_auto_compile_trains_on_the_faster_and_a_resume_times_it_again(tiny_cfg, monkeypatch, capsys, compiled,
+                                                                       compiling_always_might_pay):
     threads = torch.get_num_threads()
     fast, slow = ("fp32 compiled", "fp32") if compiled else ("fp32", "fp32 compiled")
     monkeypatch.setattr(vae.train.speed, "step_milliseconds", timed({fast: {threads: 1.0}, slow: {threads: 2.0}}))

@@ -41,7 +41,7 @@ from vae.train.memory import out_of_memory_reported
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
-from vae.train.speed import choose_speed, threads_kept, timings_text
+from vae.train.speed import choose_speed, run_length, threads_kept, timings_text
 from vae.train.step import Speed, Step
 from vae.train.tblog import TensorBoardLog
 
@@ -141,7 +141,9 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
         log(world, plan.nothing_to_do)
         return TrainResult(run.run_dir, run.rows, run.best, run.model)
     # 4. Speed: train.precision, train.threads and train.compile set, `auto` timed with the step on this machine.
-    run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state)
+    left = run_length(cfg, len(splits.train), plan.start, run.progress.step if run.progress else 0,
+                      seconds_spent(run.rows))
+    run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state, left)
     step = make_step(cfg, run.model, run.opt, splits, world, device, run.speed)
     # 5. Train in the run directory, held by this run alone.
     with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop:
@@ -297,16 +299,19 @@ def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> str:
 
 
 def write_epoch(run: Run, final: bool) -> None:
-    """metrics.csv, and the pictures every viz.every epochs and after the `final` one (or train.epochs)."""
+    """metrics.csv; the pictures every viz.every epochs, the loss curves every viz.curves_every, and both after the
+    `final` epoch (or train.epochs)."""
     cfg, rows = run.cfg, run.rows
     epoch = rows[-1]["epoch"]
+    last = epoch == cfg.train.epochs or final
     rundir.write_metrics(run.run_dir, rows)
     pictures = []
-    if epoch % cfg.viz.every == 0 or epoch == cfg.train.epochs or final:
+    if epoch % cfg.viz.every == 0 or last:
         fixed_z = fixed_latents(run.model.prior_noise_dim, cfg.train.seed, run.device)
         pictures = save_pictures(run.evaluated, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
-        plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")  # ~0.3 s: not every epoch of long runs
+    if epoch % cfg.viz.curves_every == 0 or last:
+        plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")
     if run.tensorboard:
         run.tensorboard.epoch(rows[-1], pictures)
 
@@ -320,7 +325,11 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
     how += ", compiled" if run.speed.compiled else ""
     how += f" on {run.speed.threads} thread{'s' * (run.speed.threads > 1)}" if run.device.type == "cpu" else ""
     if run.speed.ms_per_step:
-        how += f" (timed: {timings_text(run.speed.ms_per_step)})"
+        how += f" (timed: {timings_text(run.speed.ms_per_step)}"
+        if run.speed.compile_seconds is not None:  # timed: the run was long enough that compiling might pay
+            pays = "" if run.speed.compiled else ", more than it saves over this run"
+            how += f"; compiling took {run.speed.compile_seconds:.1f} s{pays}"
+        how += ")"
     budget = f" or {run.cfg.train.budget_minutes:g} minutes in all" if run.cfg.train.budget_minutes else ""
     average = f", averaging the weights (decay {run.cfg.train.ema_decay:g})" if run.average else ""
     return (f"training {n_params:,} parameters on {run.device}{how}, epochs {plan.start}..{run.cfg.train.epochs}"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import statistics
 import time
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -34,41 +35,94 @@ ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long 
 PRECISIONS = ("fp32", "bf16")
 COMPILED = " compiled"  # a timed step's name: its precision, and this when it is compiled ("bf16 compiled")
 K = TypeVar("K")  # what names the steps compared
+# Compiling pays over enough steps only. It saved 16-32% of a step in our timings (the written-out step, fp32 and
+# bf16, of the default model and mnist_cpu_hour, 2 threads of a Zen 4); and it took from 0.3 s a step (Inductor's
+# kernels found in its cache) to 6 s (built). Below these bounds' savings over the run's steps, `auto` does not even
+# time (and so compile) the compiled step.
+COMPILE_SAVES_AT_MOST = 0.4
+COMPILE_SECONDS_AT_LEAST = 0.25
 
 
 def step_name(precision: str, compiled: bool) -> str:
-    """How a timing names a step: 'fp32', 'bf16 compiled', ..."""
-    return precision + COMPILED * compiled
+    """How a timing names a step: 'fp32', 'bf16 compiled', ... (`precision` may be a step's name)."""
+    return precision.removesuffix(COMPILED) + COMPILED * compiled
+
+
+class RunLength(NamedTuple):
+    """What is left of a run: its steps, and the seconds its time budget leaves (inf without one)."""
+
+    steps: int
+    seconds: float = math.inf
 
 
 def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: torch.device,
-                 state: dict | None) -> Speed:
+                 state: dict | None, left: RunLength) -> Speed:
     """train.precision, train.threads and train.compile resolved, the threads set: what is `auto` is timed together,
     the fastest step taken (a checkpoint's precision stays; its threads and compiling are timed again, the machine
-    may be another)."""
+    may be another). Under train.compile=auto the fastest step is then timed compiled, its compiling too, where the
+    run is long enough that compiling might pay (compile_may_pay), and compiled where it does over what is `left`."""
     # Every process times the same steps and counts: those of the one with the fewest threads, and compiled ones
     # only where every process has a C++ compiler.
     have, compiler = all_reduce(torch.tensor([torch.get_num_threads(), cxx_compiler() is not None], device=device),
                                 "min").tolist()
-    steps = steps_to_time(cfg, precisions_to_time(cfg, device, state), bool(compiler))
+    precisions = precisions_to_time(cfg, device, state)
+    compiles = cfg.train.compile is True and bool(compiler)
+    steps = tuple(step_name(p, compiles) for p in precisions)
     counts = thread_counts(cfg.train.threads, device, have)
-    if len(steps) * len(counts) == 1:
+    may_compile = cfg.train.compile == "auto" and bool(compiler)
+    if len(steps) * len(counts) == 1 and not may_compile:
         torch.set_num_threads(counts[0])
         return speed_of(steps[0], counts[0])
-    ms = step_milliseconds(cfg, model, splits, device, world.size, steps, counts)
-    # Every process decides on the mean of all processes' timings, so all decide alike.
-    pairs = [(p, n) for p in steps for n in counts]
+    ms = processes_mean(step_milliseconds(cfg, model, splits, device, world.size, steps, counts), world, device)
+    step, threads = fastest(ms)
+    compile_seconds = None
+    if may_compile and compile_may_pay(ms[step][threads], left):
+        started = {}
+        twins = (step, step_name(step, True))
+        again = processes_mean(step_milliseconds(cfg, model, splits, device, world.size, twins, (threads,),
+                                                 started=started), world, device)
+        compile_seconds = all_reduce(torch.tensor(started[twins[1]] - 2e-3 * again[twins[1]][threads],
+                                                  dtype=torch.float64, device=device), "max").item()
+        ms[twins[1]] = again[twins[1]]
+        if compile_pays(again[step][threads], again[twins[1]][threads], compile_seconds, left):
+            step = twins[1]
+    torch.set_num_threads(threads)
+    return speed_of(step, threads, ms, compile_seconds)
+
+
+def processes_mean(ms: dict[str, dict[int, float]], world: World, device: torch.device) -> dict[str, dict[int, float]]:
+    """Each timing's mean over the processes of a run under torchrun, so that all decide alike."""
+    pairs = [(p, n) for p in ms for n in ms[p]]
     mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
     by_pair = dict(zip(pairs, mean.tolist()))
-    ms = {p: {n: by_pair[p, n] for n in counts} for p in steps}
-    step, threads = fastest(ms)
-    torch.set_num_threads(threads)
-    return speed_of(step, threads, ms)
+    return {p: {n: by_pair[p, n] for n in ms[p]} for p in ms}
 
 
-def speed_of(step: str, threads: int, ms: dict[str, dict[int, float]] | None = None) -> Speed:
+def compile_pays(plain_ms: float, compiled_ms: float, compile_seconds: float, left: RunLength) -> bool:
+    """Whether the compiled step, compiling first, ends the run sooner, or takes more steps within its time budget."""
+    def run(ms: float, start: float) -> tuple[float, float]:  # the steps taken, and minus the seconds they end at
+        steps = min(left.steps, max(0.0, (left.seconds - start) * 1e3 / ms))
+        return steps, -(start + steps * ms / 1e3)
+    return run(compiled_ms, compile_seconds) > run(plain_ms, 0.0)
+
+
+def compile_may_pay(plain_ms: float, left: RunLength) -> bool:
+    """Whether compiling could pay over what is left of the run if it saved COMPILE_SAVES_AT_MOST of each step for
+    COMPILE_SECONDS_AT_LEAST: if not, it is not worth timing (which compiles)."""
+    return compile_pays(plain_ms, plain_ms * (1 - COMPILE_SAVES_AT_MOST), COMPILE_SECONDS_AT_LEAST, left)
+
+
+def run_length(cfg: Config, examples: int, start: int, done: int, spent: float) -> RunLength:
+    """What is left of a run from epoch `start` on `examples` training examples, `done` of that epoch's steps taken
+    and `spent` seconds of its budget (train.budget_minutes) spent."""
+    steps = (cfg.train.epochs - start + 1) * math.ceil(examples / cfg.train.batch_size) - done
+    return RunLength(steps, cfg.train.budget_minutes * 60 - spent if cfg.train.budget_minutes else math.inf)
+
+
+def speed_of(step: str, threads: int, ms: dict[str, dict[int, float]] | None = None,
+             compile_seconds: float | None = None) -> Speed:
     """The Speed of the step named `step` on `threads` threads."""
-    return Speed(step.startswith("bf16"), threads, ms, step.endswith(COMPILED))
+    return Speed(step.startswith("bf16"), threads, ms, step.endswith(COMPILED), compile_seconds)
 
 
 def fastest(ms: dict[str, dict[int, float]]) -> tuple[str, int]:
@@ -134,13 +188,15 @@ def threads_kept() -> Iterator[None]:
 
 def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.device, processes: int = 1,
                       steps: tuple[str, ...] = PRECISIONS, counts: tuple[int, ...] | None = None,
-                      round_seconds: float = ROUND_SECONDS) -> dict[str, dict[int, float]]:
+                      round_seconds: float = ROUND_SECONDS, started: dict[str, float] | None = None
+                      ) -> dict[str, dict[int, float]]:
     """Median milliseconds of one step at train.batch_size as each of `steps` (a precision, compiled or not: see
     step_name) on each of `counts` threads (the threads this process has when None) on this process: the run's
     step (make_step's, on a copy of the model and optimizer for each, a compiled one compiled on its threads) on
     one batch of the training images, timed by compare_steps. The run's weights, random streams and threads are
     left as they were. Of a run of several `processes`, the autograd step each would run, without the gradients'
-    averaging (the same in either precision)."""
+    averaging (the same in either precision). `started`, when given, gets each step's seconds of warm-up (its
+    compiling, if compiled, and two steps) on the first of `counts`."""
     if processes > 1:  # what make_step gives a run under torchrun: neither the written-out step nor a graph
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fast_step=False, cuda_graph=False))
     counts = counts or (torch.get_num_threads(),)
@@ -152,7 +208,10 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
             timed[name, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, speed_of(name, n)), n)
     graphs = sum(speed_of(name, 1).compiled for name, _ in timed)
     with threads_kept(), graphs_for_each(graphs) if graphs else contextlib.nullcontext():
-        ms = compare_steps(timed, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds)
+        warmup = {}
+        ms = compare_steps(timed, splits.train, cfg.train.batch_size, cfg.loss.beta, device, round_seconds, warmup)
+    if started is not None:
+        started.update({p: warmup[p, counts[0]] for p in steps})
     return {p: {n: ms[p, n] for n in counts} for p in steps}
 
 
@@ -177,11 +236,11 @@ def on_threads(step: Step, threads: int) -> Step:
 
 
 def compare_steps(steps: dict[K, Step], train: Split, batch_size: int, kl_weight: float, device: torch.device,
-                  round_seconds: float = ROUND_SECONDS) -> dict[K, float]:
+                  round_seconds: float = ROUND_SECONDS, warmup: dict[K, float] | None = None) -> dict[K, float]:
     """Median milliseconds of each of `steps` on one batch of `train`, timed in TIMED_ROUNDS alternating rounds
     of about `round_seconds` (so that a drift of the machine's speed hits all alike) after two steps of
-    warm-up each (a compiled step compiles in them) and one that sizes the rounds. Their random numbers come from
-    a generator of their own."""
+    warm-up each (a compiled step compiles in them; `warmup`, when given, gets their seconds) and one that sizes
+    the rounds. Their random numbers come from a generator of their own."""
     gen = torch.Generator(device=device).manual_seed(0)
     index = torch.randperm(len(train), generator=gen, device=device)[:batch_size]
     tally = EpochProgress.begin(len(index), gen)  # the steps count into a scratch tally
@@ -194,8 +253,10 @@ def compare_steps(steps: dict[K, Step], train: Split, batch_size: int, kl_weight
         sync(device)
         return (time.perf_counter() - t0) / n
 
-    for step in steps.values():
-        seconds(step, 2)
+    for name, step in steps.items():
+        started = 2 * seconds(step, 2)
+        if warmup is not None:
+            warmup[name] = started
     n = max(1, round(round_seconds / max(seconds(step, 1) for step in steps.values())))
     rounds = {name: [] for name in steps}
     for _ in range(TIMED_ROUNDS):

@@ -66,10 +66,13 @@ class Batches:
 
 @dataclass(frozen=True)
 class Speed:
+    """How the run's step runs: train.precision, train.threads and train.compile resolved (vae/train/speed.py)."""
+
     bf16: bool  # the training forward pass under bf16 autocast
     threads: int  # torch's threads for the run's work on the CPU
     ms_per_step: dict[str, dict[int, float]] | None = None  # {step: {threads: ms}}: what `auto` timed
     compiled: bool = False  # the step under torch.compile
+    compile_seconds: float | None = None  # what compiling took where `auto` timed it
 
     @property
     def precision(self) -> str:
