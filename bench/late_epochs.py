@@ -2,14 +2,15 @@
 its early ones (a fresh run), each as this code runs them and as the code before ran them, whole epochs of train()
 in one process, the four runs alternated in each round.
 
-    python -m bench.late_epochs --data ../shared/data --checkpoint RUN [--epochs 4] [--rounds 2]
+    python -m bench.late_epochs --data ../shared/data --checkpoint RUN [--epochs 4] [--rounds 2] [section.key=value ...]
 
 "Before" is this code with two things put back as they were: subnormal numbers flushed on no thread (now on
 every thread torch computes on, vae/denormals.py), and the mixture prior's log-sum-exp and responsibilities
 computed with exp() over every component (now exp_or_zero: zero, not computed, below e^-87, where the vectorized
 exp is slow). Each run's epochs are its metrics rows' seconds (training, evaluation and writes); the first of each
 run holds its start-up and is left out. Every run takes the precision, threads and compiling that `auto` chose
-for the first (ours, early), so that only the code differs.
+for the first (ours, early), so that only the code differs; overrides (train.compile=false, ...) change every run's
+config.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def main() -> None:
                                                             "(its directory, or a checkpoint file)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (at least 2: the first is left out)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the four runs")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="changes to every run's config")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: each run's first epoch holds its start-up and is left out")
@@ -87,15 +89,15 @@ def main() -> None:
           f"late = resumed after {trained} epochs", flush=True)
     runs = [(code, stage) for code in ("ours", "before") for stage in ("early", "late")]
     seconds = {run: [] for run in runs}
-    speed = []
+    speed = list(args.overrides)
     with tempfile.TemporaryDirectory() as scratch:
         for r in range(args.rounds):
             for code, stage in runs:
                 s, info = epoch_seconds(args.data, checkpoint if stage == "late" else None, args.epochs,
                                         f"{scratch}/{r}-{code}-{stage}", speed, code == "before")
-                if not speed:  # every later run as `auto` chose for this one
-                    speed = [f"train.precision={info['precision']}", f"train.threads={info['threads']}",
-                             f"train.compile={str(info['compiled']).lower()}"]
+                if len(speed) == len(args.overrides):  # every later run as `auto` chose for this one
+                    speed += [f"train.precision={info['precision']}", f"train.threads={info['threads']}",
+                              f"train.compile={str(info['compiled']).lower()}"]
                     print("all runs: " + " ".join(speed), flush=True)
                 seconds[code, stage] += s
                 print(f"round {r + 1} {code:>6} {stage:>5}: " + ", ".join(f"{x:.2f}" for x in s) + " s", flush=True)
