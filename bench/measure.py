@@ -18,6 +18,7 @@ from vae.config.schema import Config, ModelConfig, TrainConfig
 from vae.data.load import Splits
 from vae.data.mnist import load_dataset
 from vae.data.split import MNIST_SHAPE, Split
+from vae.denormals import flushed_denormals
 from vae.device import native_bf16
 from vae.evaluate.heldout import evaluate
 from vae.model.vae import build_model
@@ -41,9 +42,11 @@ def our_step(train: Split, device: torch.device, train_cfg: TrainConfig, hidden:
     return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device, speed)
 
 
+@flushed_denormals()
 def run_ours(splits: tuple[Split, Split | None], epochs: int, device: torch.device, train_cfg: TrainConfig,
              hidden: int = 400, stop_at: float | None = None) -> list[dict]:
-    """This project's path (make_step, run_epoch, evaluate) on (train, test); the first epoch includes any compiling."""
+    """This project's path (make_step, run_epoch, evaluate) on (train, test), subnormals flushed as train() has them;
+    the first epoch includes any compiling."""
     train, test = splits
     train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     model, step = our_step(train, device, train_cfg, hidden)

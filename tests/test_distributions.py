@@ -42,7 +42,7 @@ def test_each_log_prob_matches_torch_distributions():
 def test_exp_below_the_floor_is_zero_and_exact_above_it():
     x = torch.tensor([0.0, -10.0, EXP_FLOOR, EXP_FLOOR - 1e-3, -95.0, -1e4, -math.inf])
     expected = torch.exp(x.double()).float()
-    expected[3:] = 0.0  # subnormal (-87.34 < x < -87: still normal in IEEE, under 1.7e-38), or zero
+    expected[3:] = 0.0  # under e^-87 = 1.7e-38 (normal down to e^-87.34, then subnormal), or zero
     assert torch.equal(exp_or_zero(x), expected)
 
 

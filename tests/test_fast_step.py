@@ -219,9 +219,10 @@ def assert_same_adam(opt, twin, steps):
 
     Their moments are sums of the gradients and their squares, so they agree to the rounding of the gradients'
     sums, which the two steps' kernels take in different orders (differently on each CPU): a few hundred units of
-    float32's 6e-8 of the largest entry. The weights need not: Adam moves each by about lr * m / sqrt(v), +-lr
-    whatever the gradient's size, so a weight whose gradient cancels to the rounding's size can move either way;
-    they agree only to within 2 lr a step.
+    float32's 6e-8 of the largest entry: they carry the check. The weights need not agree closer than Adam's steps:
+    it moves each by about lr * m / sqrt(v), +-lr whatever the gradient's size, so a weight whose gradient cancels to
+    the rounding's size can move either way; they are checked to within 2 lr a step only (a wrong lr, or a step
+    too many, shows there).
     """
     for group, twin_group in zip(opt.param_groups, twin.param_groups):
         for p, q in zip(group["params"], twin_group["params"]):

@@ -7,12 +7,14 @@ import torch
 from conftest import on_each_step, with_, without_timing
 
 import vae.train.speed
+from vae.config.schema import Config
 from vae.data.load import load_data
 from vae.data.split import Split
 from vae.model.vae import build_model
 from vae.train.distributed import World
 from vae.train.loop import train
-from vae.train.speed import PRECISIONS, RunLength, compare_steps, compile_pays, fastest, thread_counts
+from vae.train.speed import (PRECISIONS, RunLength, compare_steps, compile_pays, fastest, run_length,
+                              thread_counts)
 
 COUNTS = (1, 2, 4)  # what `auto` times with four threads
 
@@ -153,12 +155,20 @@ def test_auto_times_the_compiled_step_only_for_a_run_long_enough_that_it_might_p
     """At 1 ms a step, saving at most COMPILE_SAVES_AT_MOST of it cannot repay COMPILE_SECONDS_AT_LEAST of
     compiling in one epoch's 10 steps; in 300 epochs' 3,000 it can (and, at no cost here, does)."""
     threads, asked = torch.get_num_threads(), []
+    monkeypatch.setattr(vae.train.speed, "cxx_compiler", lambda: "c++")  # as on a machine with one
     monkeypatch.setattr(vae.train.speed, "step_milliseconds",
                         timed({"fp32": {threads: 1.0}, "fp32 compiled": {threads: 0.5}}, asked=asked))
     cfg = with_(tiny_cfg, train={"compile": "auto", "epochs": epochs})
     speed = vae.train.speed.choose_speed(cfg, None, None, World(), torch.device("cpu"), None, RunLength(epochs * 10))
     assert ("fp32 compiled" in asked) is compiled and speed.compiled is compiled
 
+
+def test_the_run_length_is_the_steps_left_and_the_seconds_its_budget_leaves():
+    cfg = with_(Config(), train={"epochs": 10, "batch_size": 128})
+    assert run_length(cfg, 60_000, start=1, done=0, spent=0.0) == RunLength(10 * 469)  # 468 batches and a short one
+    assert run_length(cfg, 60_000, start=3, done=100, spent=12.0) == RunLength(8 * 469 - 100)  # stopped in epoch 3
+    budget = with_(cfg, train={"budget_minutes": 2.0})
+    assert run_length(budget, 60_000, start=3, done=100, spent=12.0) == RunLength(8 * 469 - 100, 108.0)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -6,6 +6,8 @@ import torch
 import yaml
 from conftest import TIMING, assert_same_parameters, with_, without_timing
 
+import vae.train.loop
+
 from vae.config.load import from_dict, to_dict
 from vae.data.load import load_data
 from vae.data.mnist import load_dataset
@@ -53,6 +55,25 @@ def test_viz_every_skips_epochs_but_always_draws_the_last(tiny_cfg):
     assert sorted(p.name for p in (run / "images").glob("digit*")) == ["digit5_epoch002.png",
                                                                          "digit5_epoch003.png"]
     assert (run / "images" / "loss_curves.png").is_file()
+
+
+def test_the_loss_curves_are_drawn_every_curves_every_epochs_and_where_a_run_stops(tiny_cfg, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(vae.train.loop, "plot_loss_curves", lambda rows, path: drawn.append(rows[-1]["epoch"]))
+    train(with_(tiny_cfg, train={"epochs": 5}, viz={"curves_every": 2}))
+    assert drawn == [2, 4, 5]  # and after the last
+
+    class Pruned(Exception):
+        pass
+
+    def prune(row, last):  # a sweep's pruner, stopping the run after its third epoch
+        if row["epoch"] == 3:
+            raise Pruned
+    drawn.clear()
+    with pytest.raises(Pruned):
+        train(with_(tiny_cfg, train={"epochs": 5}, viz={"curves_every": 2}, output={"dir": tiny_cfg.output.dir + "2"}),
+              after_epoch=prune)
+    assert drawn == [2, 3]  # brought up to the epoch it stopped after
 
 
 def test_training_lowers_the_loss_on_learnable_data(tiny_cfg):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
 import re
 from collections.abc import Iterator
@@ -36,10 +37,20 @@ def openmp_libraries() -> list[str]:
     return sorted(p for p in paths if OPENMP.search(p))
 
 
-def set_environment_everywhere(env: ctypes.Array, libm: ctypes.CDLL) -> None:
-    """fesetenv(env) on this thread and on each of torch's OpenMP threads."""
-    libm.fesetenv(env)
-    fesetenv = ctypes.cast(libm.fesetenv, ctypes.c_void_p)
+@functools.cache
+def libm() -> ctypes.CDLL | None:
+    """The C maths library, whose fegetenv and fesetenv read and write a thread's flags: on x86-64; else None."""
+    name = ctypes.util.find_library("m") if platform.machine().lower() in ("x86_64", "amd64") else None
+    lib = ctypes.CDLL(name) if name else None
+    return lib if lib is not None and hasattr(lib, "fegetenv") else None
+
+
+def set_environment_everywhere(env: ctypes.Array) -> None:
+    """fesetenv(env), the whole floating-point environment (SSE's flags and x87's), on this thread and on each of
+    torch's OpenMP threads."""
+    math = libm()
+    math.fesetenv(env)
+    fesetenv = ctypes.cast(math.fesetenv, ctypes.c_void_p)
     for path in openmp_libraries():
         runtime = ctypes.CDLL(path)
         parallel = getattr(runtime, "GOMP_parallel", None)  # libomp and libiomp5 have it too
@@ -57,20 +68,19 @@ def flushed_denormals() -> Iterator[None]:
     computes on: its threads at the start (torch.get_num_threads()) and those started inside; the floating-point
     environment as before it, after. Also a decorator. Nothing changes on a CPU without the flags (not x86) or
     without glibc's fegetenv."""
-    name = ctypes.util.find_library("m")
-    libm = ctypes.CDLL(name) if name and platform.machine().lower() in ("x86_64", "amd64") else None
-    if libm is None or not hasattr(libm, "fegetenv"):
+    math = libm()
+    if math is None:
         yield
         return
     before, flushed = ctypes.create_string_buffer(FENV_BYTES), ctypes.create_string_buffer(FENV_BYTES)
-    libm.fegetenv(before)
+    math.fegetenv(before)
     has_flags = torch.set_flush_denormal(True)  # this thread's, where the CPU has them
-    libm.fegetenv(flushed)
+    math.fegetenv(flushed)
     if has_flags:
-        set_environment_everywhere(flushed, libm)
+        set_environment_everywhere(flushed)
     try:
         yield
     finally:
         if has_flags:
-            set_environment_everywhere(before, libm)
+            set_environment_everywhere(before)
 

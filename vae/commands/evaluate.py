@@ -42,10 +42,10 @@ def main(argv: list[str]) -> None:
     # torch (about 5 s to import) loads only once the arguments are checked
     from vae.denormals import flushed_denormals
     with flushed_denormals():
-        evaluate(args)
+        run_command(args)
 
 
-def evaluate(args) -> None:
+def run_command(args) -> None:
     """The command on its checked arguments."""
     from vae.compare.compare import compare, default_out
     from vae.evaluate.analyze import evaluate_checkpoint

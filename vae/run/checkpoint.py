@@ -45,7 +45,7 @@ UPGRADES = {
 }
 
 
-def checkpoint_state(cfg: Config, splits, epoch: int, best: dict, model: torch.nn.Module,
+def checkpoint_state(cfg: Config, splits, *, epoch: int, best: dict, model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, gen: torch.Generator, progress: dict | None, precision: str,
                      average: dict | None) -> dict:
     """A checkpoint of this format: after `epoch` epochs of training (and the `progress` state of the next one when

@@ -5,12 +5,13 @@ Read top to bottom: `_train` is the whole story in labelled steps, `run_epoch` t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,7 @@ class Run:
     clock: float  # when the time counted in the next metrics row began: the run's start, then each row's end
     speed: Speed = Speed(False, 1)  # train.precision and train.threads as they run (choose_speed's, before a step)
     average: WeightAverage | None = None  # the weights averaged over the steps (train.ema_decay)
+    curves_drawn: int = 0  # the last epoch images/loss_curves.png shows
     progress: EpochProgress | None = None  # where the checkpoint stopped inside an epoch
     tensorboard: TensorBoardLog | None = None
 
@@ -86,9 +88,14 @@ class Run:
 
     def checkpoint(self, epochs_done: int, inside: EpochProgress | None = None) -> dict:
         """This moment as a checkpoint: after `epochs_done` epochs and, with `inside`, steps into the next."""
-        return checkpoint_state(self.cfg, self.splits, epochs_done, self.best, self.model, self.opt, self.gen,
-                                inside.state() if inside else None, self.speed.precision,
-                                self.average.state() if self.average else None)
+        return checkpoint_state(self.cfg, self.splits, epoch=epochs_done, best=self.best, model=self.model,
+                                optimizer=self.opt, gen=self.gen, progress=inside.state() if inside else None,
+                                precision=self.speed.precision, average=self.average.state() if self.average else None)
+
+    def draw_curves(self) -> None:
+        """images/loss_curves.png of every epoch so far."""
+        plot_loss_curves(self.rows, self.run_dir / "images" / "loss_curves.png")
+        self.curves_drawn = self.rows[-1]["epoch"]
 
     def save_inside(self, epoch: int, progress: EpochProgress) -> None:
         """last.pt in the middle of `epoch` (rank 0 writes)."""
@@ -146,7 +153,7 @@ def _train(cfg: Config, resume: str | Path | None, overwrite: bool, argv: list[s
     run.speed = choose_speed(cfg, run.model, splits, world, device, plan.state, left)
     step = make_step(cfg, run.model, run.opt, splits, world, device, run.speed)
     # 5. Train in the run directory, held by this run alone.
-    with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop:
+    with claimed(plan, cfg, argv, device, world, run.speed), StopRequest() as stop, curves_brought_up_to_date(run):
         run.tensorboard = TensorBoardLog(run.run_dir / "tensorboard", plan.start) \
             if cfg.logging.tensorboard and world.main else None
         log(world, start_line(run, plan, step))
@@ -311,9 +318,21 @@ def write_epoch(run: Run, final: bool) -> None:
         pictures = save_pictures(run.evaluated, run.splits.test, fixed_z, cfg.viz.digit, run.run_dir / "images",
                                  suffix=f"_epoch{epoch:03d}")
     if epoch % cfg.viz.curves_every == 0 or last:
-        plot_loss_curves(rows, run.run_dir / "images" / "loss_curves.png")
+        run.draw_curves()
     if run.tensorboard:
         run.tensorboard.epoch(rows[-1], pictures)
+
+
+@contextlib.contextmanager
+def curves_brought_up_to_date(run: Run) -> Iterator[None]:
+    """The loss curves drawn to the last epoch also when the run stops between viz.curves_every epochs (a signal, a
+    sweep's pruning, an error)."""
+    try:
+        yield
+    finally:
+        if run.world.main and run.rows and run.curves_drawn < run.rows[-1]["epoch"]:
+            with contextlib.suppress(Exception):  # a picture's failure must not hide why the run stopped
+                run.draw_curves()
 
 
 def start_line(run: Run, plan: Plan, step: Step) -> str:

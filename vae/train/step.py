@@ -66,7 +66,8 @@ class Batches:
 
 @dataclass(frozen=True)
 class Speed:
-    """How the run's step runs: train.precision, train.threads and train.compile resolved (vae/train/speed.py)."""
+    """How the run's step runs: train.precision, train.threads and train.compile as vae/train/speed.py resolves them
+    (here, not there, because make_step takes one and speed.py times make_step's steps)."""
 
     bf16: bool  # the training forward pass under bf16 autocast
     threads: int  # torch's threads for the run's work on the CPU
