@@ -7,7 +7,6 @@ import yaml
 from conftest import TIMING, assert_same_parameters, with_, without_timing
 
 import vae.train.loop
-
 from vae.config.load import from_dict, to_dict
 from vae.data.load import load_data
 from vae.data.mnist import load_dataset
