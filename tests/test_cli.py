@@ -124,6 +124,14 @@ def test_bad_evaluate_input_is_one_clear_line(trained):
     ("train.py", [], "give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one"),
     ("train.py", ["--config"], "argument --config: expected one argument"),
     ("train.py", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ("train.py", ["--config", "mnist", "--epochs", "20"],
+     "unrecognized arguments: --epochs; set config keys as section.key=value: train.epochs=20"),
+    ("train.py", ["--config", "mnist", "--batch-size=64"],
+     "unrecognized arguments: --batch-size=64; set config keys as section.key=value: train.batch_size=64"),
+    ("train.py", ["--config", "mnist", "--seed"],  # train.seed, not data.seed; no value given
+     "unrecognized arguments: --seed; set config keys as section.key=value: train.seed=VALUE"),
+    ("evaluate.py", ["--checkpoint", "x", "--iwae-samples", "50"],
+     "unrecognized arguments: --iwae-samples; set config keys as section.key=value: eval.iwae_samples=50"),
     ("evaluate.py", [], "one of the arguments --checkpoint --compare is required"),
 ])
 def test_usage_errors_are_one_line(script, args, message):

@@ -8,10 +8,15 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
-from vae.config.load import config_file, load_config
+from vae.cli import INVOKED_AS, invoked_as
+from vae.config.load import config_file, load_config, to_dict
 from vae.errors import UserError
+from vae.train.distributed import World
+from vae.train.interrupt import StopRequest
+from vae.train.loop import stopped
 
 SMALL = ["model.hidden_dims=[16]", "model.latent_dim=2", "train.epochs=1", "train.device=cpu", "data.download=false"]
 
@@ -25,6 +30,50 @@ def test_a_shipped_config_is_found_by_name_where_no_such_file_is():
         config_file("mnsit")
     with pytest.raises(UserError, match="config file not found: elsewhere/mnist.yaml"):
         config_file("elsewhere/mnist.yaml")  # a path is a path
+
+
+def test_a_local_file_named_like_a_shipped_config_wins_over_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist.yaml").write_text("train:\n  epochs: 7\n")
+    assert config_file("mnist") == config_file("mnist.yaml") == Path("mnist.yaml")
+    assert load_config("mnist").train.epochs == 7
+    assert config_file("mnist_cpu_hour") == REPO / "configs" / "mnist_cpu_hour.yaml"  # no such file here
+
+
+def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "mnist_cpu_hour", "--print-config",
+                           "train.epochs=3", "model.latent_dim=7"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    expected = to_dict(load_config(REPO / "configs" / "mnist_cpu_hour.yaml", ["train.epochs=3", "model.latent_dim=7"]))
+    assert printed == expected and printed["train"]["epochs"] == 3 and printed["model"]["prior"] == "mog"
+    assert list(tmp_path.iterdir()) == []  # no run directory, no outputs/
+
+
+@pytest.mark.parametrize("argv0, world, expected", [
+    ("/home/u/.venv/bin/vae-train", 1, "vae-train --resume R"),
+    ("python -m vae train", 1, "python -m vae train --resume R"),
+    ("train.py", 1, "python train.py --resume R"),
+    ("/home/u/.venv/bin/vae-train", 2, "torchrun --nproc_per_node 2 --no-python vae-train --resume R"),
+    ("python -m vae train", 2, "torchrun --nproc_per_node 2 -m vae train --resume R"),
+    ("/checkout/train.py", 2, "torchrun --nproc_per_node 2 train.py --resume R"),
+])
+def test_the_hint_after_a_stop_names_the_command_as_the_user_ran_it(monkeypatch, argv0, world, expected):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.delenv(INVOKED_AS, raising=False)
+    stop = stopped(StopRequest(), "in epoch 2", Path("R"), World(size=world, rank=0, local_rank=0))
+    assert str(stop) == f"stopped in epoch 2; continue with: {expected}"
+    monkeypatch.setenv(INVOKED_AS, "module")  # a sweep's worker: the style of the sweep the user ran
+    assert invoked_as("evaluate") == "python -m vae evaluate"
+
+
+def test_python_m_vae_help_lists_the_commands_and_exits_0():
+    done = subprocess.run([sys.executable, "-m", "vae", "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: python -m vae {train,evaluate,sweep}")
+    assert all(f"\n  {name} " in done.stdout for name in ("train", "evaluate", "sweep"))
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""Train a VAE: python train.py --config configs/mnist.yaml [--resume RUN_DIR|CKPT] [section.key=value ...]"""
+"""Train a VAE: vae-train --config mnist [--resume RUN_DIR|CKPT] [--print-config] [section.key=value ...]"""
 from __future__ import annotations
 
 import dataclasses
 import sys
 
 from vae.cli import ArgumentParser, run
-from vae.config.load import load_config, split_override, to_dict
+from vae.config.load import load_config, split_override, to_dict, to_yaml
 from vae.config.schema import OutputConfig
 from vae.errors import UserError
 
@@ -18,6 +18,8 @@ def main(argv: list[str]) -> None:
                         help="continue a run: its directory (uses checkpoints/last.pt) or a checkpoint file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in output.dir instead of refusing")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults, file, checkpoint and overrides) as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, values parsed as YAML (train.lr=3e-4)")
     args = parser.parse_intermixed_args(argv)  # flags may stand between the overrides
@@ -37,6 +39,9 @@ def main(argv: list[str]) -> None:
             raise UserError(f"{resume} is not in a run's checkpoints/ folder: give output.dir=DIR "
                             f"to continue it there")
         cfg = dataclasses.replace(cfg, output=OutputConfig(dir=str(home)))
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
     from vae.train.loop import train
     train(cfg, resume=resume, overwrite=args.overwrite, argv=sys.argv)
 

@@ -97,6 +97,11 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, sections and keys in their declared order: config.yaml and --print-config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors/aliases, so a small file cannot expand into a huge one, and reads
     `3e-4` as a number, as YAML 1.2 does (YAML 1.1 wants a dot: `3.0e-4`)."""
@@ -134,10 +139,12 @@ def shipped_configs() -> dict[str, Path]:
 
 
 def config_file(path: str | Path) -> Path:
-    """A config file, or the name of a shipped one (`mnist`, `mnist_cpu_hour.yaml`) where no such file is here."""
+    """A config file, or the name of a shipped one (`mnist`, `mnist_cpu_hour.yaml`) where no such file is here:
+    `--config mnist` takes ./mnist.yaml when there is one."""
     path = Path(path)
-    if path.is_file():
-        return path
+    for here in (path, path.with_name(path.name + ".yaml")) if path.suffix == "" else (path,):
+        if here.is_file():
+            return here
     shipped = shipped_configs()
     if path.parent == Path(".") and path.suffix in ("", ".yaml") and path.stem in shipped:
         return shipped[path.stem]

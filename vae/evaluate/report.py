@@ -7,9 +7,7 @@ import math
 import string
 from pathlib import Path
 
-import yaml
-
-from vae.config.load import to_dict
+from vae.config.load import to_yaml
 from vae.config.schema import Config
 from vae.evaluate.page import figure_rows, page
 from vae.files import atomic_write_text
@@ -133,7 +131,7 @@ def write_report(run_dir: Path, cfg: Config, metrics: dict, rows: list[dict]) ->
     sections = [("summary", "Summary", summary_cards(metrics)),
                 ("explore", "Explore the decoder", explorer_section(run_dir)), ("pictures", "Pictures", shown),
                 ("training", "Training", training), ("numbers", "All the numbers", numbers),
-                ("config", "Config", f"<pre>{html.escape(yaml.safe_dump(to_dict(cfg), sort_keys=False))}</pre>")]
+                ("config", "Config", f"<pre>{html.escape(to_yaml(cfg))}</pre>")]
     contents = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in sections)
     body = "\n".join(f'<section id="{key}"><h2>{title}</h2>\n{text}</section>' for key, title, text in sections)
     atomic_write_text(run_dir / "report.html", page(f"VAE report: {run_dir.name}", f"<nav>{contents}</nav>\n{body}"))

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 import torchvision
-import yaml
 
 from vae import files
-from vae.config.load import to_dict
+from vae.config.load import to_yaml
 from vae.config.schema import Config
 from vae.errors import MachineError, UserError
 from vae.files import atomic_write_text, read_text_no_follow, refuse_links
@@ -96,7 +95,7 @@ def write_run_info(run_dir: Path, cfg: Config, argv: list[str], device: torch.de
 
     A resumed run keeps the earlier invocations' records under "previous".
     """
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     info = {
         "argv": argv,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vae.cli import invoked_as
 from vae.config.schema import Config, LossConfig, TrainConfig, with_classes
 from vae.data.load import Splits, load_data
 from vae.denormals import flushed_denormals
@@ -357,7 +358,10 @@ def start_line(run: Run, plan: Plan, step: Step) -> str:
 
 def stopped(stop: StopRequest, where: str, run_dir: Path, world: World) -> Interrupted:
     """The stop on a signal (under torchrun, another process's), saying how to continue."""
-    launcher = f"torchrun --nproc_per_node {world.size} train.py" if world.size > 1 else "python train.py"
+    launcher = invoked_as("train")
+    if world.size > 1:  # torchrun runs a script, a module, or (--no-python) an installed command
+        launcher = f"torchrun --nproc_per_node {world.size} " + {
+            "vae-train": "--no-python vae-train", "python -m vae train": "-m vae train"}.get(launcher, "train.py")
     return Interrupted(stop.signum or signal.SIGTERM, f"stopped {where}; continue with: {launcher} --resume {run_dir}")
 
 
