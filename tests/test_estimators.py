@@ -6,7 +6,7 @@ from conftest import gaussian_bound
 
 from vae.config.schema import ModelConfig
 from vae.data.mnist import load_dataset
-from vae.evaluate.estimators import active_units, rate_split
+from vae.evaluate.estimators import active_dims, active_units, rate_split
 from vae.evaluate.heldout import encode_split
 from vae.model.distributions import LOG_2PI, STANDARD_NORMAL, GaussianMixture, kl_per_dim, log_normal
 from vae.model.vae import VAE
@@ -167,6 +167,16 @@ def test_active_units_against_a_learned_prior_count_a_share_of_the_variance_what
     for scale in (1.0, 0.01, 100.0):  # a learned prior may put z at any scale: the count stays
         assert active_units(mu * scale, logvar + 2 * math.log(scale)) == 1
     assert active_units(mu * 0.01) == 0 and active_units(mu * 100.0) == 2  # Burda's absolute threshold does not
+
+
+def test_the_rule_for_active_units_follows_the_model_s_prior():
+    g = torch.Generator().manual_seed(0)
+    mu = 10 * torch.cat([math.sqrt(0.3) * torch.randn(4000, 1, generator=g),
+                         math.sqrt(0.005) * torch.randn(4000, 1, generator=g)], dim=1)  # variances 30 and 0.5
+    logvar = torch.log(100 * torch.tensor([0.7, 0.995])).expand(4000, 2)  # shares 0.3 and 0.005 of z_d's variance
+    normal, mixture = VAE(ModelConfig(latent_dim=2)), VAE(ModelConfig(latent_dim=2, prior="mog"))
+    assert active_dims(normal, mu, logvar).tolist() == [True, True]  # Var_x(mu_d) > 0.01
+    assert active_dims(mixture, mu, logvar).tolist() == [True, False]  # share > 0.01
 
 
 def test_active_units_of_an_encoder_built_to_use_two_dims(mnist_root):

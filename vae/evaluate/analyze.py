@@ -15,7 +15,7 @@ from vae.config.schema import Config, with_classes
 from vae.data.load import TRAIN_DRAW, Splits, load_data
 from vae.data.split import Split
 from vae.device import resolve_device
-from vae.evaluate.estimators import ACTIVE_THRESHOLD, active_units, activity, iwae_nll, rate_split
+from vae.evaluate.estimators import active_dims, active_units, iwae_nll, rate_split
 from vae.evaluate.explorer import save_explorer
 from vae.evaluate.heldout import Posteriors, encode_split
 from vae.evaluate.latents import save_latents
@@ -123,7 +123,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
 
     distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
     variance = post.mu.double().var(0)  # Cov_x(E_q[z_d])
-    active = (activity(post.mu, post.logvar if model.learned_prior else None) > ACTIVE_THRESHOLD).tolist()
+    active = active_dims(model, post.mu, post.logvar).tolist()
     if post.kl_dims is not None:
         layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
         dim_kl = layer_nats[0].tolist()  # the layer next to x

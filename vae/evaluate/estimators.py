@@ -39,6 +39,12 @@ def active_units(mu: torch.Tensor, logvar: torch.Tensor | None = None, threshold
     return int((activity(mu, logvar) > threshold).sum())
 
 
+def active_dims(model: VAE, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(L,) bool: the dims active under the rule for `model`'s prior, the share of z_d's variance against a
+    learned prior and Burda et al.'s Var_x(mu_d) against N(0, I) (`activity`)."""
+    return activity(mu, logvar if model.learned_prior else None) > ACTIVE_THRESHOLD
+
+
 def importance_weighted_bound(log_weight: LogWeight, shape: tuple[int, int], k: int, chunk: int,
                               generator: torch.Generator | None = None, device: torch.device | None = None,
                               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

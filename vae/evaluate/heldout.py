@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from vae.data.split import Split
-from vae.evaluate.estimators import active_units
+from vae.evaluate.estimators import active_dims
 from vae.model.likelihoods import vae_loss
 from vae.model.vae import VAE
 
@@ -53,7 +53,7 @@ def evaluate(model: VAE, split: Split, seed: int) -> dict[str, float]:
     of the rate that z2 carries."""
     post = encode_split(model, split, seed, as_trained=True)
     recon, kl = post.recon.double().mean().item(), post.kl.double().mean().item()
-    active = active_units(post.mu, post.logvar if model.learned_prior else None)
+    active = int(active_dims(model, post.mu, post.logvar).sum())
     nats = {"loss": recon + kl, "recon": recon, "kl": kl, "active_units": active}
     if post.kl_top is not None:
         nats["kl_z2"] = post.kl_top.double().mean().item()
