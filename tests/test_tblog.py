@@ -1,9 +1,17 @@
+import math
 import sys
 
+import numpy as np
 import pytest
+import torch
+from conftest import digit_split
+from PIL import Image
 from test_training import with_
 
+from vae.data.split import Split
 from vae.errors import UserError
+from vae.evaluate.analyze import evaluate_checkpoint
+from vae.evaluate.tensorboard import projected
 from vae.train.loop import train
 
 
@@ -24,3 +32,30 @@ def test_scalars_and_image_grids_reach_tensorboard(tiny_cfg):
     assert [e.step for e in events.Scalars("test/active_units")] == [1, 2]
     assert {"recon", "digit2", "samples"} <= set(events.Tags()["images"])
     assert events.Images("samples")[-1].width == 242
+
+
+def test_evaluate_adds_its_numbers_and_the_latents_projector_to_the_run_s_log(tiny_cfg):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    result = train(with_(tiny_cfg, logging={"tensorboard": True}))
+    metrics = evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=4"])
+    log = result.run_dir / "tensorboard"
+    events = EventAccumulator(str(log)).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval_test/nll_iwae")] == [(2, pytest.approx(metrics["nll_iwae"]))]
+    assert events.Scalars("eval_test/active_units")[0].value == metrics["active_units"]
+    assert [e.step for e in events.Scalars("test/loss")] == [1, 2]  # training's own scalars kept
+    config = (log / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "latents_test:00002"' in config and "sprite" in config
+    folder = log / "00002" / "latents_test"
+    latents = np.load(result.run_dir / "eval" / "latents.npz")
+    codes = np.loadtxt(folder / "tensors.tsv", delimiter="\t")
+    assert codes.shape == latents["mu"].shape and np.allclose(codes, latents["mu"], atol=1e-6)
+    names = (folder / "metadata.tsv").read_text().split()
+    assert names == [str(y) for y in latents["label"]]
+    assert Image.open(folder / "sprite.png").size == (28 * math.ceil(math.sqrt(len(names))),) * 2
+
+
+def test_the_projector_shows_as_many_images_as_its_sprite_holds():
+    assert projected(digit_split(300, seed=0)) == 300
+    big = Split(torch.zeros(100, 1, 2000, 1000, dtype=torch.uint8), torch.zeros(100, dtype=torch.long), ("all",))
+    assert projected(big) == 16  # 4 x 4 images of 2000 pixels in 8192

@@ -5,6 +5,11 @@ importing a submodule (the sweep's parent process, say) does not pull in torch.
 """
 from __future__ import annotations
 
+import os
+
+if os.name != "posix":  # run directories are locked with fcntl, which Windows lacks
+    raise ImportError("vae needs a POSIX system (Linux or macOS); on Windows, run it in WSL")
+
 __all__ = ["Model", "UserError", "load"]
 
 

@@ -378,8 +378,8 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    tensorboard: bool = key(False, "also log the metrics and image grids to `<run>/tensorboard/` (needs `pip install "
-                            "tensorboard`)", role=SETTING)
+    tensorboard: bool = key(False, "also log the metrics and image grids to `<run>/tensorboard/`, and evaluate.py's "
+                            "numbers and latents (needs `pip install tensorboard`)", role=SETTING)
 
 
 @dataclass(frozen=True)

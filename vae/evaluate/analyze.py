@@ -21,6 +21,7 @@ from vae.evaluate.heldout import Posteriors, encode_split
 from vae.evaluate.latents import save_latents
 from vae.evaluate.pictures import save_evaluation_pictures
 from vae.evaluate.report import write_report
+from vae.evaluate.tensorboard import log_evaluation
 from vae.files import atomic_write_text
 from vae.model.vae import VAE, TwoLayerVAE, build_model
 from vae.run import rundir
@@ -108,8 +109,9 @@ def active_units_note(model: VAE) -> str | None:
     return "; ".join(notes) or None
 
 
-def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
-    """All the numbers (returned, JSON-ready) and pictures (written to `out`) for one model."""
+def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dict:
+    """All the numbers (returned, JSON-ready) and pictures (written to `out`) for one model, trained `epoch`s;
+    with logging.tensorboard, the numbers and codes also in the run's TensorBoard log."""
     k, seed, seconds = cfg.eval.iwae_samples, cfg.eval.seed, {}
     with timed(seconds, "encode"):
         post = encode_split(model, split, seed)
@@ -166,6 +168,8 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path) -> dict:
                                  {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
     save_latents(post, split.labels, nll, cfg.eval.split, out)
     save_explorer(model, split, post, cfg, dim_kl, out)
+    if cfg.logging.tensorboard:
+        log_evaluation(out.parent / "tensorboard", metrics, post.mu, split, epoch)
     return {**metrics, "seconds": seconds}
 
 
@@ -219,7 +223,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     metrics = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_id(data), "config": to_dict(cfg),
                "epoch": state["epoch"],
                "steps_into_next_epoch": state["progress"]["step"] if state["progress"] else 0,
-               "device": str(device), **analyze(model, split, cfg, out)}
+               "device": str(device), **analyze(model, split, cfg, out, state["epoch"])}
     metrics["seconds"] = {**metrics["seconds"], "total": round(time.perf_counter() - t0, 3)}
     metrics["report"] = str(run_dir / "report.html")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

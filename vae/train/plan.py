@@ -13,6 +13,7 @@ from vae.config.schema import CLASS_NAMES, Config, resolve_classes
 from vae.data.split import MNIST_SHAPE
 from vae.device import native_bf16
 from vae.errors import UserError
+from vae.evaluate.tensorboard import summary_writer_class
 from vae.model.vae import build_model
 from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
@@ -22,7 +23,6 @@ from vae.train.memory import check_memory
 from vae.train.schedule import stops_early
 from vae.train.speed import cxx_compiler
 from vae.train.step import Speed
-from vae.train.tblog import summary_writer_class
 
 IMAGE_BYTES_PER_EPOCH = 300_000  # the pictures of an epoch, at MNIST's size
 

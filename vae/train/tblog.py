@@ -1,4 +1,4 @@
-"""Optional TensorBoard logging (logging.tensorboard=true): per-epoch scalars and the image grids."""
+"""Training's TensorBoard log (logging.tensorboard=true): per-epoch scalars and the image grids."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +6,7 @@ from pathlib import Path
 import torch
 from matplotlib.image import imread
 
-from vae.errors import UserError
-
-
-def summary_writer_class():
-    """torch's SummaryWriter, or a clear error when the tensorboard package is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("logging.tensorboard=true needs the tensorboard package: "
-                        "pip install tensorboard (or set logging.tensorboard=false)") from None
-    return SummaryWriter
+from vae.evaluate.tensorboard import summary_writer_class
 
 
 class TensorBoardLog:
