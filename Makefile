@@ -1,5 +1,6 @@
 # make train: build .venv (first time only), then train configs/mnist.yaml.
 # make test:  build .venv (first time only), then run the test suite.
+# make lint:  ruff with the project's rules (pyproject.toml's [tool.ruff]).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ CONFIG ?= configs/mnist.yaml
 DATA   ?= $(if $(wildcard ../shared/data/MNIST/raw/train-images-idx3-ubyte),../shared/data,data)
 ARGS   ?=
 
-.PHONY: train test clean
+.PHONY: train test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -28,8 +28,15 @@ from vae.model import likelihoods, vae
 from vae.model.vae import build_model
 from vae.train.choose_step import make_step
 from vae.train.distributed import World
-from vae.train.speed import (compare_steps, fastest, precisions_to_time, speed_of, step_milliseconds, step_name,
-                              steps_to_time)
+from vae.train.speed import (
+    compare_steps,
+    fastest,
+    precisions_to_time,
+    speed_of,
+    step_milliseconds,
+    step_name,
+    steps_to_time,
+)
 from vae.train.step import Speed
 
 CPU = torch.device("cpu")

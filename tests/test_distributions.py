@@ -11,8 +11,15 @@ import torch.distributions as D
 
 from vae.config.schema import ModelConfig
 from vae.evaluate.estimators import iwae_batch
-from vae.model.distributions import (EXP_FLOOR, STANDARD_NORMAL, DiagonalGaussian, GaussianMixture, exp_or_zero,
-                                     latent_rate, logsumexp)
+from vae.model.distributions import (
+    EXP_FLOOR,
+    STANDARD_NORMAL,
+    DiagonalGaussian,
+    GaussianMixture,
+    exp_or_zero,
+    latent_rate,
+    logsumexp,
+)
 from vae.model.flow import IAF
 from vae.model.vae import ACTIVATION_MODULES, build_model
 

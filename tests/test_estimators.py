@@ -161,8 +161,8 @@ def test_active_units_count_dimensions_whose_mean_varies():
 def test_active_units_against_a_learned_prior_count_a_share_of_the_variance_whatever_the_scale():
     g = torch.Generator().manual_seed(0)
     # dim 0: the means carry 0.3 of the variance 1 (0.3 + 0.7); dim 1: 0.005 of it; dim 2: none
-    mu = torch.cat([math.sqrt(0.3) * torch.randn(4000, 1, generator=g), math.sqrt(0.005) * torch.randn(4000, 1, generator=g),
-                    torch.zeros(4000, 1)], dim=1)
+    mu = torch.cat([math.sqrt(0.3) * torch.randn(4000, 1, generator=g),
+                    math.sqrt(0.005) * torch.randn(4000, 1, generator=g), torch.zeros(4000, 1)], dim=1)
     logvar = torch.log(torch.tensor([0.7, 0.995, 1.0])).expand(4000, 3)
     for scale in (1.0, 0.01, 100.0):  # a learned prior may put z at any scale: the count stays
         assert active_units(mu * scale, logvar + 2 * math.log(scale)) == 1

@@ -15,8 +15,14 @@ from vae.config.schema import Config, DataConfig, ModelConfig, OutputConfig, Tra
 from vae.errors import UserError
 from vae.evaluate.analyze import evaluate_checkpoint
 from vae.evaluate.estimators import iwae_batch
-from vae.model.likelihoods import (LOG_SCALE_MIN, Bernoulli, ContinuousBernoulli, ContinuousBernoulliBins,
-                                   DiscretizedLogistic, log_one_minus_exp)
+from vae.model.likelihoods import (
+    LOG_SCALE_MIN,
+    Bernoulli,
+    ContinuousBernoulli,
+    ContinuousBernoulliBins,
+    DiscretizedLogistic,
+    log_one_minus_exp,
+)
 from vae.model.vae import build_model
 from vae.train.loop import train
 
@@ -45,10 +51,10 @@ def test_the_bernoulli_log_likelihood_and_its_gradient_hold_where_the_sigmoid_sa
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     grad, = torch.autograd.grad(value.sum(), logits)
     torch.testing.assert_close(grad, x - torch.sigmoid(logits.detach()))
-    assert torch.autograd.gradcheck(lambda l: Bernoulli().log_prob(l, x), (logits,))
+    assert torch.autograd.gradcheck(lambda logit: Bernoulli().log_prob(logit, x), (logits,))
     samples = (3 * torch.randn(2, 4, 7, dtype=torch.float64)).requires_grad_()  # k samples of z: (k, B, D)
     soft = torch.rand(4, 7, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda l: Bernoulli().log_prob(l, soft), (samples,))
+    assert torch.autograd.gradcheck(lambda logit: Bernoulli().log_prob(logit, soft), (samples,))
 
 
 @pytest.mark.parametrize("scale", [0.001, 0.1, 3.0, 10.0])  # logits near 0 (the series) to |l| ~ 30
@@ -68,8 +74,8 @@ def test_the_continuous_bernoulli_density_integrates_to_1_also_where_torch_loses
     logits = torch.tensor([-80.0, -40.0, -3.0, -1e-4, 0.0, 2e-3, 5.0, 40.0, 80.0], dtype=torch.float64,
                           requires_grad=True)
     y = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000  # midpoints of [0, 1]
-    density = torch.stack([ContinuousBernoulli().log_prob(l.expand(len(y), 1), y[:, None]).exp()
-                           for l in logits.detach()])
+    density = torch.stack([ContinuousBernoulli().log_prob(logit.expand(len(y), 1), y[:, None]).exp()
+                           for logit in logits.detach()])
     torch.testing.assert_close(density.mean(-1), torch.ones(len(logits), dtype=torch.float64), atol=1e-6, rtol=0)
     x = torch.full((1, len(logits)), 0.3, dtype=torch.float64)
     ContinuousBernoulli().log_prob(logits[None], x).sum().backward()
@@ -85,7 +91,8 @@ def test_the_continuous_bernoulli_binned_is_its_cdf_over_each_8_bit_level_and_su
     assert bool((p > 0).all())
     if abs(logit) < 10:  # torch's CDF from probs loses digits where lambda nears 0 or 1
         cb = D.ContinuousBernoulli(logits=torch.tensor(logit if logit else 1e-9, dtype=torch.float64))
-        edges = torch.cat([torch.zeros(1, dtype=torch.float64), (torch.arange(255, dtype=torch.float64) + 0.5) / 255, torch.ones(1, dtype=torch.float64)])
+        midpoints = (torch.arange(255, dtype=torch.float64) + 0.5) / 255
+        edges = torch.cat([torch.zeros(1, dtype=torch.float64), midpoints, torch.ones(1, dtype=torch.float64)])
         torch.testing.assert_close(p, torch.diff(cb.cdf(edges)), atol=1e-9, rtol=1e-6)
 
 

@@ -13,8 +13,7 @@ from vae.data.split import Split
 from vae.model.vae import build_model
 from vae.train.distributed import World
 from vae.train.loop import train
-from vae.train.speed import (PRECISIONS, RunLength, compare_steps, compile_pays, fastest, run_length,
-                              thread_counts)
+from vae.train.speed import PRECISIONS, RunLength, compare_steps, compile_pays, fastest, run_length, thread_counts
 
 COUNTS = (1, 2, 4)  # what `auto` times with four threads
 

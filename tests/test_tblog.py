@@ -41,7 +41,8 @@ def test_evaluate_adds_its_numbers_and_the_latents_projector_to_the_run_s_log(ti
     metrics = evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=4"])
     log = result.run_dir / "tensorboard"
     events = EventAccumulator(str(log)).Reload()
-    assert [(e.step, e.value) for e in events.Scalars("eval_test/nll_iwae")] == [(2, pytest.approx(metrics["nll_iwae"]))]
+    nll = events.Scalars("eval_test/nll_iwae")
+    assert [(e.step, e.value) for e in nll] == [(2, pytest.approx(metrics["nll_iwae"]))]
     assert events.Scalars("eval_test/active_units")[0].value == metrics["active_units"]
     assert [e.step for e in events.Scalars("test/loss")] == [1, 2]  # training's own scalars kept
     config = (log / "projector_config.pbtxt").read_text()

@@ -121,8 +121,8 @@ class Model:
         if self.module.likelihood.evaluation.eight_bit:  # a probability of 8-bit pixels only
             levels = x * (LEVELS - 1)
             if not bool((levels - levels.round()).abs().max() < 1e-3):
-                raise UserError(f"this model's likelihood ({self.config.model.likelihood}) is measured as a probability "
-                                "of 8-bit pixels: pass uint8 images, or floats that are multiples of 1/255")
+                raise UserError(f"this model's likelihood ({self.config.model.likelihood}) is measured as a "
+                                "probability of 8-bit pixels: pass uint8 images, or floats that are multiples of 1/255")
             x = levels.round_().div_(LEVELS - 1)
         gen = torch.Generator(device=self.device).manual_seed(self.config.eval.seed if seed is None else seed)
         return torch.cat([iwae_batch(self.module, batch, k, gen)[0] for batch in x.split(IWAE_EXAMPLES)]).float()

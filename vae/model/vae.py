@@ -3,9 +3,8 @@ decoder p(x|z), a prior p(z); and its two-stochastic-layer form. Images (C, H, W
 flattened, D = C * H * W numbers each."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn

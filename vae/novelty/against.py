@@ -13,8 +13,8 @@ from vae.data.split import Split
 from vae.device import available_bytes, gib
 from vae.errors import UserError
 from vae.evaluate.analyze import fixed_split, load_evaluated, targets, timed
-from vae.files import atomic_write_text, refuse_links
 from vae.evaluate.estimators import MIXTURE_CHUNK
+from vae.files import atomic_write_text, refuse_links
 from vae.novelty.datasets import PERMUTED, TEST_IMAGES
 from vae.novelty.measure import measure
 from vae.novelty.output import save_scores
