@@ -2,8 +2,8 @@
 
 As a model trains, some float32 values fall below the smallest normal number, 1.2e-38: a mixture prior's far-off
 responsibilities, Adam's moments of pixels that are almost always off, products of tiny probabilities. Some CPUs
-(Intel's) compute on such subnormal numbers in microcode, tens of times slower, and a run's epochs slowed from
-2.2 to 9 s as it trained on a 2-core Xeon; AMD's cores measured no slower. Flushed, they are zeros, which changes
+(Intel's) compute on such subnormal numbers in microcode, tens of times slower, and a run's epochs slowed several
+times over as it trained (docs/benchmarks.md); AMD's cores measured no slower. Flushed, they are zeros, which changes
 no loss or gradient by a float32-visible amount (they are 1e-30 of any term they are added to).
 
 torch.set_flush_denormal sets the flag of the calling thread only, and torch's other intra-op threads (OpenMP's,

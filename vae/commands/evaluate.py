@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         parser.error("--against scores new data against one run: pass --checkpoint RUN_DIR|CKPT")
     if args.transform and not args.against:
         parser.error("--transform transforms the data of --against: pass --against SOURCE")
-    # torch (about 5 s to import) loads only once the arguments are checked
+    # torch (seconds to import) loads only once the arguments are checked
     from vae.denormals import flushed_denormals
     with flushed_denormals():
         run_command(args)

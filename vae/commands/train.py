@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     if args.config is None and args.resume is None:
         parser.error("give --config FILE to start a run, or --resume RUN_DIR|CKPT to continue one")
 
-    # torch (about 5 s to import) loads only once the arguments and a new run's config are checked
+    # torch (seconds to import) loads only once the arguments and a new run's config are checked
     resume, base = None, None
     if args.resume is not None:
         from vae.run.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of

@@ -87,15 +87,9 @@ def _sizes(low: int, high: int, most: int | None = None) -> Callable[[tuple], bo
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = key("mnist", "`mnist`, `fashion_mnist`, `kmnist`: 28x28 grey images of 10 classes, read by "
-                       "torchvision's `MNIST`, `FashionMNIST` (Zalando's Fashion-MNIST) or `KMNIST` (Kuzushiji-MNIST) "
-                       "from `<data.root>/MNIST/raw/`, `FashionMNIST/raw/` or `KMNIST/raw/` (the same four IDX file "
-                       "names); `folder`: your own images (PNG, JPEG, WebP, BMP, TIFF) in the folder `data.path`, "
-                       "one class per subfolder (as torchvision's `ImageFolder`), or all in it unlabelled, with "
-                       "`train/` and `test/` subfolders for splits of your own; `npz`: a NumPy `.npz` file "
-                       "`data.path` holding `x`, uint8 "
-                       "N x H x W (grey) or N x H x W x C (C = 1 or 3), and optionally `y`, N integer labels (or "
-                       "`x_train`, `x_test`, `y_train`, `y_test`). Grey images beside colour ones become colour",
+    dataset: str = key("mnist", "`mnist`, `fashion_mnist`, `kmnist`: torchvision's 28x28 grey images under "
+                       "`data.root` ([more](training.md#data)); `folder`, `npz`: your own, at `data.path` "
+                       "([more](training.md#your-own-images))",
                        choices=(*CLASS_NAMES, "folder", "npz"))
     root: str = key("data", "`mnist`, `fashion_mnist`, `kmnist`: the folder holding the dataset's folder "
                     "(`MNIST/raw/`, ...: torchvision's layout)", role=SETTING)
@@ -108,21 +102,20 @@ class DataConfig:
     test_fraction: float = key(0.1, "`folder`, `npz` without a test split of their own: the share of the images held "
                                "out as the test split (a permutation seeded by `data.seed`)",
                                ok=lambda v: 0 < v < 1, rule="must be a number in (0, 1)")
-    binarize: str = key("none", "`none`: pixel intensities in [0, 1] are the likelihood's targets; `dynamic`: each "
-                        "training image is drawn as Bernoulli(intensity) every time it is used, the test and "
-                        "validation images once (seeded by `data.seed`); `static`: every split drawn once",
+    binarize: str = key("none", "`none`: intensities in [0, 1] are the targets; `dynamic`: training images redrawn as "
+                        "Bernoulli(intensity) at each use; `static`: all drawn once "
+                        "([more](evaluation.md#binarized-mnist-and-the-literature))",
                         choices=("none", "dynamic", "static"))
-    seed: int = key(0, "seeds the binarizations and the choice of the validation images (and of the test images "
-                    "where the data has no test split), so every run with the same `data.seed` is measured on the "
-                    "same test and validation sets",
+    seed: int = key(0, "seeds the binarizations and the choice of validation (and, without a test split, test) "
+                    "images, so runs with one `data.seed` share those sets "
+                    "([more](evaluation.md#binarized-mnist-and-the-literature))",
                     within=(0, 2**62 - 1), rule="must be in 0..2**62-1")
-    val_size: int = key(0, "training images held out as a validation split (a permutation seeded by `data.seed`; "
-                        "binarized once, like the test set): measured every epoch (`val_*` columns), it chooses "
-                        "`best.pt` and drives early stopping. `0` = no validation split", within=(0, 1_000_000))
-    classes: tuple[int | str, ...] = key((), "train, validate and test on these classes only (indices or names, as "
-                                         "`viz.digit` takes them), e.g. `[0, 1, 3, 4, 5, 6, 7, 8, 9]`, so that the "
-                                         "others are new data to score (`evaluate.py --against heldout`). `[]` = "
-                                         "every class", ok=lambda v: len(set(v)) == len(v),
+    val_size: int = key(0, "training images held out as a validation split, measured every epoch (`val_*`): it "
+                        "chooses `best.pt` and drives early stopping. `0` = none ([more](training.md#data))",
+                        within=(0, 1_000_000))
+    classes: tuple[int | str, ...] = key((), "train, validate and test on these classes only (indices or names), "
+                                         "leaving the others as new data to score (`--against heldout`). `[]` = every "
+                                         "class ([more](scoring.md#what-it-reads))", ok=lambda v: len(set(v)) == len(v),
                                          rule="must name each class once")
 
     def __post_init__(self):
@@ -149,51 +142,45 @@ class ModelConfig:
     arch: str = key("mlp", "`mlp`: fully connected encoder and decoder (`model.hidden_dims`); `conv`: "
                     "convolutional ones with residual blocks (`model.channels`, `model.res_blocks`)",
                     choices=("mlp", "conv"))
-    channels: tuple[int, ...] = key((32, 64), "`conv`: the channels of each stage, 1 to 6 stages, the first at the "
-                                    "images' size, each next at half of it (28, 14 and 7 pixels a side on MNIST), so "
-                                    "the sides must divide by 2^(stages - 1); stride-2 4x4 convolutions between "
-                                    "stages, mirrored by transposed ones in the decoder", ok=_sizes(1, 4096, most=6),
+    channels: tuple[int, ...] = key((32, 64), "`conv`: the channels of each of 1 to 6 stages, each at half the sides "
+                                    "of the one before, so the sides must divide by 2^(stages - 1) "
+                                    "([more](training.md#the-convolutional-encoder-and-decoder))",
+                                    ok=_sizes(1, 4096, most=6),
                                     rule="must hold 1 to 6 sizes in 1..4096 (one stage per halving of the sides)")
     res_blocks: int = key(1, "`conv`: residual blocks per stage, each x + conv3x3(act(conv3x3(act(x))))",
                           within=(0, 64))
-    latent2_dim: int = key(0, "units of a second stochastic layer z2 above z1 (Burda et al.): q(z1|x) q(z2|z1), "
-                           "p(z2) = N(0, I), p(z1|z2), p(x|z1); the rate of z2 is analytic given z1, that of z1 a "
-                           "one-sample estimate. `0` = one stochastic layer", within=(0, 4096))
+    latent2_dim: int = key(0, "units of a second stochastic layer z2 above z1 (Burda et al.): q(z2|z1), p(z1|z2), "
+                           "p(z2) = N(0, I). `0` = one stochastic layer ([more](training.md#two-stochastic-layers))",
+                           within=(0, 4096))
     hidden2_dims: tuple[int, ...] = key((50, 50), "with `model.latent2_dim`: the MLP widths of q(z2|z1); p(z1|z2) "
                                         "mirrors them", ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
-    prior: str = key("normal", "p(z) of the top stochastic layer: `normal`, N(0, I); `mog`, a mixture of "
-                     "`model.prior_components` learned diagonal Gaussians and their weights; `vamp`, the VampPrior "
-                     "(Tomczak & Welling 2018), the mean of the posterior at that many learned pseudo-inputs (with two "
-                     "layers, of q(z2|z1) at z1's posterior mean). Against `mog` and `vamp` the KL has no closed form: "
-                     "the rate is the Monte Carlo estimate log q(z|x) - log p(z) at the samples",
+    prior: str = key("normal", "p(z) of the top stochastic layer: `normal`, N(0, I); `mog`, a learned mixture of "
+                     "`model.prior_components` Gaussians; `vamp`, the VampPrior "
+                     "([more](training.md#which-distributions-the-prior-and-the-posterior))",
                      choices=PRIORS)
     prior_components: int = key(500, "`mog`, `vamp`: the mixture's components K (Tomczak & Welling used 500 "
                                 "pseudo-inputs on MNIST)", within=(1, 100_000))
     posterior: str = key("gaussian", "q(z|x): `gaussian`, N(mu, diag(sigma^2)); `flow`, an inverse autoregressive "
-                         "flow (Kingma et al. 2016) of `model.flow_steps` MADE steps on that Gaussian, conditioned on "
-                         "a context the encoder emits (one stochastic layer). Its rate is sampled, not analytic",
+                         "flow of `model.flow_steps` steps on it (one stochastic layer) "
+                         "([more](training.md#which-distributions-the-prior-and-the-posterior))",
                          choices=POSTERIORS)
     flow_steps: int = key(2, "`flow`: the steps T, each z <- s * z + (1 - s) * m with [m, s] from a MADE of z; "
                           "consecutive steps reverse the order of the dimensions", within=(1, 64))
     flow_hidden: int = key(256, "`flow`: the MADE's hidden units and the size of the context h from the encoder",
                            within=(1, 65536))
-    likelihood: str = key("bernoulli", "p(x|z): `bernoulli`, a probability of binary pixels (on grey levels only a "
-                          "cross-entropy, not a likelihood); `continuous_bernoulli` (Loaiza-Ganem & Cunningham "
-                          "2019), a density of intensities in [0, 1] (its training nats may be negative; evaluated as its mass over each "
-                          "8-bit level's bin, a probability of the images); `logistic`, a "
-                          "discretized logistic per pixel (a mixture of `model.likelihood_components`, as "
-                          "PixelCNN++'s but per pixel), a probability of the 256 levels of 8-bit images, so its NLL is "
-                          "a code length (bits/dim). The last two need `data.binarize=none`", choices=LIKELIHOODS)
+    likelihood: str = key("bernoulli", "p(x|z): `bernoulli`, of binary pixels; `continuous_bernoulli`, a density on "
+                          "[0, 1]; `logistic`, discretized logistics of 8-bit levels; these two need "
+                          "`data.binarize=none` ([more](training.md#the-likelihood-pxz))", choices=LIKELIHOODS)
     likelihood_components: int = key(1, "`logistic`: the logistics mixed in each pixel's distribution", within=(1, 64))
-    output_bias_init: str = key("torch", "`pixel_means`: the decoder's last bias starts at logit(mean of each "
-                                "training pixel) (clamped to [0.001, 0.999]), so that before training p(x|z) is the "
-                                "data's pixel marginals, not a coin flip per pixel (`mlp` only); `torch`: torch's "
-                                "default initialization", choices=("torch", "pixel_means"))
+    output_bias_init: str = key("torch", "`pixel_means`: the decoder's last bias starts at the logits of the training "
+                                "pixels' means (`mlp`, `bernoulli` only); `torch`: torch's default "
+                                "([more](training.md#the-objective))", choices=("torch", "pixel_means"))
 
     def __post_init__(self):
         check_fields(self, "model")
         _require(self.output_bias_init == "torch" or self.arch == "mlp", "model.output_bias_init",
-                 self.output_bias_init, "pixel_means needs model.arch=mlp (the conv decoder ends in a bias per channel, not per pixel)")
+                 self.output_bias_init,
+                 "pixel_means needs model.arch=mlp (the conv decoder ends in a bias per channel, not per pixel)")
         _require(self.output_bias_init == "torch" or self.likelihood == "bernoulli", "model.output_bias_init",
                  self.output_bias_init, "pixel_means sets Bernoulli logits: it needs model.likelihood=bernoulli")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
@@ -212,10 +199,9 @@ class LossConfig:
                            within=(0, 100))
     iwae_k: int = key(1, "train on the IWAE bound with k importance samples per example (Burda et al. 2015); 1 is "
                       "the VAE. It takes no beta or free bits", within=(1, 100_000))
-    gradient: str = key("standard", "`dreg`: the doubly reparameterized gradient (Tucker et al. 2019) for the "
-                        "encoder, with the same value and decoder gradient, reaching the encoder only through the "
-                        "samples z; at `loss.iwae_k=1` it is STL (Roeder et al. 2017). One stochastic layer, no free "
-                        "bits. `standard`: autograd of the objective", choices=("standard", "dreg"))
+    gradient: str = key("standard", "`standard`: autograd's gradient; `dreg`: the doubly reparameterized encoder "
+                        "gradient (Tucker et al. 2019), STL at `loss.iwae_k=1`; one stochastic layer, no free bits "
+                        "([more](training.md#the-objective))", choices=("standard", "dreg"))
 
     def __post_init__(self):
         check_fields(self, "loss")
@@ -236,11 +222,9 @@ class TrainConfig:
     batch_size: int = key(128, "examples per step; the last batch of an epoch may be smaller", within=(1, 1_000_000))
     lr: float = key(1e-3, "Adam's learning rate (of the first epoch, under a schedule)",
                     ok=lambda v: math.isfinite(v) and 0 < v <= 10, rule="must be a finite number in (0, 10]")
-    lr_schedule: str = key("constant", "the learning rate by epoch: `cosine` from `train.lr` down to `train.lr * "
-                           "train.lr_decay_to` in the last epoch; `exponential`, the same ends joined geometrically; "
-                           "`burda`, Burda et al.'s 3^i epochs at `train.lr * 10^(-i/7)`, i = 0..7 (3280 epochs). It "
-                           "follows `train.epochs` (and `train.budget_minutes`): raising it on resume stretches the "
-                           "rest", choices=LR_SCHEDULES)
+    lr_schedule: str = key("constant", "the learning rate by epoch: `constant`; `cosine` or `exponential` from "
+                           "`train.lr` down to `train.lr * train.lr_decay_to`; `burda`, Burda et al.'s stages "
+                           "([more](training.md#the-learning-rate-schedule))", choices=LR_SCHEDULES)
     lr_decay_to: float = key(0.1, "`cosine`/`exponential`: the last epoch's learning rate as a fraction of `train.lr`",
                              ok=lambda v: math.isfinite(v) and 0 < v <= 1, rule="must be a number in (0, 1]")
     seed: int = key(0, "seeds the initialization, the batch order, the noise and the fixed sample batch",
@@ -255,51 +239,33 @@ class TrainConfig:
                                       rule="must be >= 0 (0 = at epoch ends only)")
     deterministic: bool = key(False, "torch's deterministic algorithms (sets `CUBLAS_WORKSPACE_CONFIG` on a GPU)",
                               role=SETTING)
-    precision: str = key("fp32", "`bf16` runs the training forward pass under bf16 autocast (the loss, the weights, "
-                         "Adam and every evaluation stay fp32): worth it on GPUs and on CPUs with AVX512-BF16 or AMX "
-                         "for wide layers, emulated and far slower elsewhere (a warning says so); `auto` times the "
-                         "run's step both ways before training (about a second for each of `train.threads`' "
-                         "counts) and takes the faster, kept for the "
-                         "run's life; `run.json` records which one runs and, for `auto`, both timings",
+    precision: str = key("fp32", "`fp32`; `bf16`: the training forward pass under bf16 autocast (for GPUs and CPUs "
+                         "with bf16 products); `auto`: time the run's step both ways and take the faster "
+                         "([more](training.md#precision))",
                          choices=("fp32", "bf16", "auto"), role=DURATION)
-    threads: int | str = key("all", "torch's threads on the CPU: `all` that this process has (one per usable core, "
-                             "or `OMP_NUM_THREADS`, or a sweep worker's share of the cores), N of them, or `auto`: on "
-                             "the CPU, time the run's step on 1, 2, 4, ... up to `all` before training (with "
-                             "`train.precision=auto`, every pair of the two) and take the fastest; a small model's "
-                             "step can run as fast on one thread as on several. `run.json` records the count that runs "
-                             "and, for `auto`, the timings; a resume times them again", role=SETTING,
+    threads: int | str = key("all", "torch's threads on the CPU: `all` this process has, N, or `auto`: time the run's "
+                             "step on 1, 2, 4, ... up to `all` threads and take the fastest "
+                             "([more](training.md#threads))", role=SETTING,
                              ok=lambda v: v in ("all", "auto") or type(v) is int and v >= 1,
                              rule="must be all, auto or a number of threads >= 1")
-    compile: bool | str = key(False, "`torch.compile` the training step (tens of seconds of compiling at the start, "
-                              "and again for each step `auto` times; docs/benchmarks.md says when it pays): the "
-                              "written-out CPU step's gradients where it runs (`train.fast_step`: its casts and "
-                              "elementwise work fused between the matrix products), else the model; `auto` times the "
-                              "run's step compiled and not (with the precisions and threads `auto` times) and takes "
-                              "the faster, timed again on resume; `run.json` records which runs. Needs a C++ "
-                              "compiler: `true` without one is refused before training, `auto` then times only "
-                              "the uncompiled steps", role=SETTING,
+    compile: bool | str = key(False, "`torch.compile` the training step: `true`, `false`, or `auto`: time it compiled "
+                              "(with the compiling) and not, and compile if that ends the run sooner. Needs a C++ "
+                              "compiler ([more](training.md#torchcompile))", role=SETTING,
                               ok=lambda v: v is True or v is False or v == "auto", rule="must be true, false or auto")
-    cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step (forward, loss, backward, "
-                           "Adam) as one CUDA graph after three eager steps and replay it (again after each "
-                           "learning-rate change); ignored on the CPU and under torchrun", role=SETTING)
-    fast_step: bool = key(True, "on the CPU in one process: the MLP VAE's step with its backward "
-                          "written out (vae/train/fast_step.py; in fp32, or its products in bf16 as autocast has "
-                          "them) where the model and objective are the ones it writes (`model.arch=mlp`, ReLU or ELU, "
-                          "`model.prior` `normal` or `mog`, `model.posterior=gaussian`, `model.likelihood=bernoulli`, "
-                          "one stochastic layer, without free bits; the ELBO or IWAE bound, either `loss.gradient`); "
-                          "`false`, or any other run: autograd's step", role=SETTING)
+    cuda_graph: bool = key(True, "on CUDA in one process: capture a full batch's step as one CUDA graph and replay "
+                           "it; ignored on the CPU and under torchrun ([more](training.md#cuda-graphs))", role=SETTING)
+    fast_step: bool = key(True, "on the CPU in one process: the MLP VAE's step with its backward written out, where "
+                          "the model and objective are ones it writes; `false`: autograd's step "
+                          "([more](training.md#the-written-out-cpu-step))", role=SETTING)
     patience: int = key(0, "early stopping: stop once the validation loss has not improved for this many epochs "
                         "(needs `data.val_size`; a run that stopped stays stopped unless it is raised). `0` = never",
                         within=(0, 1_000_000), rule="must be in 0..1000000 (0 = off)", role=DURATION)
-    ema_decay: float = key(0.0, "keep an exponential moving average of the weights, moving 1 - d of the way to them "
-                           "after each step, d rising as (1 + n) / (10 + n) up to this; every evaluation (the "
-                           "`val_*`/`test_*` columns, `best.pt`, pictures, evaluate.py, the API) uses it. `0` = off",
+    ema_decay: float = key(0.0, "keep an exponential moving average of the weights, its decay rising to this; every "
+                           "evaluation uses it. `0` = off ([more](training.md#the-weights-moving-average))",
                            ok=lambda v: 0 <= v < 1, rule="must be a number in [0, 1) (0 = off)")
-    budget_minutes: float = key(0.0, "a time budget for the run's wall time (the sum of `metrics.csv`'s `seconds`: "
-                                "start-up, steps, per-epoch evaluations and writes): stop before an epoch that would "
-                                "not fit in it (as long as the longest of the last three), so that the run ends inside "
-                                "it, and run the learning-rate schedule over whichever budget, time or epochs, is the "
-                                "more used up. A resume counts the time spent; not with `burda`. `0` = none",
+    budget_minutes: float = key(0.0, "a budget for the run's wall time: stop before an epoch that would not fit; the "
+                                "learning-rate schedule follows it. Not with `burda`. `0` = none "
+                                "([more](training.md#a-time-budget))",
                                 within=(0, 1_000_000), rule="must be a number in [0, 1000000] (0 = no time budget)",
                                 role=DURATION)
 
@@ -314,13 +280,11 @@ class VizConfig:
     every: int = key(1, "write the image grids every N epochs (and always after the last)",
                      ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
     curves_every: int = key(10, "redraw `images/loss_curves.png` every N epochs (and always after the last): "
-                            "drawing it takes 0.3-0.5 s, up to a fifth of a default epoch on a 2-core CPU",
+                            "a drawing can take a sizeable share of a short epoch",
                             ok=lambda v: v >= 1, rule="must be >= 1", role=SETTING)
-    digit: int | str = key(2, "the class shown in the single-class grid, and where the report's decoder starts: its "
-                           "index or its name in `data.dataset` (`Trouser`, `tsu`, a class folder's name; any case), "
-                           "kept as the index; one of `data.classes` when those are set; on your own images an index "
-                           "beyond their classes (or outside `data.classes`) means class 0 (the first of "
-                           "`data.classes`), so unlabelled ones, the one class `all`, take any index)",
+    digit: int | str = key(2, "the class of the single-class grid and where the report's decoder starts: its index or "
+                           "name (any case), one of `data.classes` when set "
+                           "([more](evaluation.md#the-reports-live-decoder))",
                            ok=lambda v: isinstance(v, str) or v >= 0,
                            rule="must be a class index >= 0 or a class name", role=SETTING)
 
@@ -357,10 +321,10 @@ class ScoreConfig:
                             "5000)", within=(1, 1_000_000), role=SETTING)
     samples: int = key(8, "the samples of z per image in the `regret` and `kl_to_reference` scores' Monte Carlo "
                        "estimates", within=(1, 10_000), role=SETTING)
-    compressor: str = key("zlib", "`complexity`: the lossless compressor whose code length is the image's "
-                          "complexity (Serrà et al. 2020), of its pixels as the likelihood sees them (a bit each when "
-                          "binarized): Python's `zlib` or `bz2` (level 9), or `png` (Pillow's, optimized). `zlib` was "
-                          "chosen on validation data (docs/results.md)", choices=("zlib", "bz2", "png"), role=SETTING)
+    compressor: str = key("zlib", "`complexity`: the lossless compressor whose code length is taken from `nll`: "
+                          "`zlib` (chosen on validation data), `bz2` or `png` "
+                          "([more](scoring.md#image-by-image-the-scores))", choices=("zlib", "bz2", "png"),
+                          role=SETTING)
     regret_steps: int = key(20, "`regret`: Adam steps that refit each image's q(z|x) to it alone", within=(1, 100_000),
                             role=SETTING)
     regret_lr: float = key(0.05, "`regret`: the learning rate of that refit", ok=lambda v: math.isfinite(v) and v > 0,

@@ -15,7 +15,7 @@ import torch
 
 LOG_2PI = math.log(2 * math.pi)
 # exp() of less is below float32's normal numbers (from 2^-126 = e^-87.34) or at their edge, where a CPU's vectorized
-# exp takes a slow path, flushed or not: 1.6M values at -95 took 46 ms against 2 ms at -86 (one thread of a Zen 4).
+# exp takes a slow path, flushed or not, many times slower than at -86 (docs/benchmarks.md).
 # A mixture's far-off components reach it as it trains; such a term is under 1e-30 of any sum it joins.
 EXP_FLOOR = -87.0
 

@@ -25,7 +25,7 @@ def bernoulli_terms(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor
 
     softplus(l) = relu(l) - log sigmoid(|l|) = relu(l) - log max(p, 1 - p) comes from the sigmoid that the
     gradient, x - p, needs: stable where the sigmoid saturates, and dropping only the terms under 6e-8 nats
-    a pixel that float32 rounds away. On the CPU log_sigmoid and log1p measured 5-9x slower than log.
+    a pixel that float32 rounds away. On the CPU log_sigmoid and log1p run several times slower than log.
     """
     probs = torch.sigmoid(logits)
     log_lik = (x * logits).sum(-1) - logits.clamp(min=0).sum(-1) + torch.maximum(probs, 1 - probs).log_().sum(-1)
@@ -34,8 +34,7 @@ def bernoulli_terms(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor
 
 class BernoulliLogLikelihood(torch.autograd.Function):
     """bernoulli_terms' log p(x|z) whose backward is one fused line, (x - p) * grad, from the saved p: autograd
-    through torch's cross-entropy took 2.4x as long, forward and backward (5.0 against 2.1 ms for 2 x 250 x 784
-    logits, one thread of a Zen 4)."""
+    through torch's cross-entropy takes over twice as long, forward and backward (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +54,7 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 
 def log_one_minus_exp(d: torch.Tensor) -> torch.Tensor:
-    """log(1 - e^d) for d < 0, from exp and log (torch's expm1 measured 4.7 ms for 250 x 5 x 784 numbers here):
+    """log(1 - e^d) for d < 0, from exp and log (torch's expm1 is slow on the CPU, docs/benchmarks.md):
     the absolute error of 1 - e^d, fp32's 6e-8, matters only for |d| under 1e-3, a bin narrower than a thousandth
     of its logistic's scale."""
     return torch.log(-torch.expm1(d)) if d.dtype == torch.float64 else torch.log(1 - torch.exp(d))

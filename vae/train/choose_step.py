@@ -27,7 +27,7 @@ def compiled_graphs_dropped(compiled: bool) -> Iterator[None]:
         yield
     finally:
         if compiled:
-            import torch._dynamo  # 1.4 s of imports that only a compiled run needs
+            import torch._dynamo  # a slow import that only a compiled run needs
 
             torch._dynamo.reset()
 

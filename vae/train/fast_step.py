@@ -61,8 +61,8 @@ class MixtureLogProb:
     """The mixture prior's log p(z) = logsumexp_k [a_k + log N(z; mu_k, diag(1 / p_k))] (N, L) -> (N,) in fp32, as
     GaussianMixture.log_prob computes it: each component's log-density is [z^2, z] . [-p_k / 2, mu_k p_k] + c_k,
     one product for all K; its backward sets the prior's gradients from the responsibilities r (N, K), reusing the
-    product's operands. (Its value through GaussianMixture.log_prob, recomputing them in the backward, measured
-    mnist_cpu_hour's step 1.48-1.54x the step as filed against 1.64-1.67x, one thread of a Zen 4.)"""
+    product's operands. (Its value through GaussianMixture.log_prob, recomputing them in the backward, left
+    mnist_cpu_hour's step slower: docs/benchmarks.md.)"""
 
     def __init__(self, prior: MixturePrior):
         self.prior = prior
@@ -204,8 +204,7 @@ class FastStep:
         grad = grad.to(self.dtype)
         for i in reversed(range(len(layers))):
             layer, h = layers[i], saved.inputs[i]
-            # Into last step's buffers, but not where compiled: there fresh ones measured faster (a default-model
-            # step 3.00 against 3.19 ms, two threads of a Zen 5).
+            # Into last step's buffers, but not where compiled: there fresh ones are faster (docs/benchmarks.md).
             if self.compiled is None and self.dtype == self.master and layer.weight.grad is not None:
                 torch.mm(grad.t(), h, out=layer.weight.grad)  # (out, in)
                 torch.sum(grad, 0, out=layer.bias.grad)

@@ -35,9 +35,9 @@ ROUND_SECONDS = 0.1  # the steps of a round are as many as take about this long 
 PRECISIONS = ("fp32", "bf16")
 COMPILED = " compiled"  # a timed step's name: its precision, and this when it is compiled ("bf16 compiled")
 K = TypeVar("K")  # what names the steps compared
-# Compiling pays over enough steps only. It saved 16-32% of a step in our timings (the written-out step, fp32 and
-# bf16, of the default model and mnist_cpu_hour, 2 threads of a Zen 4); and it took from 0.3 s a step (Inductor's
-# kernels found in its cache) to 6 s (built). Below these bounds' savings over the run's steps, `auto` does not even
+# Compiling pays over enough steps only. These bounds are kinder to it than every timing (docs/benchmarks.md): it
+# saves at most this share of a step, and costs at least this many seconds a step to compile (the least being with
+# Inductor's kernels found in its cache). Below these bounds' savings over the run's steps, `auto` does not even
 # time (and so compile) the compiled step.
 COMPILE_SAVES_AT_MOST = 0.4
 COMPILE_SECONDS_AT_LEAST = 0.25
