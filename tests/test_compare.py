@@ -15,7 +15,8 @@ from conftest import REPO, ImageCollector
 from matplotlib.image import imread
 
 from vae.compare.compare import compare
-from vae.compare.table import reference
+from vae.compare.page import write_html
+from vae.compare.table import reference, write_csv
 from vae.config.schema import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
 from vae.errors import UserError
 from vae.train.loop import train
@@ -104,6 +105,23 @@ def test_the_reference_is_the_group_at_the_defaults():
              {"values": {"model.prior": "normal", "model.posterior": "gaussian"}}]
     assert reference(found, ["model.prior", "model.posterior"]) == 2
     assert reference(found[:2], ["model.prior", "model.posterior"]) == 0
+
+
+def test_the_csv_and_the_page_show_config_values_plain_not_as_json(runs, tmp_path):
+    _, result, _ = runs
+    keys = ["model.prior", "model.hidden_dims", "data.path", "train.deterministic"]
+    values = [("normal", [32, 16], None, True), ("mog", [64], "digits.npz", False)]
+    rows = [{**row, "config": {**row["config"], **dict(zip(keys, v))}} for row, v in zip(result["runs"], values)]
+    write_csv(tmp_path / "comparison.csv", rows, keys)
+    with (tmp_path / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [[r[k] for k in keys] for r in table] == [["normal", "[32, 16]", "", "true"],
+                                                     ["mog", "[64]", "digits.npz", "false"]]
+    groups = [{**g, "values": dict(zip(keys, v))} for g, v in zip(result["groups"], values)]
+    write_html(tmp_path, {**result, "differing_keys": keys, "groups": groups}, [])
+    tables = "".join(re.findall(r"<table>.*?</table>", (tmp_path / "comparison.html").read_text(), re.S))
+    assert "<td>normal</td><td>[32, 16]</td><td>unset</td><td>true</td>" in tables
+    assert "&quot;" not in tables and "null" not in tables
 
 
 def test_the_page_is_self_contained_and_every_image_decodes(runs):

@@ -26,8 +26,10 @@ from vae.files import locked
 from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint
 from vae.sweep.pool import run_workers
+from vae.sweep.report import summary
 from vae.sweep.spec import MAX_NAME_BYTES, Sweep, load, parse_grid
-from vae.sweep.study import create, open_study, plain_study, requeue, summary
+from vae.sweep.study import create, open_study, plain_study
+from vae.sweep.worker import requeue
 from vae.train.loop import train
 from vae.train.plan import check_machine
 
@@ -123,7 +125,7 @@ def test_workers_stop_when_their_sweep_py_is_killed_and_a_second_one_is_refused_
     while len(list(sweep_dir.glob("runs/*/checkpoints/last.pt"))) < 2 and time.time() < deadline:
         time.sleep(0.2)
     second = subprocess.run(SWEEP + ["--resume", str(sweep_dir)], capture_output=True, text=True, timeout=60)
-    assert "is being run by another sweep.py on this machine" in one_error_line(second)
+    assert "is being run by another sweep on this machine" in one_error_line(second)
     workers = {t.user_attrs["pid"] for t in plain_study(load(sweep_dir), sweep_dir).get_trials()
                if t.state.name == "RUNNING"}
     assert len(workers) == 2
@@ -146,6 +148,53 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed_not_as_status_0(tmp_p
     with pytest.raises(UserError, match=r"^a sweep worker was killed by SIGKILL; continue with: python sweep.py "
                                         r"--resume"):
         run_workers(sweep_dir, 2, (str(suicide),))
+
+
+# A sweep worker (`sweep.py --worker`) whose training sends it SIGTERM at the moment named by its first argument.
+SIGTERM_AT = '''import os, signal, sys
+import vae.train.loop
+from vae.cli import run
+from vae.commands.sweep import main
+
+real, moment = vae.train.loop.train, sys.argv.pop(1)
+
+
+def train(*args, after_epoch, **kwargs):
+    def report(row, last):
+        after_epoch(row, last)
+        if last and moment == "in the last epoch":  # training's own handler takes it, and the run is complete
+            os.kill(os.getpid(), signal.SIGTERM)
+    if moment == "before training":  # the trial claimed, its run not yet started
+        os.kill(os.getpid(), signal.SIGTERM)
+    result = real(*args, after_epoch=report, **kwargs)
+    if moment == "after training":  # before the trial is reported, outside training's handler
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+
+
+vae.train.loop.train = train
+run(main)
+'''
+
+
+@pytest.mark.parametrize("moment, states", [("before training", ["FAIL", "WAITING"]),
+                                            ("after training", ["FAIL", "WAITING"]),
+                                            ("in the last epoch", ["COMPLETE"])])
+def test_a_sigterm_outside_training_saves_the_trial_and_stops_the_worker(tmp_path, mnist_root, moment, states):
+    sweep_dir = sweep_of(tmp_path, mnist_root, ["loss.beta=0.5,1"])
+    worker = tmp_path / "worker.py"
+    worker.write_text(SIGTERM_AT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(worker), moment, "--worker", str(sweep_dir)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr  # not killed by the default handler
+    assert f"continue with: python sweep.py --resume {sweep_dir}" in result.stderr.splitlines()[-1]
+    trials = plain_study(load(sweep_dir), sweep_dir).get_trials()
+    assert [t.state.name for t in trials] == states  # saved (or complete), and the second point never started
+    run_workers(sweep_dir, 1)  # the resume trains what is left, each grid point once
+    for run in (sweep_dir / "runs").iterdir():
+        assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+    assert len(list((sweep_dir / "runs").iterdir())) == 2
 
 
 def test_a_held_directory_whose_name_has_braces_is_named_in_one_line(tmp_path):

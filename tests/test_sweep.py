@@ -14,6 +14,7 @@ import torch
 import yaml
 from conftest import REPO, write_config
 
+from vae.cli import INVOKED_AS
 from vae.compare import figures
 from vae.compare.compare import compare
 from vae.config.load import from_dict, load_config, to_dict
@@ -21,8 +22,11 @@ from vae.errors import UserError
 from vae.run import rundir
 from vae.run.checkpoint import load_checkpoint
 from vae.sweep.pool import run_workers
+from vae.sweep.report import summary
 from vae.sweep.spec import Sweep, load, parse_grid, parse_search
-from vae.sweep.study import create, open_study, suggest, summary, train_trial
+from vae.sweep.study import create, open_study
+from vae.sweep.trial import suggest, train_trial
+from vae.sweep.worker import resume
 
 SWEEP = [sys.executable, str(REPO / "sweep.py")]
 
@@ -272,3 +276,30 @@ def test_a_worker_pinned_to_one_core_gets_one_thread():
             "print(threads_per_worker(1))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(len(os.sched_getaffinity(0))), "1"]  # all usable cores, then the one left
+
+
+@pytest.mark.parametrize("argv0, given, sweep, evaluate", [
+    ("/home/me/.venv/bin/vae-sweep", "", "vae-sweep", "vae-evaluate"),
+    ("python -m vae sweep", "", "python -m vae sweep", "python -m vae evaluate"),
+    ("/home/me/vae/sweep.py", "", "python sweep.py", "python evaluate.py"),
+    ("python -m vae sweep", "script", "vae-sweep", "vae-evaluate"),  # a worker, started by vae-sweep
+])
+def test_the_hints_name_the_commands_as_the_user_ran_them(tmp_path, mnist_root, monkeypatch, argv0, given, sweep,
+                                                           evaluate):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setenv(INVOKED_AS, given)
+    _, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=1"])
+    assert resume(sweep_dir) == f"{sweep} --resume {sweep_dir}"
+    assert summary(sweep_dir).splitlines()[-1] == f"compare the runs: {evaluate} --compare {sweep_dir}"
+
+
+def test_the_workers_speak_as_the_command_that_started_them(tmp_path, mnist_root, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/home/me/.venv/bin/vae-sweep"])
+    monkeypatch.delenv(INVOKED_AS, raising=False)
+    _, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=1"])
+    worker = tmp_path / "worker.py"  # run as `python worker.py --worker ...`: on its own, it would say sweep.py
+    worker.write_text("import os\nfrom pathlib import Path\nfrom vae.cli import invoked_as\n"
+                      f"Path({str(tmp_path)!r}, str(os.getpid())).write_text(invoked_as('sweep'))\n")
+    run_workers(sweep_dir, 2, (str(worker),))
+    said = [p.read_text() for p in tmp_path.iterdir() if p.name.isdigit()]
+    assert said == ["vae-sweep", "vae-sweep"]

@@ -12,7 +12,8 @@ from conftest import REPO, write_config
 from vae.config.load import load_config, to_dict
 from vae.run import rundir
 from vae.sweep.spec import Sweep, without_password
-from vae.sweep.study import STORAGE_ENV, create
+from vae.sweep.storage import STORAGE_ENV
+from vae.sweep.study import create
 
 URL = os.environ.get("VAE_TEST_POSTGRES", "")
 pytestmark = [pytest.mark.slow,

@@ -9,8 +9,11 @@ from pathlib import Path
 from vae.cli import ArgumentParser, run
 from vae.config.load import load_config, to_dict
 from vae.sweep.pool import configure_worker, run_workers, usable_cores
+from vae.sweep.report import summary
 from vae.sweep.spec import HEARTBEAT_SECONDS, Sweep, load, parse_grid, parse_search, without_password
-from vae.sweep.study import STORAGE_ENV, create, summary, work
+from vae.sweep.storage import STORAGE_ENV
+from vae.sweep.study import create
+from vae.sweep.worker import work
 
 
 def main(argv: list[str]) -> None:

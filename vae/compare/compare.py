@@ -21,8 +21,8 @@ from vae.run import rundir
 from vae.run.checkpoint import checkpoint_id
 from vae.run.layout import last_pt
 from vae.run.resume import check_same_run
+from vae.sweep.report import front_runs
 from vae.sweep.spec import run_dir
-from vae.sweep.study import front_runs
 from vae.train.schedule import stops_early
 
 

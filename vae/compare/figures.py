@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vae.compare.table import label
 from vae.evaluate.plots import plot_rate_distortion, plot_rate_split, plot_swept
-from vae.sweep.study import draw_search
+from vae.sweep.report import draw_search
 
 
 def marked(result: dict) -> str:

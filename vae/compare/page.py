@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
-from vae.compare.table import COLUMNS, MOVED, cell, label
+from vae.compare.table import COLUMNS, MOVED, cell, label, plain
 from vae.evaluate.page import figure_rows, image, page, table
 from vae.files import atomic_write_text
 
@@ -15,7 +14,7 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
     """The page, around the figures already drawn."""
     found, keys, best = result["groups"], result["differing_keys"], result["chosen"]["group"]
     head = [*keys, "seeds", *(h for _, h in COLUMNS)]
-    rows = [[*(json.dumps(g["values"][k]) for k in keys),
+    rows = [[*(plain(g["values"][k], "unset") for k in keys),
              f"{len(g['runs'])}" + (f" ({g['unfinished']} unfinished)" if g["unfinished"] else ""),
              *(cell(g[c], c) for c, _ in COLUMNS)] for g in found]
     gallery = "".join(f"<figure><figcaption>{html.escape(label(g['values']))}</figcaption>"
@@ -26,7 +25,7 @@ def write_html(out: Path, result: dict, figures: list[tuple[Path, str]]) -> None
             "the best NLL, chosen on the numbers it reports (hold out data.val_size to choose on validation)")
     first = result["runs"][0]
     ref = result["reference"]
-    shifts = [[*(json.dumps(g["values"][k]) for k in keys),
+    shifts = [[*(plain(g["values"][k], "unset") for k in keys),
                *(cell(d[c], c, "se", "+") for c, _ in MOVED)]
               for i, (g, d) in enumerate(zip(found, result["moved"])) if i != ref]
     where = f"""<h2>Where the nats moved, against {html.escape(label(found[ref]['values']))}</h2>

@@ -50,8 +50,20 @@ def groups(rows: list[dict], keys: list[str]) -> list[dict]:
     return out
 
 
+def plain(value, unset: str = "") -> str:
+    """A config value as a person reads it in a table or a spreadsheet cell (normal, 0.5, true, [32, 16]),
+    not as JSON ("normal"); `unset` for None."""
+    if value is None:
+        return unset
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the config's YAML spells them
+    if isinstance(value, (list, tuple)):  # bracketed, so that no spreadsheet reads 32,16 as a decimal number
+        return f"[{', '.join(plain(v, unset) for v in value)}]"
+    return str(value)
+
+
 def label(values: dict) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()) or "all runs"
+    return ", ".join(f"{k.split('.')[-1]}={plain(v, 'unset')}" for k, v in values.items()) or "all runs"
 
 
 def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
@@ -59,7 +71,7 @@ def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["run", *keys, "train.seed", "finished", *(key for key, _ in COLUMNS)])
     for r in rows:
-        writer.writerow([r["run"], *(json.dumps(r["config"].get(k)) for k in keys), r["config"].get("train.seed"),
+        writer.writerow([r["run"], *(plain(r["config"].get(k)) for k in keys), r["config"].get("train.seed"),
                          r["finished"],
                          *("" if r[key] is None else r[key] for key, _ in COLUMNS)])
     atomic_write_text(path, buf.getvalue())

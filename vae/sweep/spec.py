@@ -259,7 +259,7 @@ def run_dir(sweep_dir: Path, name: object) -> Path:
     shared database)."""
     if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or len(name.encode()) > 255:
         raise UserError(f"the study names a trial's run {name!r}, which is not a run name of a sweep: it was not "
-                        f"written by this project's sweep.py")
+                        f"written by this project's sweep command")
     return sweep_dir / "runs" / name
 
 
