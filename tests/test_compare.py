@@ -117,6 +117,7 @@ def test_the_csv_and_the_page_show_config_values_plain_not_as_json(runs, tmp_pat
         table = list(csv.DictReader(f))
     assert [[r[k] for k in keys] for r in table] == [["normal", "[32, 16]", "", "true"],
                                                      ["mog", "[64]", "digits.npz", "false"]]
+    assert {r["finished"] for r in table} <= {"true", "false"}
     groups = [{**g, "values": dict(zip(keys, v))} for g, v in zip(result["groups"], values)]
     write_html(tmp_path, {**result, "differing_keys": keys, "groups": groups}, [])
     tables = "".join(re.findall(r"<table>.*?</table>", (tmp_path / "comparison.html").read_text(), re.S))

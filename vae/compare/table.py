@@ -72,7 +72,7 @@ def write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     writer.writerow(["run", *keys, "train.seed", "finished", *(key for key, _ in COLUMNS)])
     for r in rows:
         writer.writerow([r["run"], *(plain(r["config"].get(k)) for k in keys), r["config"].get("train.seed"),
-                         r["finished"],
+                         plain(r["finished"]),
                          *("" if r[key] is None else r[key] for key, _ in COLUMNS)])
     atomic_write_text(path, buf.getvalue())
 
