@@ -57,6 +57,11 @@ def override_hint(flag: str, argv: list[str]) -> str:
     return f"; set config keys as section.key=value: {names[close[0]]}={value}"
 
 
+def one_line(message: str) -> str:
+    """`message` with its control characters escaped (a file named `bad\\nname.png`), so that it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Call main(argv) (default: the command line's); a UserError or OS error becomes 'error: ...' on stderr and
     exit status 2.
@@ -66,7 +71,7 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (UserError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
         print(e, file=sys.stderr)

@@ -27,9 +27,11 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory free for this run: the GPU's free memory on CUDA, else the system's available memory."""
+    """Memory free for this run: the GPU's free memory on CUDA (with what torch holds in its cache, freed by this
+    process and reused before anything else is asked of the driver), else the system's available memory."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

@@ -45,10 +45,15 @@ def estimate_bytes(cfg: Config, shape: tuple[int, int, int], images: int) -> dic
 
 
 def check_memory(cfg: Config, shape: tuple[int, int, int], images: int, device: torch.device, share: int = 1) -> None:
-    """Refuse a run on `images` of `shape` whose estimated peak does not fit in its share of the memory free on
-    `device`: a 1/`share` part when that many processes (a sweep's workers) start on it at once."""
+    """Refuse a run on `images` of `shape`, loaded on `device` already, whose estimated peak does not fit in its
+    share of the memory there: a 1/`share` part when that many processes (a sweep's workers) start on it at once.
+
+    The free memory is measured with the images in it, so the memory they hold is added back to it: each byte of
+    them counts once, in the peak. (Added before the share is taken: the other workers' images may not be loaded
+    yet, and when they are, this errs on the safe side.)
+    """
     parts = estimate_bytes(cfg, shape, images)
-    needed, free = sum(parts.values()), available_bytes(device) // share
+    needed, free = sum(parts.values()), (available_bytes(device) + parts["the images"]) // share
     if needed > free:
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items())
         shared = f" (its share of {share} workers)" if share > 1 else ""
