@@ -38,6 +38,9 @@ def test_a_local_file_named_like_a_shipped_config_wins_over_it(tmp_path, monkeyp
     assert config_file("mnist") == config_file("mnist.yaml") == Path("mnist.yaml")
     assert load_config("mnist").train.epochs == 7
     assert config_file("mnist_cpu_hour") == REPO / "configs" / "mnist_cpu_hour.yaml"  # no such file here
+    for nameless in (".", "", "/"):
+        with pytest.raises(UserError, match="config file not found"):
+            config_file(nameless)
 
 
 def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path):

@@ -20,7 +20,7 @@ import vae.run.rundir
 import vae.train.memory
 from vae.compare.compare import compare
 from vae.config.load import load_config, to_dict
-from vae.errors import MachineError, UserError
+from vae.errors import Interrupted, MachineError, UserError
 from vae.evaluate.plots import plot_rate_split
 from vae.files import locked
 from vae.run import rundir
@@ -28,6 +28,7 @@ from vae.run.checkpoint import load_checkpoint
 from vae.sweep.pool import run_workers
 from vae.sweep.report import summary
 from vae.sweep.spec import MAX_NAME_BYTES, Sweep, load, parse_grid
+from vae.sweep.stop import WorkerStop
 from vae.sweep.study import create, open_study, plain_study
 from vae.sweep.worker import requeue
 from vae.train.loop import train
@@ -195,6 +196,29 @@ def test_a_sigterm_outside_training_saves_the_trial_and_stops_the_worker(tmp_pat
     for run in (sweep_dir / "runs").iterdir():
         assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
     assert len(list((sweep_dir / "runs").iterdir())) == 2
+
+
+def test_a_signal_in_a_requeue_waits_for_its_end_and_then_stops_the_worker():
+    """A trial failed and not yet queued again would be lost: a signal there stops the worker only after."""
+    steps = []
+    with WorkerStop() as stop:
+        with pytest.raises(Interrupted) as stopped:
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now
+                steps.append("failed")
+                steps.append("queued again")
+        assert steps == ["failed", "queued again"] and stopped.value.signum == signal.SIGTERM
+        with stop.deferred(then_stop=False):  # stopping already: a second signal neither cuts nor raises
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("requeued on the way out")
+        assert steps[-1] == "requeued on the way out" and stop.received() is None  # taken by the block
+        with pytest.raises(Interrupted):  # outside a deferred block, at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is \
+        signal.default_int_handler
 
 
 def test_a_held_directory_whose_name_has_braces_is_named_in_one_line(tmp_path):

@@ -1,4 +1,5 @@
 import math
+import re
 import sys
 
 import numpy as np
@@ -54,6 +55,21 @@ def test_evaluate_adds_its_numbers_and_the_latents_projector_to_the_run_s_log(ti
     names = (folder / "metadata.tsv").read_text().split()
     assert names == [str(y) for y in latents["label"]]
     assert Image.open(folder / "sprite.png").size == (28 * math.ceil(math.sqrt(len(names))),) * 2
+
+    evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=4"])  # the same epoch again: replaced, not added
+    train(with_(tiny_cfg, train={"epochs": 3}, logging={"tensorboard": True}), resume=result.run_dir)
+    evaluate_checkpoint(result.run_dir, ["eval.iwae_samples=4"])  # a later checkpoint: beside the first
+    config = (log / "projector_config.pbtxt").read_text()
+    assert re.findall(r'tensor_name: "(.*)"', config) == ["latents_test:00002", "latents_test:00003"]
+
+
+def test_evaluating_a_tensorboard_run_without_the_package_is_refused_before_any_work(tiny_cfg, monkeypatch):
+    run = train(with_(tiny_cfg, logging={"tensorboard": True})).run_dir
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    with pytest.raises(UserError, match="needs the tensorboard package"):
+        evaluate_checkpoint(run, ["eval.iwae_samples=4"])
+    assert not (run / "eval").exists()
+    assert evaluate_checkpoint(run, ["eval.iwae_samples=4", "logging.tensorboard=false"])["nll_iwae"] > 0
 
 
 def test_the_projector_shows_as_many_images_as_its_sprite_holds():

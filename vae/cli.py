@@ -16,12 +16,16 @@ INVOKED_AS = "VAE_INVOKED_AS"  # how the user ran the commands, handed down to a
 def invoked_as(command: str) -> str:
     """How the user runs `command` (train, evaluate or sweep), in the style of the command they ran:
     `vae-train` when installed, `python -m vae train`, or `python train.py` in a checkout."""
-    style = os.environ.get(INVOKED_AS) or invocation_style(sys.argv[0])
-    return {"script": f"vae-{command}", "module": f"python -m vae {command}"}.get(style, f"python {command}.py")
+    commands = {"script": f"vae-{command}", "module": f"python -m vae {command}", "checkout": f"python {command}.py"}
+    return commands[invocation_style()]
 
 
-def invocation_style(argv0: str) -> str:
-    """'script' (an installed vae-NAME), 'module' (python -m vae NAME) or 'checkout' (NAME.py)."""
+def invocation_style() -> str:
+    """'script' (an installed vae-NAME), 'module' (python -m vae NAME) or 'checkout' (NAME.py): this process's
+    command, or the one that started it (a sweep's worker)."""
+    argv0 = sys.argv[0]
+    if os.environ.get(INVOKED_AS) in ("script", "module", "checkout"):
+        return os.environ[INVOKED_AS]
     if argv0.startswith("python -m vae"):
         return "module"
     return "script" if os.path.basename(argv0).startswith("vae-") else "checkout"

@@ -142,7 +142,7 @@ def config_file(path: str | Path) -> Path:
     """A config file, or the name of a shipped one (`mnist`, `mnist_cpu_hour.yaml`) where no such file is here:
     `--config mnist` takes ./mnist.yaml when there is one."""
     path = Path(path)
-    for here in (path, path.with_name(path.name + ".yaml")) if path.suffix == "" else (path,):
+    for here in (path, path.with_name(path.name + ".yaml")) if path.name and not path.suffix else (path,):
         if here.is_file():
             return here
     shipped = shipped_configs()

@@ -19,6 +19,7 @@ from numpy.lib import format as npy
 from vae.errors import UserError
 
 MAX_DIRECTORY_BYTES = 2**20  # the archive's table of contents: ~10,000 members; numpy.savez writes ~100 bytes each
+MAX_HEADER_BYTES = 10_000  # a .npy header's, as numpy bounds it (a dict of three short entries)
 CHUNK = 2**22  # bytes decompressed at a time, straight into the array
 # what a broken or foreign archive raises while it is read (BadZipFile: not a zip, bad CRC; EOFError: cut short;
 # NotImplementedError: a compression method zipfile lacks; ValueError: a bad .npy header)
@@ -59,7 +60,8 @@ def opened(path: Path):
         with open(path, "rb") as f:
             if f.read(len(npy.MAGIC_PREFIX)) == npy.MAGIC_PREFIX:
                 raise unreadable(path, "it holds one array, not named arrays (save them with numpy.savez)")
-            end = zipfile._EndRecData(f)  # the stdlib's reader of the end record (zip64 too), run before ZipFile's
+            end_record = getattr(zipfile, "_EndRecData", None)  # the stdlib's reader of the end record (zip64 too)
+            end = end_record(f) if end_record else None  # private, as it has been since Python 2.6: else no bound
             if end is not None and end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:
                 raise unreadable(path, f"its table of contents declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} members "
                                        f"in {end[zipfile._ECD_SIZE]:,} bytes, more than the {MAX_DIRECTORY_BYTES:,} "
@@ -77,7 +79,7 @@ def arrays(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
 
 
 def read_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> Header:
-    """The member's .npy header (numpy reads at most 10,000 bytes of it), refused when it declares Python objects,
+    """The member's .npy header (at most MAX_HEADER_BYTES of it read), refused when it declares Python objects,
     a negative size or more bytes than the member holds."""
     name = member.filename
     if member.flag_bits & 0x1:
@@ -88,7 +90,7 @@ def read_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -
             if version not in ((1, 0), (2, 0)):  # 3.0 only adds UTF-8 field names, which no image array has
                 raise ValueError(f"a .npy of format version {version[0]}.{version[1]}, not 1.0 or 2.0")
             read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-            shape, fortran, dtype = read(f)
+            shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
             offset = f.tell()
     except HEADER_ERRORS as e:
         raise unreadable(path, f"{name}: {reason(e)}") from None
@@ -116,8 +118,12 @@ def read_array(archive: zipfile.ZipFile, header: Header, path: Path) -> np.ndarr
                 if not got:
                     break
                 done += got
+            extra = f.read(1)  # and zipfile checks the member's CRC at its end
     except READ_ERRORS as e:
         raise unreadable(path, f"{header.member.filename}: {reason(e)}") from None
     if done < header.nbytes:  # the archive's sizes were consistent, its data were not
         raise unreadable(path, f"{header.member.filename} ends after {done:,} of its {header.nbytes:,} bytes")
+    if extra:
+        raise unreadable(path, f"{header.member.filename} holds more than the {header.nbytes:,} bytes its header "
+                               f"declares: corrupt")
     return flat.view(header.dtype).reshape(header.shape, order="F" if header.fortran else "C")

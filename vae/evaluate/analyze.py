@@ -21,7 +21,7 @@ from vae.evaluate.heldout import Posteriors, encode_split
 from vae.evaluate.latents import save_latents
 from vae.evaluate.pictures import save_evaluation_pictures
 from vae.evaluate.report import write_report
-from vae.evaluate.tensorboard import log_evaluation
+from vae.evaluate.tensorboard import log_evaluation, summary_writer_class
 from vae.files import atomic_write_text
 from vae.model.vae import VAE, TwoLayerVAE, build_model
 from vae.run import rundir
@@ -213,6 +213,8 @@ def fixed_split(splits: Splits, cfg: Config, name: str) -> Split:
 def evaluate_checkpoint(path: str | Path, overrides: list[str] = ()) -> dict:
     """Everything evaluate.py reports for one checkpoint; writes <run>/eval/ and <run>/report.html."""
     path, data, state, cfg, device, splits, model = load_evaluated(path, overrides)
+    if cfg.logging.tensorboard:
+        summary_writer_class()  # refused now, not after the measuring, where the tensorboard package is missing
 
     run_dir = run_dir_of(path) or path.resolve().parent
     rows = rundir.read_metrics(run_dir)  # for the report; read now so a bad file fails before the work

@@ -99,7 +99,8 @@ def explorer_section(run_dir: Path) -> str:
     """The live decoder (explorer.html's markup driving explorer.js), when evaluate.py wrote eval/explorer.json."""
     path = run_dir / "eval" / "explorer.json"
     if not path.is_file():
-        return "<p>No eval/explorer.json: run evaluate.py on this checkpoint to get the live decoder.</p>"
+        return ("<p>No eval/explorer.json: evaluate this checkpoint (vae-evaluate, or evaluate.py) to get the live "
+                "decoder.</p>")
     payload = path.read_text()
     data = json.loads(payload)
     if "absent" in data:

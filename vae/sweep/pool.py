@@ -60,8 +60,7 @@ def run_workers(sweep_dir: Path, workers: int, command: tuple[str, ...] = ("-m",
         # this very package, installed or not: the folder that holds vae/
         path = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get(PATH_ENV)])])
         # the workers' hints name the command the user ran, not theirs (python -m vae sweep --worker)
-        style = os.environ.get(INVOKED_AS) or invocation_style(sys.argv[0])
-        env = {**os.environ, PARENT_ENV: str(os.getpid()), PATH_ENV: path, INVOKED_AS: style}
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), PATH_ENV: path, INVOKED_AS: invocation_style()}
         # Their own sessions: a terminal's Ctrl-C reaches this process alone, which passes it on once.
         procs = [subprocess.Popen(cmd, env=env, start_new_session=True) for _ in range(workers)]
         codes = wait_for(procs)

@@ -10,22 +10,38 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import contextmanager
 
 from vae.errors import Interrupted
 from vae.train.interrupt import SIGNALS
 
 
 class WorkerStop:
-    """While active, SIGINT/SIGTERM outside training raise Interrupted where the worker is, and `received()`
-    tells a signal that training took and went on after."""
+    """While active, SIGINT/SIGTERM outside training raise Interrupted where the worker is, but wait for the end of
+    a `deferred()` block; `received()` tells a signal that training took and went on after."""
 
     def __init__(self):
         self._previous = {}
         self._pipe: tuple[int, int] | None = None
         self._wakeup = -1
+        self._deferring = False
 
     def _handle(self, signum, frame):
-        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped")
+        if not self._deferring:  # else the wakeup fd holds it for the block's end
+            raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped")
+
+    @contextmanager
+    def deferred(self, then_stop: bool = True):
+        """A block that a signal does not cut in half (a trial failed and queued again: never the one without the
+        other); a signal that came meanwhile stops the worker at its end, unless it is stopping already."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        signum = self.received()
+        if then_stop and signum is not None:
+            raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped")
 
     def __enter__(self) -> WorkerStop:
         if threading.current_thread() is not threading.main_thread():

@@ -31,9 +31,11 @@ def work(sweep: Sweep, sweep_dir: Path, workers: int = 1) -> None:
         try:
             take_trials(sweep, sweep_dir, workers, stop)
         except (Interrupted, KeyboardInterrupt) as e:
-            retry_interrupted(sweep, sweep_dir)
-            raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: the running trial is saved and "
-                              f"queued again; continue with: {resume(sweep_dir)}") from None
+            with stop.deferred(then_stop=False):
+                queued = retry_interrupted(sweep, sweep_dir)
+            what = "the running trial is saved and queued again" if queued else "no trial was running"
+            raise Interrupted(getattr(e, "signum", signal.SIGINT), f"sweep stopped: {what}; continue with: "
+                              f"{resume(sweep_dir)}") from None
 
 
 def take_trials(sweep: Sweep, sweep_dir: Path, workers: int, stop: WorkerStop) -> None:
@@ -47,16 +49,17 @@ def take_trials(sweep: Sweep, sweep_dir: Path, workers: int, stop: WorkerStop) -
             try:
                 study.optimize(run, n_trials=1, catch=(UserError,))
             except OSError as e:
-                retry_failed(sweep, sweep_dir)
+                with stop.deferred():
+                    retry_failed(sweep, sweep_dir)
                 raise UserError(f"a trial stopped on {reason(e)}; it is queued again: free the cause, then continue "
                                 f"with: {resume(sweep_dir)}") from None
             if (signum := stop.received()) is not None:  # training took it, and finished the trial's run
                 raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped after the trial")
         elif any(t.state == TrialState.RUNNING for t in trials):  # others' last trials: wait, and watch them
             time.sleep(POLL_SECONDS)
-            with experimental():
+            with stop.deferred(), experimental():  # each failed trial queued again, whatever signal comes
                 optuna.storages.fail_stale_trials(study)
-            retry_unstarted(sweep, sweep_dir)
+                retry_unstarted(sweep, sweep_dir)
         else:
             return
 
@@ -71,13 +74,15 @@ def requeued(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     return any(trial.number in t.system_attrs.get("retry_history", []) for t in study.get_trials(deepcopy=False))
 
 
-def retry_interrupted(sweep: Sweep, sweep_dir: Path) -> None:
+def retry_interrupted(sweep: Sweep, sweep_dir: Path) -> int:
     """After a stop by signal, this worker's trial (its checkpoint saved) is queued again at once:
-    running, or failed by Optuna's handling of KeyboardInterrupt (a failure with no error of ours)."""
+    running, or failed by Optuna's handling of KeyboardInterrupt (a failure with no error of ours). How many."""
     study = plain_study(sweep, sweep_dir)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if t.user_attrs.get("claim") == claim(t.number) and "error" not in t.user_attrs and not requeued(study, t):
-            requeue(study, t)
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL))
+            if t.user_attrs.get("claim") == claim(t.number) and "error" not in t.user_attrs and not requeued(study, t)]
+    for t in mine:
+        requeue(study, t)
+    return len(mine)
 
 
 def retry_failed(sweep: Sweep, sweep_dir: Path) -> None:
