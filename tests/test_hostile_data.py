@@ -118,6 +118,8 @@ def hostile_npz(case, path):
         data = bytearray(path.read_bytes())
         data[-200] ^= 0xFF  # in x's pixels (the central directory and end record are the last ~120 bytes)
         path.write_bytes(data)
+    elif case == "more bytes than declared":  # the tail would go unread, and its CRC unchecked
+        archive(path, {"x.npy": npy((2, 28, 28), data=bytes(3 * 784))})
     elif case == "empty archive":
         archive(path, {})
     return path
@@ -144,6 +146,8 @@ def hostile_npz(case, path):
                       r"more than the 1,048,576 bytes read"),
     ("encrypted member", r"case.npz as a NumPy .npz: x.npy is encrypted"),
     ("a data byte changed", r"case.npz as a NumPy .npz: x.npy: Bad CRC-32"),
+    ("more bytes than declared", r"case.npz as a NumPy .npz: x.npy holds more than the 1,568 bytes its header "
+                                 r"declares: corrupt"),
     ("empty archive", r"case.npz must hold an array x \(or x_train and x_test\); it holds nothing"),
 ])
 def test_a_hostile_npz_is_one_line_naming_the_file_and_the_bound(tmp_path, small_address_space, case, message):
