@@ -92,6 +92,7 @@ BAD_TRAIN_ARGS = {
     "unknown key": (["train.ephocs=3"], "did you mean 'train.epochs'"),
     "architecture change on resume": (["--resume", "{base}/run", "model.hidden_dims=[64]"],
                                       "trained with another config"),
+    "a run there already": (["output.dir={base}/run"], "already holds a run: resume it with python train.py --resume"),
 }
 
 

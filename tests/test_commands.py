@@ -87,6 +87,11 @@ def test_python_m_vae_runs_each_command_from_another_directory(tmp_path, mnist_r
     done = vae("train", "--config", "mnist", f"data.root={mnist_root}", *SMALL)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "outputs" / "mnist" / "checkpoints" / "last.pt").is_file()
+    again = vae("train", "--config", "mnist", f"data.root={mnist_root}", *SMALL)  # the hints name this command
+    assert again.returncode == 2 and "resume it with python -m vae train --resume outputs/mnist," in again.stderr
+    flag = vae("train", "--config", "mnist", "--epochs", "3")
+    assert flag.stderr.strip() == ("error: unrecognized arguments: --epochs; set config keys as section.key=value: "
+                                   "train.epochs=3 (see python -m vae train --help)")
     wrong = vae("nonsense")
     assert wrong.returncode == 2 and "usage: python -m vae {train,evaluate,sweep}" in wrong.stderr
     bad = vae("evaluate", "--checkpoint", "nowhere")
@@ -125,6 +130,13 @@ def test_pip_install_gives_commands_that_work_outside_the_checkout(tmp_path, mni
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
     run = elsewhere / "outputs" / "mnist"
+    again = subprocess.run([str(bin_dir / "vae-train"), "--config", "mnist", "--epochs", "3"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.stderr.strip() == ("error: unrecognized arguments: --epochs; set config keys as section.key=value: "
+                                    "train.epochs=3 (see vae-train --help)")
+    again = subprocess.run([str(bin_dir / "vae-train"), "--config", "mnist", f"data.root={mnist_root}", *SMALL],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "resume it with vae-train --resume outputs/mnist," in again.stderr
     evaluate = subprocess.run([str(bin_dir / "vae-evaluate"), "--checkpoint", str(run), "eval.iwae_samples=2"],
                               cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert evaluate.returncode == 0, evaluate.stderr

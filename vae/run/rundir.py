@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from vae import files
+from vae.cli import invoked_as
 from vae.config.load import to_yaml
 from vae.config.schema import Config
 from vae.errors import MachineError, UserError
@@ -35,7 +36,7 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} exists and is not a directory")
     if holds_run(run_dir) and not overwrite:
-        raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+        raise UserError(f"{run_dir} already holds a run: resume it with {invoked_as('train')} --resume {run_dir}, "
                         f"choose another output.dir=DIR, or pass --overwrite to replace it")
 
 
