@@ -22,6 +22,7 @@ CHOICES = {  # config sections of each case
     "vamp, iwae-2 with dreg": {"model": VAMP, "loss": {"iwae_k": 2, "gradient": "dreg"}},
     "flow": {"model": {"posterior": "flow", "flow_steps": 2, "flow_hidden": 16}},
     "two layers, vamp": {"model": {**VAMP, "latent2_dim": 3, "hidden2_dims": (16,)}},
+    "ladder, vamp": {"model": {**VAMP, "latent2_dim": 3, "hidden2_dims": (16,), "inference": "top_down"}},
 }
 
 

@@ -154,6 +154,9 @@ class ModelConfig:
                            within=(0, 4096))
     hidden2_dims: tuple[int, ...] = key((50, 50), "with `model.latent2_dim`: the MLP widths of q(z2|z1); p(z1|z2) "
                                         "mirrors them", ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
+    inference: str = key("bottom_up", "with `model.latent2_dim`: `bottom_up`, z1 ~ q(z1|x) then z2 ~ q(z2|z1); "
+                         "`top_down`, z2 ~ q(z2|x) then z1 from x and p(z1|z2) (ladder VAE) "
+                         "([more](training.md#two-stochastic-layers))", choices=("bottom_up", "top_down"))
     prior: str = key("normal", "p(z) of the top stochastic layer: `normal`, N(0, I); `mog`, a learned mixture of "
                      "`model.prior_components` Gaussians; `vamp`, the VampPrior "
                      "([more](training.md#which-distributions-the-prior-and-the-posterior))",
@@ -183,6 +186,8 @@ class ModelConfig:
                  "pixel_means needs model.arch=mlp (the conv decoder ends in a bias per channel, not per pixel)")
         _require(self.output_bias_init == "torch" or self.likelihood == "bernoulli", "model.output_bias_init",
                  self.output_bias_init, "pixel_means sets Bernoulli logits: it needs model.likelihood=bernoulli")
+        _require(self.inference == "bottom_up" or self.latent2_dim, "model.inference", self.inference,
+                 "top_down needs a second stochastic layer (set model.latent2_dim)")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
                  "flow is built for one stochastic layer (set model.latent2_dim=0)")
 

@@ -15,9 +15,9 @@ from vae.config.schema import Config, with_classes
 from vae.data.load import TRAIN_DRAW, Splits, load_data
 from vae.data.split import Split
 from vae.device import resolve_device
-from vae.evaluate.estimators import active_dims, active_units, iwae_nll, rate_split
+from vae.evaluate.estimators import IWAE_EXAMPLES, active_dims, active_units, iwae_nll, rate_split
 from vae.evaluate.explorer import save_explorer
-from vae.evaluate.heldout import Posteriors, encode_split
+from vae.evaluate.heldout import encode_split
 from vae.evaluate.latents import save_latents
 from vae.evaluate.pictures import save_evaluation_pictures
 from vae.evaluate.report import write_report
@@ -63,11 +63,14 @@ def targets(cfg: Config) -> str:
 
 
 @torch.no_grad()
-def top_layer_means(model: TwoLayerVAE, post: Posteriors, seed: int, samples: int = 16) -> torch.Tensor:
-    """E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu2(z1)] of every example, over `samples` draws of z1: (N, latent2)."""
-    gen = torch.Generator(device=post.mu.device).manual_seed(seed)
-    eps = torch.randn((samples, *post.mu.shape), generator=gen, device=post.mu.device)
-    return model.encoder2(model.reparameterize(post.mu, post.logvar, eps)).chunk(2, dim=-1)[0].mean(0)
+def top_layer_means(model: TwoLayerVAE, split: Split, seed: int, samples: int = 16) -> torch.Tensor:
+    """E_q[z2|x] of every example (N, latent2) (bottom-up, over `samples` draws of z1 each)."""
+    gen = torch.Generator(device=split.images.device).manual_seed(seed)
+    means = []
+    for index in torch.arange(len(split), device=split.images.device).split(IWAE_EXAMPLES):
+        eps = torch.randn((samples, len(index), model.latent_dim), generator=gen, device=split.images.device)
+        means.append(model.top_mean(split.pixels(index), eps))
+    return torch.cat(means)
 
 
 @contextmanager
@@ -81,8 +84,9 @@ def rate_protocol(model: VAE, cfg: Config) -> str:
     """How the ELBO's rate was measured, for metrics.json and the report."""
     if cfg.model.latent2_dim:
         top = "analytic KL of z2" if model.prior_distribution().extra_noise == 0 else "a one-sample KL of z2"
-        return (f"one z sample per example for distortion; {top} (p(z2): {cfg.model.prior}), a one-sample "
-                f"estimate for z1")
+        bottom = ("the analytic KL of z1 given that sample of z2" if cfg.model.inference == "top_down" else
+                  "a one-sample estimate for z1")
+        return f"one z sample per example for distortion; {top} (p(z2): {cfg.model.prior}), {bottom}"
     if model.analytic_kl:
         return "one z sample per example for distortion; analytic KL"
     return (f"one z sample per example for distortion and rate: log q(z|x) - log p(z) at that sample (the KL of a "
@@ -155,7 +159,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dic
                                  "average_kl": rate},
         "rate_per_layer": rate_per_layer,
         **({"kl_per_dim_z2": layer_nats[1].tolist() if dim_kl is not None else None,
-            "active_units_z2": active_units(top_layer_means(model, post, seed))} if cfg.model.latent2_dim else {}),
+            "active_units_z2": active_units(top_layer_means(model, split, seed))} if cfg.model.latent2_dim else {}),
         "not_defined": {name: why for name, why in (
             ("kl_per_dim", None if dim_kl is not None else "the KL of this prior and posterior is not a sum over "
              "dimensions (it is sampled as a whole); dimensions are ranked by the variance of their posterior "

@@ -182,6 +182,11 @@ class TwoLayerVAE(VAE):
         """q(z2|z1) at z1 = the mean of q(z1|x): the VampPrior's components with two layers."""
         return self.encoder2(self.encode(x)[0]).chunk(2, dim=-1)
 
+    def top_mean(self, x: torch.Tensor, eps1: torch.Tensor) -> torch.Tensor:
+        """E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu2(z1)], over the samples of z1 that the noise eps1 (S, B, L1) makes."""
+        mu1, logvar1 = self.encode(x)
+        return self.encoder2(self.reparameterize(mu1, logvar1, eps1)).chunk(2, dim=-1)[0].mean(0)
+
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
         e1, top = noise.split([self.latent_dim, noise.shape[-1] - self.latent_dim], dim=-1)
@@ -210,10 +215,71 @@ class TwoLayerVAE(VAE):
         return Output(self.decode(z1), mu1, logvar1, rate, z1)
 
 
+class LadderVAE(TwoLayerVAE):
+    """Two stochastic layers inferred top-down (Sønderby et al. 2016's ladder VAE): q(z2|x), then
+    q(z1|x, z2), whose Gaussian is the precision-weighted merge of the encoder's N(mu^, var^) with the
+    generative model's own p(z1|z2). The generative model is TwoLayerVAE's: p(z2) p(z1|z2) p(x|z1).
+
+    A deterministic bottom-up pass gives both layers' evidence: the encoder's output (mu^, logvar^) of z1, and
+    from it, through the MLP of model.hidden2_dims, q(z2|x). Given z2 both q(z1|x, z2) and p(z1|z2) are diagonal
+    Gaussians, so z1's rate is their analytic KL (at the sample of z2), not a one-sample estimate.
+    """
+
+    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
+        super().__init__(cfg, shape)
+        self.encoder2 = mlp([2 * cfg.latent_dim, *cfg.hidden2_dims, 2 * cfg.latent2_dim], cfg.activation)  # q(z2|x)
+
+    def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, latent2) of q(z2|x)."""
+        return self.encoder2(self.encoder(x)).chunk(2, dim=-1)
+
+    def top_mean(self, x: torch.Tensor, eps1: torch.Tensor) -> torch.Tensor:
+        return self.top_posterior(x)[0]
+
+    def bottom_posterior(self, evidence: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q(z1|x, z2) and p(z1|z2): mu, logvar of each, (..., B, latent), from the encoder's output (B, 2 * latent)
+        and z2 (..., B, latent2). 1/var_q = 1/var^ + 1/var_p; mu_q = var_q (mu^/var^ + mu_p/var_p)."""
+        mu_hat, logvar_hat = evidence.float().chunk(2, dim=-1)
+        mu_p, logvar_p = self.prior1(z2).float().chunk(2, dim=-1)
+        logvar_q = -torch.logaddexp(-logvar_hat, -logvar_p)
+        mu_q = mu_hat * torch.sigmoid(logvar_p - logvar_hat) + mu_p * torch.sigmoid(logvar_hat - logvar_p)
+        return mu_q, logvar_q, mu_p, logvar_p
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x): the code of each image."""
+        evidence = self.encoder(x)
+        mu2 = self.encoder2(evidence).chunk(2, dim=-1)[0]
+        return self.bottom_posterior(evidence, mu2)[:2]
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
+        """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
+        e1, e2 = eps.split([self.latent_dim, self.latent2_dim], dim=-1)
+        evidence = self.encoder(x)  # (B, 2 * L1)
+        mu2, logvar2 = self.encoder2(evidence).chunk(2, dim=-1)  # q(z2|x)
+        z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
+        mu1, logvar1, mu_p, logvar_p = self.bottom_posterior(evidence, z2)  # (..., B, L1) each
+        z1 = self.reparameterize(mu1, logvar1, e1)
+        # z1: KL(q(z1|x, z2) || p(z1|z2)) per dimension, and log p(z1|z2) - log q(z1|x, z2) at the sample
+        bottom_kl = 0.5 * ((logvar1.exp() + (mu1 - mu_p).pow(2)) * torch.exp(-logvar_p) + logvar_p - logvar1 - 1)
+        bottom_log_ratio = -0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
+        top = latent_rate(mu2.float(), logvar2.float(), e2, z2, self.prior_distribution())
+        log_ratio = top.log_ratio + bottom_log_ratio.sum(-1)  # (..., B)
+        bottom_kl = bottom_kl.reshape(-1, *bottom_kl.shape[-2:]).mean(0)  # (B, L1), over the samples of z2
+        code_mu, code_logvar = self.bottom_posterior(evidence, mu2)[:2]
+        if top.kl_dims is None:
+            rate = Rate(bottom_kl.sum(-1) + top.kl, log_ratio, kl_top=top.kl)
+        else:
+            kl_dims = torch.cat([bottom_kl, top.kl_dims], dim=-1)  # (B, L1 + L2)
+            rate = Rate(kl_dims.sum(-1), log_ratio, kl_dims, top.kl)
+        return Output(self.decode(z1), code_mu, code_logvar, rate, z1)
+
+
 def build_model(cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE) -> VAE:
     """The VAE that model.* describes for images of `shape` (C, H, W): one stochastic layer, or two when
-    model.latent2_dim > 0."""
-    return TwoLayerVAE(cfg, shape) if cfg.latent2_dim else VAE(cfg, shape)
+    model.latent2_dim > 0, inferred bottom-up or top-down (model.inference)."""
+    if not cfg.latent2_dim:
+        return VAE(cfg, shape)
+    return LadderVAE(cfg, shape) if cfg.inference == "top_down" else TwoLayerVAE(cfg, shape)
 
 
 @torch.no_grad()

@@ -1,0 +1,107 @@
+"""Two stochastic layers inferred top-down (model.inference=top_down): its densities by hand, its rates against
+their estimates, and its IWAE bound against the closed-form log p(x) of a linear-Gaussian model."""
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from vae.config.schema import ModelConfig
+from vae.errors import UserError
+from vae.evaluate.estimators import importance_weighted_bound
+from vae.model.vae import LadderVAE, build_model
+
+SMALL = ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,), inference="top_down")
+
+
+def ladder(seed=0, cfg=SMALL, shape=(1, 28, 28)):
+    torch.manual_seed(seed)
+    return build_model(cfg, shape)
+
+
+def test_the_ladder_weighs_each_sample_by_its_log_densities_and_its_rate_is_the_layers_kls():
+    model = ladder()
+    assert isinstance(model, LadderVAE) and model.noise_dim == 9
+    x, eps = torch.rand(5, 784), torch.randn(4, 5, 9)
+    out = model(x, eps)
+    assert out.logits.shape == (4, 5, 784) and out.mu.shape == (5, 6) and out.rate.kl_dims.shape == (5, 9)
+    # by hand: q(z2|x) from the bottom-up pass; q(z1|x, z2) the product of N(mu^, var^) and p(z1|z2), normalized
+    evidence = model.encoder(x)
+    mu_hat, logvar_hat = evidence.chunk(2, -1)
+    mu2, logvar2 = model.encoder2(evidence).chunk(2, -1)
+    q2 = Normal(mu2, torch.exp(0.5 * logvar2))
+    z2 = mu2 + q2.scale * eps[..., 6:]
+    mu_p, logvar_p = model.prior1(z2).chunk(2, -1)
+    p1 = Normal(mu_p, torch.exp(0.5 * logvar_p))
+    precision = torch.exp(-logvar_hat) + torch.exp(-logvar_p)
+    q1 = Normal((mu_hat * torch.exp(-logvar_hat) + mu_p * torch.exp(-logvar_p)) / precision, precision.rsqrt())
+    z1 = q1.loc + q1.scale * eps[..., :6]
+    log_ratio = (Normal(0.0, 1.0).log_prob(z2) - q2.log_prob(z2)).sum(-1) + (p1.log_prob(z1) - q1.log_prob(z1)).sum(-1)
+    torch.testing.assert_close(out.rate.log_ratio, log_ratio, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.rate.kl_dims[:, 6:], kl_divergence(q2, Normal(0.0, 1.0)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.rate.kl_dims[:, :6], kl_divergence(q1, p1).mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.rate.kl_top, kl_divergence(q2, Normal(0.0, 1.0)).sum(-1))
+    torch.testing.assert_close(out.logits, model.decode(z1))
+    # the code of an image: q(z1|x, z2) at the mean of q(z2|x)
+    mu_p0, logvar_p0 = model.prior1(mu2).chunk(2, -1)
+    precision0 = torch.exp(-logvar_hat) + torch.exp(-logvar_p0)
+    torch.testing.assert_close(out.mu, (mu_hat * torch.exp(-logvar_hat) + mu_p0 * torch.exp(-logvar_p0)) / precision0)
+    torch.testing.assert_close(out.logvar, -torch.log(precision0))
+    torch.testing.assert_close(model.encode(x)[0], out.mu)
+    torch.testing.assert_close(model.top_posterior(x)[0], mu2)
+
+
+def test_the_ladder_s_analytic_rate_agrees_with_its_sampled_estimate():
+    model = ladder(1)
+    out = model(torch.rand(3, 784), torch.randn(20_000, 3, 9, generator=torch.Generator().manual_seed(0)))
+    sampled = -out.rate.log_ratio  # log q - log p at each sample: its mean is the rate
+    stderr = sampled.std(0) / sampled.shape[0] ** 0.5
+    assert torch.all((sampled.mean(0) - out.rate.kl).abs() < 4 * stderr + 1e-3)
+
+
+def test_the_ladder_under_bf16_autocast_keeps_the_rate_in_fp32():
+    model = ladder(3)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = model(torch.rand(5, 784), torch.randn(2, 5, 9))
+    assert out.logits.dtype == torch.bfloat16
+    assert out.rate.kl_dims.dtype == out.rate.log_ratio.dtype == torch.float32
+    assert torch.isfinite(out.rate.kl_dims).all() and torch.isfinite(out.rate.log_ratio).all()
+
+
+class GaussianPixels:
+    """p(x|z1) = N(decoder(z1), sigma^2 I): a likelihood whose model has a closed-form marginal."""
+
+    params = 1
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return Normal(out, self.sigma).log_prob(x).sum(-1)
+
+
+@torch.no_grad()
+def test_a_linear_gaussian_ladder_s_iwae_bound_rises_above_its_elbo_to_the_closed_form_log_px():
+    """z2 ~ N(0, I); z1 = A z2 + a + s eps; x = B z1 + b + sigma eps': x ~ N(B a + b, B (A A^T + S) B^T + sigma^2 I)."""
+    cfg = ModelConfig(hidden_dims=(), latent_dim=2, latent2_dim=1, hidden2_dims=(), inference="top_down")
+    model = ladder(4, cfg, shape=(1, 2, 2))  # every network one linear layer: D = 4 pixels
+    sigma = 0.3
+    model.likelihood = GaussianPixels(sigma)
+    A, a = model.prior1[0].weight[:2], model.prior1[0].bias[:2]  # mu_p = A z2 + a
+    model.prior1[0].weight[2:].zero_()  # logvar_p: constant, so that p(z1|z2) is linear-Gaussian
+    logvar_p = model.prior1[0].bias[2:]
+    B, b = model.decoder[0].weight, model.decoder[0].bias
+    cov = B @ (A @ A.T + torch.diag(logvar_p.exp())) @ B.T + sigma**2 * torch.eye(4)
+    x = torch.rand(6, 4)
+    log_px = MultivariateNormal(B @ a + b, cov).log_prob(x)
+
+    def log_weight(eps):
+        out = model(x, eps)
+        return model.likelihood.log_prob(out.logits, x) + out.rate.log_ratio
+    gen = torch.Generator().manual_seed(0)
+    iwae, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), 200_000, 20_000, gen)
+    assert torch.all(elbo < iwae - 0.01)  # the encoder is untrained: the ELBO is loose
+    torch.testing.assert_close(iwae.float(), log_px, atol=0.02, rtol=0)
+
+
+def test_top_down_inference_needs_a_second_layer():
+    with pytest.raises(UserError, match="model.inference.*top_down needs a second stochastic layer"):
+        ModelConfig(latent2_dim=0, inference="top_down")
