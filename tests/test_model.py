@@ -83,9 +83,10 @@ def test_a_residual_block_adds_its_branch_to_the_input():
     assert torch.equal(block(x), x)  # a zero branch is the identity
 
 
-def two_layer(seed=0):
+def two_layer(seed=0, inference="bottom_up"):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,)))
+    return build_model(ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,),
+                                   inference=inference))
 
 
 def test_two_stochastic_layers_weigh_each_sample_by_its_log_densities():
@@ -114,19 +115,21 @@ def test_two_stochastic_layers_weigh_each_sample_by_its_log_densities():
     torch.testing.assert_close(out.logits, model.decode(z1))
 
 
-def test_z2s_analytic_rate_agrees_with_its_sampled_estimate():
-    model = two_layer(1)
+@pytest.mark.parametrize("inference", ["bottom_up", "top_down"])
+def test_two_layers_analytic_rate_agrees_with_its_sampled_estimate(inference):
+    model = two_layer(1, inference)
     x = torch.rand(3, 784)
     out = model(x, torch.randn(20_000, 3, 9, generator=torch.Generator().manual_seed(0)))
-    # rate.kl and -log_ratio share the z1 samples; they differ in z2's term, analytic given z1 in
-    # the one, sampled in the other, so they agree in expectation only if z2's KL is right
+    # rate.kl and -log_ratio share the samples; they differ where a layer's KL is analytic in the one (z2's given
+    # z1 bottom-up; z1's given z2 and z2's top-down) and sampled in the other: equal in expectation only if right
     sampled = -out.rate.log_ratio
     stderr = sampled.std(0) / sampled.shape[0] ** 0.5
     assert torch.all((sampled.mean(0) - out.rate.kl).abs() < 4 * stderr + 1e-3)
 
 
-def test_two_layers_under_bf16_autocast_keep_the_rate_in_fp32():
-    model = two_layer(3)
+@pytest.mark.parametrize("inference", ["bottom_up", "top_down"])
+def test_two_layers_under_bf16_autocast_keep_the_rate_in_fp32(inference):
+    model = two_layer(3, inference)
     with torch.autocast("cpu", torch.bfloat16):
         out = model(torch.rand(5, 784), torch.randn(2, 5, 9))
     assert out.logits.dtype == torch.bfloat16  # the networks run in bf16
