@@ -88,3 +88,23 @@ def test_a_linear_gaussian_ladder_s_iwae_bound_rises_above_its_elbo_to_the_close
 def test_top_down_inference_needs_a_second_layer():
     with pytest.raises(UserError, match="model.inference.*top_down needs a second stochastic layer"):
         ModelConfig(latent2_dim=0, inference="top_down")
+
+
+def test_the_ladder_s_rate_stays_finite_where_p_z1_given_z2_narrows_past_float32():
+    """A p(z1|z2) of variance e^-100 (1/var overflows float32): the rate against a float64 computation by hand."""
+    model = ladder(5)
+    with torch.no_grad():
+        model.prior1[-1].bias[6:] = -100.0  # logvar_p
+        model.prior1[-1].weight[6:] = 0.0
+    x, eps = torch.rand(4, 784), torch.randn(3, 4, 9)
+    out = model(x, eps)
+    assert torch.isfinite(out.rate.kl).all() and torch.isfinite(out.rate.log_ratio).all()
+    evidence = model.encoder(x).double()
+    mu_hat, logvar_hat = evidence.chunk(2, -1)
+    mu2, logvar2 = model.encoder2(evidence.float()).double().chunk(2, -1)
+    z2 = mu2 + torch.exp(0.5 * logvar2) * eps[..., 6:].double()
+    mu_p, logvar_p = model.prior1(z2.float()).double().chunk(2, -1)
+    var_q = 1 / (torch.exp(-logvar_hat) + torch.exp(-logvar_p))  # float64 holds 1/var_p = e^100
+    gap = (mu_hat - mu_p) * var_q / torch.exp(logvar_hat)  # mu_q - mu_p, written so as to lose no digits
+    kl = 0.5 * ((var_q + gap.pow(2)) / torch.exp(logvar_p) + logvar_p - var_q.log() - 1)
+    torch.testing.assert_close(out.rate.kl_dims[:, :6].double(), kl.mean(0), rtol=1e-3, atol=1e-3)

@@ -7,6 +7,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vae.config.schema import ModelConfig
@@ -243,7 +244,19 @@ class LadderVAE(TwoLayerVAE):
         mu_p, logvar_p = self.prior1(z2).float().chunk(2, dim=-1)
         logvar_q = -torch.logaddexp(-logvar_hat, -logvar_p)
         mu_q = mu_hat * torch.sigmoid(logvar_p - logvar_hat) + mu_p * torch.sigmoid(logvar_hat - logvar_p)
-        return mu_q, logvar_q, mu_p, logvar_p
+        return mu_q, logvar_q, mu_p, logvar_p, mu_hat, logvar_hat
+
+    @staticmethod
+    def bottom_rate(e1: torch.Tensor, mu_q, logvar_q, mu_p, logvar_p, mu_hat, logvar_hat) -> tuple[torch.Tensor, ...]:
+        """KL(q(z1|x, z2) || p(z1|z2)) per dimension, and log p(z1|z2) - log q(z1|x, z2) at z1 = mu_q + sigma_q e1,
+        each (..., B, latent), with no exp() of -logvar_p: p(z1|z2) may narrow until 1/var_p overflows, while
+        (mu_q - mu_p)^2 / var_p = (mu^ - mu_p)^2 sigmoid(logvar_p - logvar^)^2 / var_p stays small."""
+        # (mu_q - mu_p) / sd_p
+        scaled_gap = (mu_hat - mu_p) * torch.exp(F.logsigmoid(logvar_p - logvar_hat) - 0.5 * logvar_p)
+        ratio = torch.exp(logvar_q - logvar_p)  # var_q / var_p <= 1
+        kl = 0.5 * (ratio + scaled_gap.pow(2) + logvar_p - logvar_q - 1)
+        log_ratio = -0.5 * ((scaled_gap + ratio.sqrt() * e1).pow(2) + logvar_p - e1.pow(2) - logvar_q)
+        return kl, log_ratio
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x): the code of each image."""
@@ -257,11 +270,10 @@ class LadderVAE(TwoLayerVAE):
         evidence = self.encoder(x)  # (B, 2 * L1)
         mu2, logvar2 = self.encoder2(evidence).chunk(2, dim=-1)  # q(z2|x)
         z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
-        mu1, logvar1, mu_p, logvar_p = self.bottom_posterior(evidence, z2)  # (..., B, L1) each
+        gaussians = self.bottom_posterior(evidence, z2)  # q(z1|x, z2), p(z1|z2), the encoder's: (..., B, L1) each
+        mu1, logvar1 = gaussians[:2]
         z1 = self.reparameterize(mu1, logvar1, e1)
-        # z1: KL(q(z1|x, z2) || p(z1|z2)) per dimension, and log p(z1|z2) - log q(z1|x, z2) at the sample
-        bottom_kl = 0.5 * ((logvar1.exp() + (mu1 - mu_p).pow(2)) * torch.exp(-logvar_p) + logvar_p - logvar1 - 1)
-        bottom_log_ratio = -0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
+        bottom_kl, bottom_log_ratio = self.bottom_rate(e1, *gaussians)
         top = latent_rate(mu2.float(), logvar2.float(), e2, z2, self.prior_distribution())
         log_ratio = top.log_ratio + bottom_log_ratio.sum(-1)  # (..., B)
         bottom_kl = bottom_kl.reshape(-1, *bottom_kl.shape[-2:]).mean(0)  # (B, L1), over the samples of z2
