@@ -238,8 +238,9 @@ class LadderVAE(TwoLayerVAE):
         return self.top_posterior(x)[0]
 
     def bottom_posterior(self, evidence: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q(z1|x, z2) and p(z1|z2): mu, logvar of each, (..., B, latent), from the encoder's output (B, 2 * latent)
-        and z2 (..., B, latent2). 1/var_q = 1/var^ + 1/var_p; mu_q = var_q (mu^/var^ + mu_p/var_p)."""
+        """q(z1|x, z2), p(z1|z2) and the encoder's N(mu^, var^): mu, logvar of each, (..., B, latent), from the
+        encoder's output (B, 2 * latent) and z2 (..., B, latent2). 1/var_q = 1/var^ + 1/var_p; mu_q = var_q (mu^/var^
+        + mu_p/var_p)."""
         mu_hat, logvar_hat = evidence.float().chunk(2, dim=-1)
         mu_p, logvar_p = self.prior1(z2).float().chunk(2, dim=-1)
         logvar_q = -torch.logaddexp(-logvar_hat, -logvar_p)
