@@ -254,9 +254,9 @@ class LadderVAE(TwoLayerVAE):
         (mu_q - mu_p)^2 / var_p = (mu^ - mu_p)^2 sigmoid(logvar_p - logvar^)^2 / var_p stays small."""
         # (mu_q - mu_p) / sd_p
         scaled_gap = (mu_hat - mu_p) * torch.exp(F.logsigmoid(logvar_p - logvar_hat) - 0.5 * logvar_p)
-        ratio = torch.exp(logvar_q - logvar_p)  # var_q / var_p <= 1
-        kl = 0.5 * (ratio + scaled_gap.pow(2) + logvar_p - logvar_q - 1)
-        log_ratio = -0.5 * ((scaled_gap + ratio.sqrt() * e1).pow(2) + logvar_p - e1.pow(2) - logvar_q)
+        sd_ratio = torch.exp(0.5 * (logvar_q - logvar_p))  # sd_q / sd_p <= 1 (not a sqrt, whose gradient at 0 is inf)
+        kl = 0.5 * (sd_ratio.pow(2) + scaled_gap.pow(2) + logvar_p - logvar_q - 1)
+        log_ratio = -0.5 * ((scaled_gap + sd_ratio * e1).pow(2) + logvar_p - e1.pow(2) - logvar_q)
         return kl, log_ratio
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
