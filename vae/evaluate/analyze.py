@@ -17,7 +17,7 @@ from vae.data.split import Split
 from vae.device import resolve_device
 from vae.evaluate.estimators import IWAE_EXAMPLES, active_dims, active_units, iwae_nll, rate_split
 from vae.evaluate.explorer import save_explorer
-from vae.evaluate.heldout import encode_split
+from vae.evaluate.heldout import Posteriors, encode_split
 from vae.evaluate.latents import save_latents
 from vae.evaluate.pictures import save_evaluation_pictures
 from vae.evaluate.report import write_report
@@ -113,6 +113,17 @@ def active_units_note(model: VAE) -> str | None:
     return "; ".join(notes) or None
 
 
+def layer_rates(post: Posteriors, cfg: Config, rate: float) -> tuple[list | None, list | None, list[float]]:
+    """The mean rate of each dimension of z1 and of z2 (None where the rate is not a sum over dimensions), and of
+    each stochastic layer, z1 first."""
+    if post.kl_dims is not None:
+        layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
+        return (layer_nats[0].tolist(), layer_nats[1].tolist(),
+                [nats.sum().item() for nats in layer_nats if len(nats)])
+    top = [post.kl_top.double().mean().item()] if post.kl_top is not None else []
+    return None, None, [rate - sum(top), *top]
+
+
 def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dict:
     """All the numbers (returned, JSON-ready) and pictures (written to `out`) for one model, trained `epoch`s;
     with logging.tensorboard, the numbers and codes also in the run's TensorBoard log."""
@@ -130,14 +141,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dic
     distortion, rate = post.recon.double().mean().item(), post.kl.double().mean().item()
     variance = post.mu.double().var(0)  # Cov_x(E_q[z_d])
     active = active_dims(model, post.mu, post.logvar).tolist()
-    if post.kl_dims is not None:
-        layer_nats = post.kl_dims.double().mean(0).split([cfg.model.latent_dim, cfg.model.latent2_dim])
-        dim_kl = layer_nats[0].tolist()  # the layer next to x
-        rate_per_layer = [nats.sum().item() for nats in layer_nats if len(nats)]
-    else:
-        dim_kl = None
-        top = [post.kl_top.double().mean().item()] if post.kl_top is not None else []
-        rate_per_layer = [rate - sum(top), *top]
+    dim_kl, dim_kl_z2, rate_per_layer = layer_rates(post, cfg, rate)
     nll_mean, neg_elbo_k_mean = nll.double().mean().item(), neg_elbo_k.double().mean().item()
     metrics = {
         "split": cfg.eval.split, "examples": len(split), "image_shape": list(split.shape),
@@ -158,7 +162,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dic
         "rate_split": rates and {**rates, "sum": rates["mutual_information"] + rates["marginal_kl"],
                                  "average_kl": rate},
         "rate_per_layer": rate_per_layer,
-        **({"kl_per_dim_z2": layer_nats[1].tolist() if dim_kl is not None else None,
+        **({"kl_per_dim_z2": dim_kl_z2,
             "active_units_z2": active_units(top_layer_means(model, split, seed))} if cfg.model.latent2_dim else {}),
         "not_defined": {name: why for name, why in (
             ("kl_per_dim", None if dim_kl is not None else "the KL of this prior and posterior is not a sum over "
