@@ -90,21 +90,30 @@ def test_top_down_inference_needs_a_second_layer():
         ModelConfig(latent2_dim=0, inference="top_down")
 
 
-def test_the_ladder_s_rate_stays_finite_where_p_z1_given_z2_narrows_past_float32():
-    """A p(z1|z2) of variance e^-100 (1/var overflows float32): the rate against a float64 computation by hand."""
+@pytest.mark.parametrize("raw_logvar, logvar", [(-100.0, -6.0), (50.0, 2.0)])
+def test_the_ladder_reads_p_z1_given_z2_s_log_variance_clamped_to_minus_6_and_2(raw_logvar, logvar):
+    """p(z1|z2) emitting a log-variance past either bound (e^-100: 1/var overflows float32): the rate is that of
+    var_p = e^-6 (or e^2), against torch.distributions in float64, and generate draws z1 at that spread."""
     model = ladder(5)
     with torch.no_grad():
-        model.prior1[-1].bias[6:] = -100.0  # logvar_p
+        model.prior1[-1].bias[6:] = raw_logvar
         model.prior1[-1].weight[6:] = 0.0
     x, eps = torch.rand(4, 784), torch.randn(3, 4, 9)
     out = model(x, eps)
-    assert torch.isfinite(out.rate.kl).all() and torch.isfinite(out.rate.log_ratio).all()
     evidence = model.encoder(x).double()
     mu_hat, logvar_hat = evidence.chunk(2, -1)
     mu2, logvar2 = model.encoder2(evidence.float()).double().chunk(2, -1)
     z2 = mu2 + torch.exp(0.5 * logvar2) * eps[..., 6:].double()
-    mu_p, logvar_p = model.prior1(z2.float()).double().chunk(2, -1)
-    var_q = 1 / (torch.exp(-logvar_hat) + torch.exp(-logvar_p))  # float64 holds 1/var_p = e^100
-    gap = (mu_hat - mu_p) * var_q / torch.exp(logvar_hat)  # mu_q - mu_p, written so as to lose no digits
-    kl = 0.5 * ((var_q + gap.pow(2)) / torch.exp(logvar_p) + logvar_p - var_q.log() - 1)
-    torch.testing.assert_close(out.rate.kl_dims[:, :6].double(), kl.mean(0), rtol=1e-3, atol=1e-3)
+    mu_p = model.prior1(z2.float()).double()[..., :6]
+    p1 = Normal(mu_p, torch.tensor(logvar / 2).double().exp())
+    precision = torch.exp(-logvar_hat) + torch.exp(-torch.tensor(logvar).double())
+    q1 = Normal((mu_hat * torch.exp(-logvar_hat) + mu_p * torch.exp(torch.tensor(-logvar).double())) / precision,
+                precision.rsqrt())
+    torch.testing.assert_close(out.rate.kl_dims[:, :6].double(), kl_divergence(q1, p1).mean(0), rtol=1e-4, atol=1e-4)
+    z1 = q1.loc + q1.scale * eps[..., :6].double()
+    torch.testing.assert_close(out.z.double(), z1, rtol=1e-4, atol=1e-4)
+    decoded = []
+    model.decode = lambda z: decoded.append(z) or z
+    with torch.no_grad():
+        model.generate(torch.cat([torch.randn(20_000, 6), torch.zeros(20_000, 3)], dim=1))
+    torch.testing.assert_close(decoded[0].std(0), torch.full((6,), logvar / 2).exp(), rtol=0.03, atol=0)

@@ -73,7 +73,8 @@
   function samplePrior() {  // z ~ p(z); with two layers z2 ~ p(z2), then z1 ~ p(z1|z2)
     if (!prior) return sampleTop(L);
     const h = prior(sampleTop(data.latent2_dim));
-    return Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * h[L + d]) * gaussian());
+    const [low, high] = data.prior_logvar, logvar = (d) => Math.min(Math.max(h[L + d], low), high);
+    return Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * logvar(d)) * gaussian());
   }
 
   for (const id of ["original", "decoded", "between"]) Object.assign($(id), { width: W, height: H });

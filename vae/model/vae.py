@@ -168,6 +168,11 @@ class TwoLayerVAE(VAE):
     against a prior that depends on z2, has no closed form and is a single-sample estimate.
     """
 
+    # p(z1|z2)'s log-variance is clamped to this range, as the VampPrior code's HVAE clips it (hardtanh): unbounded,
+    # it fell to -55 in an hour's training of the ladder, where a dimension of z1 became a function of z2, and the KL
+    # became non-finite.
+    PRIOR1_LOGVAR = (-6.0, 2.0)
+
     def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
         super().__init__(cfg, shape)
         self.latent2_dim = cfg.latent2_dim
@@ -178,6 +183,11 @@ class TwoLayerVAE(VAE):
     @property
     def noise_dim(self) -> int:
         return self.latent_dim + self.latent2_dim
+
+    def conditional_prior(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (..., B, latent) of p(z1|z2) at z2 (..., B, latent2), the log-variance clamped."""
+        mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)
+        return mu_p, logvar_p.clamp(*self.PRIOR1_LOGVAR)
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z2|z1) at z1 = the mean of q(z1|x): the VampPrior's components with two layers."""
@@ -191,7 +201,7 @@ class TwoLayerVAE(VAE):
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
         e1, top = noise.split([self.latent_dim, noise.shape[-1] - self.latent_dim], dim=-1)
-        mu_p, logvar_p = self.prior1(self.prior_distribution().sample(top)).chunk(2, dim=-1)
+        mu_p, logvar_p = self.conditional_prior(self.prior_distribution().sample(top))
         return self.decode(self.reparameterize(mu_p, logvar_p, e1))
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
@@ -201,7 +211,7 @@ class TwoLayerVAE(VAE):
         z1 = self.reparameterize(mu1, logvar1, e1)  # (..., B, L1)
         mu2, logvar2 = self.encoder2(z1).chunk(2, dim=-1)  # q(z2|z1)
         z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
-        mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)  # p(z1|z2)
+        mu_p, logvar_p = self.conditional_prior(z2)
         z1, logvar1, mu_p, logvar_p = z1.float(), logvar1.float(), mu_p.float(), logvar_p.float()
         # z1: log q(z1|x) - log p(z1|z2) per dimension, at the sample (the 2 pi terms cancel)
         bottom = 0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
@@ -242,7 +252,7 @@ class LadderVAE(TwoLayerVAE):
         encoder's output (B, 2 * latent) and z2 (..., B, latent2). 1/var_q = 1/var^ + 1/var_p; mu_q = var_q (mu^/var^
         + mu_p/var_p)."""
         mu_hat, logvar_hat = evidence.float().chunk(2, dim=-1)
-        mu_p, logvar_p = self.prior1(z2).float().chunk(2, dim=-1)
+        mu_p, logvar_p = (t.float() for t in self.conditional_prior(z2))
         logvar_q = -torch.logaddexp(-logvar_hat, -logvar_p)
         mu_q = mu_hat * torch.sigmoid(logvar_p - logvar_hat) + mu_p * torch.sigmoid(logvar_hat - logvar_p)
         return mu_q, logvar_q, mu_p, logvar_p, mu_hat, logvar_hat
@@ -250,8 +260,8 @@ class LadderVAE(TwoLayerVAE):
     @staticmethod
     def bottom_rate(e1: torch.Tensor, mu_q, logvar_q, mu_p, logvar_p, mu_hat, logvar_hat) -> tuple[torch.Tensor, ...]:
         """KL(q(z1|x, z2) || p(z1|z2)) per dimension, and log p(z1|z2) - log q(z1|x, z2) at z1 = mu_q + sigma_q e1,
-        each (..., B, latent), with no exp() of -logvar_p: p(z1|z2) may narrow until 1/var_p overflows, while
-        (mu_q - mu_p)^2 / var_p = (mu^ - mu_p)^2 sigmoid(logvar_p - logvar^)^2 / var_p stays small."""
+        each (..., B, latent), with no exp() of -logvar_p, so that it holds at any log-variance: where p(z1|z2) is
+        narrow, (mu_q - mu_p)^2 / var_p = (mu^ - mu_p)^2 sigmoid(logvar_p - logvar^)^2 / var_p stays small."""
         # (mu_q - mu_p) / sd_p
         scaled_gap = (mu_hat - mu_p) * torch.exp(F.logsigmoid(logvar_p - logvar_hat) - 0.5 * logvar_p)
         sd_ratio = torch.exp(0.5 * (logvar_q - logvar_p))  # sd_q / sd_p <= 1 (not a sqrt, whose gradient at 0 is inf)
