@@ -46,6 +46,7 @@ def test_the_ladder_weighs_each_sample_by_its_log_densities_and_its_rate_is_the_
     torch.testing.assert_close(out.mu, (mu_hat * torch.exp(-logvar_hat) + mu_p0 * torch.exp(-logvar_p0)) / precision0)
     torch.testing.assert_close(out.logvar, -torch.log(precision0))
     torch.testing.assert_close(model.encode(x)[0], out.mu)
+    torch.testing.assert_close(model.code(x), out.mu)  # what reconstructions decode
     torch.testing.assert_close(model.top_posterior(x)[0], mu2)
 
 
@@ -117,3 +118,36 @@ def test_the_ladder_reads_p_z1_given_z2_s_log_variance_clamped_to_minus_6_and_2(
     with torch.no_grad():
         model.generate(torch.cat([torch.randn(20_000, 6), torch.zeros(20_000, 3)], dim=1))
     torch.testing.assert_close(decoded[0].std(0), torch.full((6,), logvar / 2).exp(), rtol=0.03, atol=0)
+
+
+def test_the_bottom_up_model_reads_p_z1_given_z2_s_log_variance_clamped_too():
+    model = ladder(6, ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,)))
+    with torch.no_grad():
+        model.prior1[-1].bias[6:] = -100.0
+        model.prior1[-1].weight[6:] = 0.0
+    x, eps = torch.rand(4, 784), torch.randn(3, 4, 9)
+    out = model(x, eps)
+    mu1, logvar1 = model.encode(x)
+    q1 = Normal(mu1, torch.exp(0.5 * logvar1))
+    z1 = q1.loc + q1.scale * eps[..., :6]
+    mu2, logvar2 = model.encoder2(z1).chunk(2, -1)
+    q2 = Normal(mu2, torch.exp(0.5 * logvar2))
+    z2 = q2.loc + q2.scale * eps[..., 6:]
+    p1 = Normal(model.prior1(z2)[..., :6], torch.exp(torch.tensor(-3.0)))
+    log_ratio = (Normal(0.0, 1.0).log_prob(z2) - q2.log_prob(z2)).sum(-1) + (p1.log_prob(z1) - q1.log_prob(z1)).sum(-1)
+    torch.testing.assert_close(out.rate.log_ratio, log_ratio, rtol=1e-5, atol=1e-3)
+
+
+@torch.no_grad()
+def test_the_bottom_up_model_s_moments_of_z2_are_those_of_its_samples():
+    """q(z2|x) = E_{z1 ~ q(z1|x)}[q(z2|z1)], a mixture: its mean and variance against 200,000 draws of z2."""
+    model = ladder(7, ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,)))
+    x, n = torch.rand(2, 784), 200_000
+    gen = torch.Generator().manual_seed(0)
+    mean, logvar = model.top_moments(x, torch.randn(n, 2, 6, generator=gen))
+    mu1, logvar1 = model.encode(x)
+    mu2, logvar2 = model.encoder2(mu1 + torch.exp(0.5 * logvar1) * torch.randn(n, 2, 6, generator=gen)).chunk(2, -1)
+    z2 = mu2 + torch.exp(0.5 * logvar2) * torch.randn(n, 2, 3, generator=gen)
+    torch.testing.assert_close(mean, z2.mean(0), atol=5 * (z2.var(0) / n).sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(logvar.exp(), z2.var(0), rtol=0.02, atol=0)
+    assert (logvar.exp() > mu2.var(0) * 1.01).all()  # wider than the spread of mu2 alone

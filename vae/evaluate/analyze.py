@@ -15,7 +15,7 @@ from vae.config.schema import Config, with_classes
 from vae.data.load import TRAIN_DRAW, Splits, load_data
 from vae.data.split import Split
 from vae.device import resolve_device
-from vae.evaluate.estimators import IWAE_EXAMPLES, active_dims, active_units, iwae_nll, rate_split
+from vae.evaluate.estimators import IWAE_EXAMPLES, active_dims, iwae_nll, rate_split
 from vae.evaluate.explorer import save_explorer
 from vae.evaluate.heldout import Posteriors, encode_split
 from vae.evaluate.latents import save_latents
@@ -63,14 +63,16 @@ def targets(cfg: Config) -> str:
 
 
 @torch.no_grad()
-def top_layer_means(model: TwoLayerVAE, split: Split, seed: int, samples: int = 16) -> torch.Tensor:
-    """E_q[z2|x] of every example (N, latent2) (bottom-up, over `samples` draws of z1 each)."""
+def top_layer_active_units(model: TwoLayerVAE, split: Split, seed: int, samples: int = 16) -> int:
+    """z2's active units, from the mean and variance of z2 under q(z2|x) of every example (bottom-up, over
+    `samples` draws of z1 each), under the rule for the model's prior (`active_dims`)."""
     gen = torch.Generator(device=split.images.device).manual_seed(seed)
-    means = []
+    moments = []
     for index in torch.arange(len(split), device=split.images.device).split(IWAE_EXAMPLES):
         eps = torch.randn((samples, len(index), model.latent_dim), generator=gen, device=split.images.device)
-        means.append(model.top_mean(split.pixels(index), eps))
-    return torch.cat(means)
+        moments.append(model.top_moments(split.pixels(index), eps))
+    mu, logvar = (torch.cat(m) for m in zip(*moments))
+    return int(active_dims(model, mu, logvar).sum())
 
 
 @contextmanager
@@ -163,7 +165,7 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dic
                                  "average_kl": rate},
         "rate_per_layer": rate_per_layer,
         **({"kl_per_dim_z2": dim_kl_z2,
-            "active_units_z2": active_units(top_layer_means(model, split, seed))} if cfg.model.latent2_dim else {}),
+            "active_units_z2": top_layer_active_units(model, split, seed)} if cfg.model.latent2_dim else {}),
         "not_defined": {name: why for name, why in (
             ("kl_per_dim", None if dim_kl is not None else "the KL of this prior and posterior is not a sum over "
              "dimensions (it is sampled as a whole); dimensions are ranked by the variance of their posterior "

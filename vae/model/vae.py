@@ -193,10 +193,12 @@ class TwoLayerVAE(VAE):
         """q(z2|z1) at z1 = the mean of q(z1|x): the VampPrior's components with two layers."""
         return self.encoder2(self.encode(x)[0]).chunk(2, dim=-1)
 
-    def top_mean(self, x: torch.Tensor, eps1: torch.Tensor) -> torch.Tensor:
-        """E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu2(z1)], over the samples of z1 that the noise eps1 (S, B, L1) makes."""
+    def top_moments(self, x: torch.Tensor, eps1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and log-variance (B, latent2) of z2 under q(z2|x) = E_{z1 ~ q(z1|x)}[q(z2|z1)], over the samples
+        of z1 that the noise eps1 (S, B, L1) makes: Var = E[sigma2^2(z1)] + Var[mu2(z1)]."""
         mu1, logvar1 = self.encode(x)
-        return self.encoder2(self.reparameterize(mu1, logvar1, eps1)).chunk(2, dim=-1)[0].mean(0)
+        mu2, logvar2 = self.encoder2(self.reparameterize(mu1, logvar1, eps1)).float().chunk(2, dim=-1)
+        return mu2.mean(0), torch.log(logvar2.exp().mean(0) + mu2.var(0, unbiased=False))
 
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
@@ -244,8 +246,13 @@ class LadderVAE(TwoLayerVAE):
         """mu, logvar (B, latent2) of q(z2|x)."""
         return self.encoder2(self.encoder(x)).chunk(2, dim=-1)
 
-    def top_mean(self, x: torch.Tensor, eps1: torch.Tensor) -> torch.Tensor:
-        return self.top_posterior(x)[0]
+    def top_moments(self, x: torch.Tensor, eps1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.top_posterior(x)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q(z1|x, z2) at z2 = the mean of q(z2|x) (no flow context): what an image is coded and drawn as."""
+        mu, logvar = self.encode(x)
+        return mu, logvar, mu[..., :0]
 
     def bottom_posterior(self, evidence: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q(z1|x, z2), p(z1|z2) and the encoder's N(mu^, var^): mu, logvar of each, (..., B, latent), from the
