@@ -91,25 +91,29 @@ def test_top_down_inference_needs_a_second_layer():
         ModelConfig(latent2_dim=0, inference="top_down")
 
 
-@pytest.mark.parametrize("raw_logvar, logvar", [(-100.0, -6.0), (50.0, 2.0)])
-def test_the_ladder_reads_p_z1_given_z2_s_log_variance_clamped_to_minus_6_and_2(raw_logvar, logvar):
-    """p(z1|z2) emitting a log-variance past either bound (e^-100: 1/var overflows float32): the rate is that of
-    var_p = e^-6 (or e^2), against torch.distributions in float64, and generate draws z1 at that spread."""
+@pytest.mark.parametrize("raw_logvar, logvar", [(-100.0, -6.0), (69.0, 2.0)])
+def test_the_ladder_reads_q_z2_s_and_p_z1_given_z2_s_log_variances_clamped_to_minus_6_and_2(raw_logvar, logvar):
+    """q(z2|x) and p(z1|z2) emitting a log-variance past either bound (e^-100: 1/var overflows float32; 69, which an
+    hour's training met, and a z2 of 1e15): the rates are those at e^-6 (or e^2), against torch.distributions in
+    float64, and generate draws z1 at that spread."""
     model = ladder(5)
     with torch.no_grad():
-        model.prior1[-1].bias[6:] = raw_logvar
-        model.prior1[-1].weight[6:] = 0.0
+        for net in (model.prior1, model.encoder2):
+            half = net[-1].bias.shape[0] // 2
+            net[-1].bias[half:] = raw_logvar
+            net[-1].weight[half:] = 0.0
     x, eps = torch.rand(4, 784), torch.randn(3, 4, 9)
     out = model(x, eps)
     evidence = model.encoder(x).double()
     mu_hat, logvar_hat = evidence.chunk(2, -1)
-    mu2, logvar2 = model.encoder2(evidence.float()).double().chunk(2, -1)
-    z2 = mu2 + torch.exp(0.5 * logvar2) * eps[..., 6:].double()
+    bound = torch.tensor(logvar).double()
+    q2 = Normal(model.encoder2(evidence.float()).double()[..., :3], (bound / 2).exp())
+    z2 = q2.loc + q2.scale * eps[..., 6:].double()
+    torch.testing.assert_close(out.rate.kl_top.double(), kl_divergence(q2, Normal(0.0, 1.0)).sum(-1))
     mu_p = model.prior1(z2.float()).double()[..., :6]
-    p1 = Normal(mu_p, torch.tensor(logvar / 2).double().exp())
-    precision = torch.exp(-logvar_hat) + torch.exp(-torch.tensor(logvar).double())
-    q1 = Normal((mu_hat * torch.exp(-logvar_hat) + mu_p * torch.exp(torch.tensor(-logvar).double())) / precision,
-                precision.rsqrt())
+    p1 = Normal(mu_p, (bound / 2).exp())
+    precision = torch.exp(-logvar_hat) + torch.exp(-bound)
+    q1 = Normal((mu_hat * torch.exp(-logvar_hat) + mu_p * torch.exp(-bound)) / precision, precision.rsqrt())
     torch.testing.assert_close(out.rate.kl_dims[:, :6].double(), kl_divergence(q1, p1).mean(0), rtol=1e-4, atol=1e-4)
     z1 = q1.loc + q1.scale * eps[..., :6].double()
     torch.testing.assert_close(out.z.double(), z1, rtol=1e-4, atol=1e-4)
@@ -120,18 +124,19 @@ def test_the_ladder_reads_p_z1_given_z2_s_log_variance_clamped_to_minus_6_and_2(
     torch.testing.assert_close(decoded[0].std(0), torch.full((6,), logvar / 2).exp(), rtol=0.03, atol=0)
 
 
-def test_the_bottom_up_model_reads_p_z1_given_z2_s_log_variance_clamped_too():
+def test_the_bottom_up_model_reads_its_log_variances_clamped_too():
     model = ladder(6, ModelConfig(hidden_dims=(32,), latent_dim=6, latent2_dim=3, hidden2_dims=(16,)))
     with torch.no_grad():
         model.prior1[-1].bias[6:] = -100.0
         model.prior1[-1].weight[6:] = 0.0
+        model.encoder2[-1].bias[3:] = 69.0
+        model.encoder2[-1].weight[3:] = 0.0
     x, eps = torch.rand(4, 784), torch.randn(3, 4, 9)
     out = model(x, eps)
     mu1, logvar1 = model.encode(x)
     q1 = Normal(mu1, torch.exp(0.5 * logvar1))
     z1 = q1.loc + q1.scale * eps[..., :6]
-    mu2, logvar2 = model.encoder2(z1).chunk(2, -1)
-    q2 = Normal(mu2, torch.exp(0.5 * logvar2))
+    q2 = Normal(model.encoder2(z1)[..., :3], torch.exp(torch.tensor(1.0)))
     z2 = q2.loc + q2.scale * eps[..., 6:]
     p1 = Normal(model.prior1(z2)[..., :6], torch.exp(torch.tensor(-3.0)))
     log_ratio = (Normal(0.0, 1.0).log_prob(z2) - q2.log_prob(z2)).sum(-1) + (p1.log_prob(z1) - q1.log_prob(z1)).sum(-1)

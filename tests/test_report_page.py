@@ -2,6 +2,7 @@
 sliders, the latent map and the buttons redraw it."""
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -152,6 +153,25 @@ def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
     sample = browser.evaluate("vaeExplorer.z()")
     assert len(sample) == model_cfg.latent_dim and all(abs(v) < 100 for v in sample)
+
+
+@pytest.mark.parametrize("raw_logvar", [-100.0, 50.0])
+def test_the_page_samples_z1_at_p_z1_given_z2_s_clamped_spread(browser, tmp_path, raw_logvar):
+    """p(z1|z2) = N(0, e^raw): the page's draws of z1 spread as the model's clamp has it (sd e^-3 or e^1), where
+    e^-50 or e^25 would follow without it."""
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,))
+    model = build_model(model_cfg).eval()
+    with torch.no_grad():
+        model.prior1[-1].weight.zero_()
+        model.prior1[-1].bias.copy_(torch.tensor([0.0] * 3 + [raw_logvar] * 3))
+    open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg)
+    draws = []
+    for _ in range(20):
+        browser.click(*centre_of(browser, "#sample"))
+        draws += browser.evaluate("vaeExplorer.z()")
+    expected = math.exp(0.5 * min(max(raw_logvar, -6.0), 2.0))
+    assert 0.7 < torch.tensor(draws).std().item() / expected < 1.4  # 60 draws: the std's SE is about 9%
 
 
 def test_the_page_samples_a_mixture_prior_component_by_component(browser, tmp_path):

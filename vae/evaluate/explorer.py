@@ -69,7 +69,7 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
         "decoder": layers(model.decoder),
         # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling; logvar clamped to these
         "prior": layers(model.prior1) if isinstance(model, TwoLayerVAE) else None,
-        "prior_logvar": list(TwoLayerVAE.PRIOR1_LOGVAR),
+        "prior_logvar": list(TwoLayerVAE.LOGVAR_BOUNDS),
         # p(z) of the top layer when it is a Gaussian mixture (mog, or the VampPrior at its pseudo-inputs)
         "mixture": mixture(model.prior_distribution()),
         "latent2_dim": cfg.model.latent2_dim, "class_names": list(classes),

@@ -168,10 +168,10 @@ class TwoLayerVAE(VAE):
     against a prior that depends on z2, has no closed form and is a single-sample estimate.
     """
 
-    # p(z1|z2)'s log-variance is clamped to this range, as the VampPrior code's HVAE clips it (hardtanh): unbounded,
-    # it fell to -55 in an hour's training of the ladder, where a dimension of z1 became a function of z2, and the KL
-    # became non-finite.
-    PRIOR1_LOGVAR = (-6.0, 2.0)
+    # The log-variances of q(z2|.) and p(z1|z2) are clamped to this range, as the VampPrior code's HVAE clips them
+    # (hardtanh). Unbounded, q(z2|x) gave one image of a batch a log-variance of 69 in an hour's training of the
+    # ladder, a z2 of 1e15 and a non-finite KL against the mixture prior.
+    LOGVAR_BOUNDS = (-6.0, 2.0)
 
     def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
         super().__init__(cfg, shape)
@@ -187,17 +187,23 @@ class TwoLayerVAE(VAE):
     def conditional_prior(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (..., B, latent) of p(z1|z2) at z2 (..., B, latent2), the log-variance clamped."""
         mu_p, logvar_p = self.prior1(z2).chunk(2, dim=-1)
-        return mu_p, logvar_p.clamp(*self.PRIOR1_LOGVAR)
+        return mu_p, logvar_p.clamp(*self.LOGVAR_BOUNDS)
+
+    def top_gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (..., B, latent2) of q(z2|.) from encoder2's input h (z1 bottom-up, the encoder's output
+        top-down), the log-variance clamped."""
+        mu2, logvar2 = self.encoder2(h).chunk(2, dim=-1)
+        return mu2, logvar2.clamp(*self.LOGVAR_BOUNDS)
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z2|z1) at z1 = the mean of q(z1|x): the VampPrior's components with two layers."""
-        return self.encoder2(self.encode(x)[0]).chunk(2, dim=-1)
+        return self.top_gaussian(self.encode(x)[0])
 
     def top_moments(self, x: torch.Tensor, eps1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean and log-variance (B, latent2) of z2 under q(z2|x) = E_{z1 ~ q(z1|x)}[q(z2|z1)], over the samples
         of z1 that the noise eps1 (S, B, L1) makes: Var = E[sigma2^2(z1)] + Var[mu2(z1)]."""
         mu1, logvar1 = self.encode(x)
-        mu2, logvar2 = self.encoder2(self.reparameterize(mu1, logvar1, eps1)).float().chunk(2, dim=-1)
+        mu2, logvar2 = (t.float() for t in self.top_gaussian(self.reparameterize(mu1, logvar1, eps1)))
         return mu2.mean(0), torch.log(logvar2.exp().mean(0) + mu2.var(0, unbiased=False))
 
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
@@ -211,7 +217,7 @@ class TwoLayerVAE(VAE):
         e1, e2 = eps.split([self.latent_dim, self.latent2_dim], dim=-1)
         mu1, logvar1 = self.encode(x)
         z1 = self.reparameterize(mu1, logvar1, e1)  # (..., B, L1)
-        mu2, logvar2 = self.encoder2(z1).chunk(2, dim=-1)  # q(z2|z1)
+        mu2, logvar2 = self.top_gaussian(z1)  # q(z2|z1)
         z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
         mu_p, logvar_p = self.conditional_prior(z2)
         z1, logvar1, mu_p, logvar_p = z1.float(), logvar1.float(), mu_p.float(), logvar_p.float()
@@ -244,7 +250,7 @@ class LadderVAE(TwoLayerVAE):
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (B, latent2) of q(z2|x)."""
-        return self.encoder2(self.encoder(x)).chunk(2, dim=-1)
+        return self.top_gaussian(self.encoder(x))
 
     def top_moments(self, x: torch.Tensor, eps1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.top_posterior(x)
@@ -279,14 +285,14 @@ class LadderVAE(TwoLayerVAE):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x): the code of each image."""
         evidence = self.encoder(x)
-        mu2 = self.encoder2(evidence).chunk(2, dim=-1)[0]
+        mu2 = self.top_gaussian(evidence)[0]
         return self.bottom_posterior(evidence, mu2)[:2]
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
         """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
         e1, e2 = eps.split([self.latent_dim, self.latent2_dim], dim=-1)
         evidence = self.encoder(x)  # (B, 2 * L1)
-        mu2, logvar2 = self.encoder2(evidence).chunk(2, dim=-1)  # q(z2|x)
+        mu2, logvar2 = self.top_gaussian(evidence)  # q(z2|x)
         z2 = self.reparameterize(mu2, logvar2, e2)  # (..., B, L2)
         gaussians = self.bottom_posterior(evidence, z2)  # q(z1|x, z2), p(z1|z2), the encoder's: (..., B, L1) each
         mu1, logvar1 = gaussians[:2]
