@@ -10,9 +10,11 @@ from bench.auto_choice import choices
 from bench.bf16_step import step_timings
 from bench.default_run import default_run
 from bench.late_epochs import epoch_seconds
+from bench.layer_steps import layer_steps
 from bench.speed import benchmark
 from bench.step_speed import steps_compared
 from vae.config.schema import Config
+from vae.train.step import Speed
 
 FP32 = ("train.precision=fp32", "train.compile=false")  # the default model's step in fp32, uncompiled
 
@@ -42,6 +44,11 @@ def test_step_speed_benchmark_times_the_step_as_filed_and_ours():
     result = steps_compared("mnist", images=256, round_seconds=0.001, overrides=FP32)
     assert set(result["ms"]) == {"as filed", "ours"} and all(ms > 0 for ms in result["ms"].values())
     assert result["precision"] == {"as filed": "fp32", "ours": "fp32"}  # as asked
+
+
+def test_layer_steps_benchmark_times_the_one_layer_and_the_ladder_step_side_by_side():
+    ms = layer_steps(["mnist_cpu_hour", "mnist_cpu_hour2"], Speed(False, 1), images=256, round_seconds=0.001)
+    assert set(ms) == {"mnist_cpu_hour", "mnist_cpu_hour2"} and all(t > 0 for t in ms.values())
 
 
 def test_auto_choice_benchmark_times_every_precision_on_every_thread_count_twice(monkeypatch):
