@@ -2,6 +2,8 @@
 as a CUDA graph (GraphedStep)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,28 +13,37 @@ from vae.train.progress import EpochProgress
 from vae.train.step import Batches, StepOptions
 
 
-def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
-                   options: StepOptions, kl_weight: float | torch.Tensor,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on `scale` times the batch-summed objective of rows x (b, D) with noise
-    eps (k, b, noise_dim), k = loss.iwae_k.
-
-    Returns the negative ELBO's summed nats (3,) (total, reconstruction, KL) and the sum of logvar,
-    as device tensors: the step only launches kernels and never waits for them, so that a CUDA
-    graph can capture it.
-    """
+def forward_objective(net: nn.Module, x: torch.Tensor, eps: torch.Tensor, options: StepOptions,
+                      kl_weight: float | torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+    """`scale` times the batch-summed objective of rows x (b, D) with noise eps (k, b, noise_dim), k = loss.iwae_k;
+    the negative ELBO's summed nats (3,) (total, reconstruction, KL) and the sum of logvar. The part of the step
+    that train.compile compiles whole: the model and the likelihood's terms, fused together."""
     # No autocast cache: a graph must not hold casts made outside it (each weight is used once anyway).
     with torch.autocast(x.device.type, torch.bfloat16, enabled=options.bf16, cache_enabled=False):
         out = net(x, eps)  # logits (k, b, D)
     objective, terms = objective_nats(out.logits.float(), x, out.rate, options.loss, kl_weight,
                                       (out.z, out.mu.float(), out.logvar.float()), options.likelihood)
+    nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
+    return objective * scale, nats.detach(), out.logvar.detach().float().sum()
+
+
+def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
+                   options: StepOptions, kl_weight: float | torch.Tensor, scale: float,
+                   forward: Callable[..., tuple[torch.Tensor, ...]] = forward_objective
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on `scale` times the batch-summed objective (`forward`'s, compiled or not).
+
+    Returns the negative ELBO's summed nats (3,) (total, reconstruction, KL) and the sum of logvar,
+    as device tensors: the step only launches kernels and never waits for them, so that a CUDA
+    graph can capture it.
+    """
+    objective, nats, logvar_sum = forward(net, x, eps, options, kl_weight, scale)
     opt.zero_grad(set_to_none=True)
-    (objective * scale).backward()
+    objective.backward()
     if options.grad_clip:
         torch.nn.utils.clip_grad_norm_(net.parameters(), options.grad_clip)
     opt.step()
-    nats = torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()])
-    return nats.detach(), out.logvar.detach().float().sum()
+    return nats, logvar_sum
 
 
 class EagerStep:
@@ -41,14 +52,18 @@ class EagerStep:
     weighted so that the average is the batch mean."""
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, batches: Batches, options: StepOptions,
-                 world: World = World()):
+                 world: World = World(), compiled: bool = False):
         self.net, self.opt, self.batches, self.options, self.world = net, opt, batches, options, world
+        self.forward = torch.compile(forward_objective) if compiled else forward_objective
+        self.compiled = compiled
 
     def __call__(self, index: torch.Tensor, gen: torch.Generator, kl_weight: float, progress: EpochProgress) -> None:
         x, eps = self.batches.draw(index, gen)
         x, eps = self.world.shard(x), self.world.shard(eps).transpose(0, 1)  # eps (k, b, noise_dim)
-        progress.record(len(index), *optimizer_step(self.net, self.opt, x, eps, self.options, kl_weight,
-                                                    self.world.size / len(index)))
+        # Compiled, the KL weight is a tensor: as a float torch.compile would compile again for each of a warm-up's.
+        weight = torch.tensor(kl_weight, device=x.device) if self.compiled else kl_weight
+        progress.record(len(index), *optimizer_step(self.net, self.opt, x, eps, self.options, weight,
+                                                    self.world.size / len(index), self.forward))
 
 
 class GraphedStep:
@@ -102,7 +117,7 @@ class GraphedStep:
         e = self.eager
         x = self.batches.examples(self.index, self.uniform)
         return optimizer_step(e.net, e.opt, x, self.noise.transpose(0, 1), e.options, self.kl_weight,
-                              1 / len(self.index))
+                              1 / len(self.index), e.forward)
 
     def _capture(self) -> None:
         self.graph = self.outputs = None  # the previous graph's memory goes back first

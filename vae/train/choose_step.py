@@ -36,7 +36,8 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
               device: torch.device, speed: Speed) -> Step:
     """The step at `speed` (its precision and compiling; train.precision and train.compile as resolved): on the CPU
     the MLP VAE's written-out step where it fits (its gradients compiled), else autograd's, the model wrapped for
-    gradient averaging and/or compiled, replayed as a CUDA graph where it can be."""
+    gradient averaging, the model and the likelihood's terms compiled together, replayed as a CUDA graph where it
+    can be."""
     net = model
     if world.size > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -45,8 +46,7 @@ def make_step(cfg: Config, model: VAE, opt: torch.optim.Optimizer, splits: Split
     if fits(cfg, model, world.size, device):
         full = min(cfg.train.batch_size, len(splits.train))  # the rows of a full batch, the one compiled
         return FastStep(model, opt, batches, options, full if speed.compiled else 0)
-    net = torch.compile(net) if speed.compiled else net
-    step = EagerStep(net, opt, batches, options, world)
+    step = EagerStep(net, opt, batches, options, world, speed.compiled)
     if cfg.train.cuda_graph and device.type == "cuda" and world.size == 1:
         return GraphedStep(step, cfg.train.batch_size)
     return step
