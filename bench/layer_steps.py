@@ -29,14 +29,13 @@ CPU = torch.device("cpu")
 def layer_steps(configs: list[str], speed: Speed, images: int = 10_000, round_seconds: float = 1.0) -> dict[str, float]:
     """ms a step of each config at `speed` on batches of the first config's size, timed in alternating rounds."""
     splits = synthetic_splits(images)
-    steps, batch = {}, load_config(configs[0]).train.batch_size
-    for config in configs:
-        cfg = load_config(config, ["train.device=cpu"])
+    cfgs, steps = {config: load_config(config, ["train.device=cpu"]) for config in configs}, {}
+    for config, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg.model)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
         steps[config] = make_step(cfg, model, opt, splits, World(), CPU, speed)
-    return compare_steps(steps, splits.train, batch, 1.0, CPU, round_seconds)
+    return compare_steps(steps, splits.train, cfgs[configs[0]].train.batch_size, 1.0, CPU, round_seconds)
 
 
 def main() -> None:

@@ -67,12 +67,16 @@ def test_a_dynamic_batch_is_a_bernoulli_draw_of_each_pixel(tiny_cfg):
     assert torch.equal(Batches(split, False, 2, 4).draw(index[:2], torch.Generator())[0], split.pixels(index[:2]))
 
 
-def test_the_compiled_autograd_step_takes_the_eager_step_s_gradients_through_a_warm_up(tiny_cfg):
-    """The ladder (autograd's step) compiled whole, model and likelihood together, against the same step eager: three
-    steps at three KL weights (a warm-up's) from the same weights and draws leave the same weights and nats."""
+@pytest.mark.parametrize("sections", [
+    {"model": {"latent2_dim": 3, "hidden2_dims": (8,), "inference": "top_down", "prior": "mog", "prior_components": 3},
+     "loss": {"iwae_k": 2}},
+    {"loss": {"iwae_k": 2, "gradient": "dreg"}},  # DReG's hook on z, inside the compiled function
+], ids=["ladder", "dreg"])
+def test_the_compiled_autograd_step_takes_the_eager_step_s_gradients_through_a_warm_up(tiny_cfg, sections):
+    """autograd's step compiled whole, model and likelihood together, against the same step eager: three steps at
+    three KL weights (a warm-up's) from the same weights and draws leave the same weights and nats."""
     train_split, _ = load_dataset(tiny_cfg.data.root, False, torch.device("cpu"))
-    cfg = with_(tiny_cfg, model={"latent2_dim": 3, "hidden2_dims": (8,), "inference": "top_down", "prior": "mog",
-                                 "prior_components": 3}, loss={"iwae_k": 2})
+    cfg = with_(tiny_cfg, **sections)
     models, steps, tallies = [], [], []
     for compiled in (False, True):
         torch.manual_seed(0)
