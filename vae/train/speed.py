@@ -60,7 +60,8 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     """train.precision, train.threads and train.compile resolved, the threads set: what is `auto` is timed together,
     the fastest step taken (a checkpoint's precision stays; its threads and compiling are timed again, the machine
     may be another). Under train.compile=auto the fastest step is then timed compiled, its compiling too, where the
-    run is long enough that compiling might pay (compile_may_pay), and compiled where it does over what is `left`."""
+    run is long enough that compiling might pay (compile_may_pay), on its thread count and those that compiled might
+    beat it (compile_counts), and compiled on the fastest where it pays over what is `left`."""
     # Every process times the same steps and counts: those of the one with the fewest threads, and compiled ones
     # only where every process has a C++ compiler.
     have, compiler = all_reduce(torch.tensor([torch.get_num_threads(), cxx_compiler() is not None], device=device),
@@ -79,13 +80,15 @@ def choose_speed(cfg: Config, model: VAE, splits: Splits, world: World, device: 
     if may_compile and compile_may_pay(ms[step][threads], left):
         started = {}
         twins = (step, step_name(step, True))
-        again = processes_mean(step_milliseconds(cfg, model, splits, device, world.size, twins, (threads,),
+        counts = compile_counts(ms[step], threads)
+        again = processes_mean(step_milliseconds(cfg, model, splits, device, world.size, twins, counts,
                                                  started=started), world, device)
         compile_seconds = all_reduce(torch.tensor(started[twins[1]] - 2e-3 * again[twins[1]][threads],
                                                   dtype=torch.float64, device=device), "max").item()
         ms[twins[1]] = again[twins[1]]
-        if compile_pays(again[step][threads], again[twins[1]][threads], compile_seconds, left):
-            step = twins[1]
+        best = min(counts, key=again[twins[1]].get)
+        if compile_pays(again[step][threads], again[twins[1]][best], compile_seconds, left):
+            step, threads = twins[1], best
     torch.set_num_threads(threads)
     return speed_of(step, threads, ms, compile_seconds)
 
@@ -96,6 +99,14 @@ def processes_mean(ms: dict[str, dict[int, float]], world: World, device: torch.
     mean = all_reduce(torch.tensor([ms[p][n] for p, n in pairs], dtype=torch.float64, device=device)) / world.size
     by_pair = dict(zip(pairs, mean.tolist()))
     return {p: {n: by_pair[p, n] for n in ms[p]} for p in ms}
+
+
+def compile_counts(plain: dict[int, float], threads: int) -> tuple[int, ...]:
+    """The thread counts to time the compiled step on: `threads` (the fastest uncompiled) first, then every count whose
+    uncompiled step, were compiling to save COMPILE_SAVES_AT_MOST of it, could beat that. Compiling fuses the small
+    operations that a second thread's hand-offs slow down, so the uncompiled order of the counts need not hold
+    compiled; and two uncompiled timings a few percent apart are the machine's noise as often as not."""
+    return (threads, *(n for n in plain if n != threads and plain[n] * (1 - COMPILE_SAVES_AT_MOST) < plain[threads]))
 
 
 def compile_pays(plain_ms: float, compiled_ms: float, compile_seconds: float, left: RunLength) -> bool:
