@@ -237,6 +237,10 @@ class TrainConfig:
     device: str = key("auto", "`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`", role=SETTING,
                       ok=lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                       rule="must be auto, cpu, cuda or cuda:N")
+    weight_decay: float = key(0.0, "decoupled weight decay (AdamW's) of the networks' weight matrices and kernels, not "
+                              "their biases nor the prior's parameters: each step multiplies them by "
+                              "`1 - lr * weight_decay`. `0` = off (plain Adam)",
+                              ok=lambda v: math.isfinite(v) and v >= 0, rule="must be a finite number >= 0 (0 = off)")
     grad_clip: float = key(0.0, "clip the gradient norm to this before each step. `0` = off",
                            ok=lambda v: math.isfinite(v) and v >= 0, rule="must be a finite number >= 0 (0 = off)")
     checkpoint_every_steps: int = key(0, "also write `last.pt` every N steps inside an epoch (for long epochs). `0` = "

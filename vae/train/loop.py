@@ -40,6 +40,7 @@ from vae.train.distributed import World, all_reduce, process_group, world_from_e
 from vae.train.epoch_report import collapse_warning, epoch_line
 from vae.train.interrupt import StopRequest
 from vae.train.memory import out_of_memory_reported
+from vae.train.optimizer import make_optimizer
 from vae.train.plan import Plan, check_machine, claimed, plan_run
 from vae.train.progress import EpochProgress
 from vae.train.schedule import kl_weight, learning_rate, seconds_spent, stops_early
@@ -200,7 +201,7 @@ def build(cfg: Config, plan: Plan, splits: Splits, world: World, device: torch.d
     model = build_model(cfg.model, splits.shape).to(device)
     if cfg.model.output_bias_init == "pixel_means":  # a checkpoint's weights replace it on resume
         init_output_bias(model, splits.train.images.float().mean(0).flatten() / 255)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
+    opt = make_optimizer(model, cfg.train)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     run = Run(cfg, world, device, splits, model, opt, gen, list(plan.rows), plan.best, started,
               average=WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)

@@ -27,6 +27,7 @@ from vae.data.split import Split
 from vae.model.vae import VAE
 from vae.train.choose_step import compiled_graphs_dropped, make_step
 from vae.train.distributed import World, all_reduce
+from vae.train.optimizer import make_optimizer
 from vae.train.progress import EpochProgress
 from vae.train.step import Speed, Step
 
@@ -215,7 +216,7 @@ def step_milliseconds(cfg: Config, model: VAE, splits: Splits, device: torch.dev
     for name in steps:
         for n in counts:
             net = copy.deepcopy(model)
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+            opt = make_optimizer(net, cfg.train)
             timed[name, n] = on_threads(make_step(cfg, net, opt, splits, World(), device, speed_of(name, n)), n)
     graphs = sum(speed_of(name, 1).compiled for name, _ in timed)
     with threads_kept(), graphs_for_each(graphs) if graphs else contextlib.nullcontext():
