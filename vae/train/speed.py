@@ -106,7 +106,7 @@ def compile_counts(plain: dict[int, float], threads: int) -> tuple[int, ...]:
     """The thread counts to time the compiled step on: `threads` (the fastest uncompiled) first, then every count whose
     uncompiled step, were compiling to save COMPILE_SAVES_AT_MOST of it, could beat that. Compiling fuses the small
     operations that a second thread's hand-offs slow down, so the uncompiled order of the counts need not hold
-    compiled; and two uncompiled timings a few percent apart are the machine's noise as often as not."""
+    compiled; and two uncompiled timings a few percent apart can swap places from one start to the next."""
     return (threads, *(n for n in plain if n != threads and plain[n] * (1 - COMPILE_SAVES_AT_MOST) < plain[threads]))
 
 
