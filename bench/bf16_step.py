@@ -22,6 +22,7 @@ from vae.config.schema import Config
 from vae.data.split import MNIST_SHAPE
 from vae.model.vae import build_model
 from vae.train.autograd_step import optimizer_step
+from vae.train.optimizer import make_optimizer
 from vae.train.step import StepOptions
 
 PIXELS = math.prod(MNIST_SHAPE)
@@ -51,7 +52,7 @@ def step_timings(cfg: Config, batches: list[int], steps: int) -> list[dict]:
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
             net = build_model(cfg.model)
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+            opt = make_optimizer(net, cfg.train)
             options = StepOptions(cfg.loss, precision == "bf16", cfg.train.grad_clip)
             models[precision] = lambda net=net, opt=opt, options=options: optimizer_step(
                 net, opt, x, eps, options, 1.0, 1 / batch)

@@ -20,6 +20,7 @@ from vae.device import native_bf16
 from vae.model.vae import build_model
 from vae.train.choose_step import make_step
 from vae.train.distributed import World
+from vae.train.optimizer import make_optimizer
 from vae.train.speed import compare_steps
 from vae.train.step import Speed
 
@@ -33,7 +34,7 @@ def layer_steps(configs: list[str], speed: Speed, images: int = 10_000, round_se
     for config, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg.model)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
+        opt = make_optimizer(model, cfg.train)
         steps[config] = make_step(cfg, model, opt, splits, World(), CPU, speed)
     return compare_steps(steps, splits.train, cfgs[configs[0]].train.batch_size, 1.0, CPU, round_seconds)
 

@@ -25,6 +25,7 @@ from vae.model.vae import build_model
 from vae.train.choose_step import make_step
 from vae.train.distributed import World
 from vae.train.loop import run_epoch
+from vae.train.optimizer import make_optimizer
 from vae.train.progress import EpochProgress
 from vae.train.step import Speed
 
@@ -32,12 +33,12 @@ TARGET_NATS = 106.0
 
 
 def our_step(train: Split, device: torch.device, train_cfg: TrainConfig, hidden: int = 400):
-    """The project's model, Adam and step (make_step: the written-out step on the CPU unless train.fast_step is off,
-    graphed on CUDA unless train.cuda_graph is off), seeded."""
+    """The project's model, optimizer and step (make_step: the written-out step on the CPU unless train.fast_step is
+    off, graphed on CUDA unless train.cuda_graph is off), seeded."""
     cfg = Config(model=ModelConfig(hidden_dims=(hidden,)), train=train_cfg)
     torch.manual_seed(1)
     model = build_model(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
+    opt = make_optimizer(model, cfg.train)
     speed = Speed(cfg.train.precision == "bf16", torch.get_num_threads(), compiled=bool(cfg.train.compile))
     return model, make_step(cfg, model, opt, Splits(train, None, train), World(), device, speed)
 

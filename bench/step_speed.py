@@ -28,6 +28,7 @@ from vae.model import likelihoods, vae
 from vae.model.vae import build_model
 from vae.train.choose_step import make_step
 from vae.train.distributed import World
+from vae.train.optimizer import make_optimizer
 from vae.train.speed import (
     compare_steps,
     fastest,
@@ -73,7 +74,7 @@ def steps_compared(config: str, images: int = 10_000, round_seconds: float = 1.0
     filed_speed = Speed(filed_bf16, torch.get_num_threads())
     for name, step_cfg, speed in (("as filed", filed_cfg, filed_speed), ("ours", cfg, ours)):
         net = copy.deepcopy(model) if name == "ours" else filed_model
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=True)
+        opt = make_optimizer(net, cfg.train)
         steps[name] = make_step(step_cfg, net, opt, splits, World(), CPU, speed)
     filed = steps["as filed"]
 
