@@ -40,6 +40,7 @@ def test_reconstruct_is_decode_of_the_posterior_mean_in_every_layout(run, test_i
     mu = hand_mlp(state, "encoder", x.reshape(5, 784)).chunk(2, dim=-1)[0]
     expected = torch.sigmoid(hand_mlp(state, "decoder", mu))  # (5, 784)
     torch.testing.assert_close(model.encode(test_images[:5])[0], mu)
+    torch.testing.assert_close(model.code(test_images[:5]), mu)  # one layer: the decoder reads the posterior mean
     for images in (test_images[:5], test_images[:5].numpy(), x.reshape(5, 784), x.reshape(5, 1, 28, 28)):
         out = model.reconstruct(images)
         assert out.shape == torch.as_tensor(images).shape and out.dtype == torch.float32

@@ -1,5 +1,7 @@
 """Two stochastic layers inferred top-down (model.inference=top_down): its densities by hand, and its IWAE bound
 against the closed-form log p(x) of a linear-Gaussian model (test_model.py checks its rate against its estimate)."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
@@ -17,8 +19,9 @@ def ladder(seed=0, cfg=SMALL, shape=(1, 28, 28)):
     return build_model(cfg, shape)
 
 
-def test_the_ladder_weighs_each_sample_by_its_log_densities_and_its_rate_is_the_layers_kls():
-    model = ladder()
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_ladder_weighs_each_sample_by_its_log_densities_and_its_rate_is_the_layers_kls(skip):
+    model = ladder(cfg=replace(SMALL, skip=skip))
     assert isinstance(model, LadderVAE) and model.noise_dim == 9
     x, eps = torch.rand(5, 784), torch.randn(4, 5, 9)
     out = model(x, eps)
@@ -39,14 +42,15 @@ def test_the_ladder_weighs_each_sample_by_its_log_densities_and_its_rate_is_the_
     torch.testing.assert_close(out.rate.kl_dims[:, 6:], kl_divergence(q2, Normal(0.0, 1.0)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.rate.kl_dims[:, :6], kl_divergence(q1, p1).mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.rate.kl_top, kl_divergence(q2, Normal(0.0, 1.0)).sum(-1))
-    torch.testing.assert_close(out.logits, model.decode(z1))
+    # p(x|z1), or p(x|z1, z2) under skip: the decoder reads z2 beside z1
+    torch.testing.assert_close(out.logits, model.decoder(torch.cat([z1, z2], -1) if skip else z1), rtol=1e-5, atol=1e-5)
     # the code of an image: q(z1|x, z2) at the mean of q(z2|x)
     mu_p0, logvar_p0 = model.prior1(mu2).chunk(2, -1)
     precision0 = torch.exp(-logvar_hat) + torch.exp(-logvar_p0)
     torch.testing.assert_close(out.mu, (mu_hat * torch.exp(-logvar_hat) + mu_p0 * torch.exp(-logvar_p0)) / precision0)
     torch.testing.assert_close(out.logvar, -torch.log(precision0))
     torch.testing.assert_close(model.encode(x)[0], out.mu)
-    torch.testing.assert_close(model.code(x), out.mu)  # what reconstructions decode
+    torch.testing.assert_close(model.code(x), torch.cat([out.mu, mu2], -1) if skip else out.mu)  # what is decoded
     torch.testing.assert_close(model.top_posterior(x)[0], mu2)
 
 
@@ -63,17 +67,20 @@ class GaussianPixels:
 
 
 @torch.no_grad()
-def test_a_linear_gaussian_ladder_s_iwae_bound_rises_above_its_elbo_to_the_closed_form_log_px():
-    """z2 ~ N(0, I); z1 = A z2 + a + s eps; x = B z1 + b + sigma eps': x ~ N(B a + b, B (A A^T + S) B^T + sigma^2 I)."""
-    cfg = ModelConfig(hidden_dims=(), latent_dim=2, latent2_dim=1, hidden2_dims=(), inference="top_down")
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_linear_gaussian_ladder_s_iwae_bound_rises_above_its_elbo_to_the_closed_form_log_px(skip):
+    """z2 ~ N(0, I); z1 = A z2 + a + s eps; x = B z1 + C z2 + b + sigma eps' (C = 0 without skip):
+    x ~ N(B a + b, (B A + C)(B A + C)^T + B S B^T + sigma^2 I)."""
+    cfg = ModelConfig(hidden_dims=(), latent_dim=2, latent2_dim=1, hidden2_dims=(), inference="top_down", skip=skip)
     model = ladder(4, cfg, shape=(1, 2, 2))  # every network one linear layer: D = 4 pixels
     sigma = 0.3
     model.likelihood = GaussianPixels(sigma)
     A, a = model.prior1[0].weight[:2], model.prior1[0].bias[:2]  # mu_p = A z2 + a
     model.prior1[0].weight[2:].zero_()  # logvar_p: constant, so that p(z1|z2) is linear-Gaussian
     logvar_p = model.prior1[0].bias[2:]
-    B, b = model.decoder[0].weight, model.decoder[0].bias
-    cov = B @ (A @ A.T + torch.diag(logvar_p.exp())) @ B.T + sigma**2 * torch.eye(4)
+    (B, C), b = model.decoder[0].weight.split([2, cfg.skip], dim=1), model.decoder[0].bias  # C: (4, 0) without skip
+    M = B @ A + (C if skip else 0)  # how z2 moves the mean of x
+    cov = M @ M.T + B @ torch.diag(logvar_p.exp()) @ B.T + sigma**2 * torch.eye(4)
     x = torch.rand(6, 4)
     log_px = MultivariateNormal(B @ a + b, cov).log_prob(x)
 
@@ -81,14 +88,40 @@ def test_a_linear_gaussian_ladder_s_iwae_bound_rises_above_its_elbo_to_the_close
         out = model(x, eps)
         return model.likelihood.log_prob(out.logits, x) + out.rate.log_ratio
     gen = torch.Generator().manual_seed(0)
-    iwae, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), 200_000, 20_000, gen)
+    iwae, elbo = importance_weighted_bound(log_weight, (len(x), model.noise_dim), 1_000_000, 50_000, gen)
     assert torch.all(elbo < iwae - 0.01)  # the encoder is untrained: the ELBO is loose
-    torch.testing.assert_close(iwae.float(), log_px, atol=0.02, rtol=0)
+    # Under skip the untrained q sits further from the posterior (its ELBO 5-13 nats below log p(x)): over five seeds
+    # of the noise the estimate strayed up to 0.04 nats, where leaving C out of the closed form moves it 0.33-1.9.
+    torch.testing.assert_close(iwae.float(), log_px, atol=0.1 if skip else 0.02, rtol=0)
 
 
 def test_top_down_inference_needs_a_second_layer():
     with pytest.raises(UserError, match="model.inference.*top_down needs a second stochastic layer"):
         ModelConfig(latent2_dim=0, inference="top_down")
+
+
+def test_a_skip_connection_needs_a_second_layer():
+    with pytest.raises(UserError, match="model.skip needs a second stochastic layer"):
+        ModelConfig(latent2_dim=0, skip=True)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("inference", ["bottom_up", "top_down"])
+def test_under_skip_samples_decode_z2_beside_the_z1_drawn_from_p_z1_given_z2(inference):
+    """generate by hand: z2 = the top noise under p(z2) = N(0, I), z1 = mu_p(z2) + sd_p(z2) e1, logits of
+    p(x|z1, z2); and the bottom-up model's forward pass decodes (z1, z2) too."""
+    model = ladder(2, replace(SMALL, inference=inference, skip=True))
+    assert model.code_dim == 9 and model.decoder[0].in_features == 9
+    noise = torch.randn(7, 9)
+    e1, z2 = noise[:, :6], noise[:, 6:]
+    mu_p, logvar_p = model.prior1(z2).chunk(2, -1)
+    z1 = mu_p + torch.exp(0.5 * logvar_p.clamp(-6, 2)) * e1
+    torch.testing.assert_close(model.generate(noise), model.decoder(torch.cat([z1, z2], -1)))
+    x, eps = torch.rand(3, 784), torch.randn(3, 9)
+    out = model(x, eps)
+    mu2, logvar2 = model.top_gaussian(out.z if inference == "bottom_up" else model.encoder(x))
+    z2 = mu2 + torch.exp(0.5 * logvar2) * eps[:, 6:]
+    torch.testing.assert_close(out.logits, model.decoder(torch.cat([out.z, z2], -1)))
 
 
 @pytest.mark.parametrize("raw_logvar, logvar", [(-100.0, -6.0), (69.0, 2.0)])

@@ -18,7 +18,7 @@ from vae.novelty.separation import separation
 
 
 def posteriors(mu: torch.Tensor, logvar: torch.Tensor) -> Posteriors:
-    return Posteriors(mu.double(), logvar.double(), None, None, None, None)
+    return Posteriors(mu.double(), logvar.double(), None, None, None, None, mu.double())
 
 
 def linear_gaussian_codes(n, mean, cov, weight, bias, noise_var, gen):

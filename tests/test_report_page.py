@@ -142,17 +142,22 @@ def open_explorer(browser, tmp_path, model, split, model_cfg, dim_kl=None):
     ModelConfig(hidden_dims=(16,), latent_dim=3, activation="elu"),
     ModelConfig(hidden_dims=(16,), latent_dim=5, activation="gelu"),
     ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,)),
-], ids=["tanh-2-hidden", "elu", "gelu", "two-layers"])
+    ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,), inference="top_down", skip=True),
+], ids=["tanh-2-hidden", "elu", "gelu", "two-layers", "ladder-with-skip"])
 def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     torch.manual_seed(0)
     model = build_model(model_cfg).eval()
     open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg,
                   lambda post: post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())
-    z = 3 * torch.randn(8, model_cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    z = 3 * torch.randn(8, model.code_dim, generator=torch.Generator().manual_seed(1))  # (z1, z2) under skip
     assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
     browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
     sample = browser.evaluate("vaeExplorer.z()")
-    assert len(sample) == model_cfg.latent_dim and all(abs(v) < 100 for v in sample)
+    assert len(sample) == model.code_dim and all(abs(v) < 100 for v in sample)
+    if model_cfg.skip:  # the sample is (z1, z2): z1 drawn from p(z1|z2) at the z2 beside it
+        z1, z2 = torch.tensor(sample).split([3, 2])
+        mu_p, logvar_p = model.conditional_prior(z2.float())
+        assert ((z1 - mu_p.double()) / torch.exp(0.5 * logvar_p.double())).abs().max() < 5
 
 
 @pytest.mark.parametrize("raw_logvar", [-100.0, 50.0])

@@ -77,13 +77,20 @@ class Model:
 
     @torch.no_grad()
     def decode(self, z) -> torch.Tensor:
-        """The means of p(x|z) for latents z (N, latent) or (latent,): images (N, C, H, W) in [0, 1]."""
+        """The means of p(x|z) for latents z (N, code_dim) or (code_dim,): images (N, C, H, W) in [0, 1]. code_dim is
+        latent_dim, or latent_dim + latent2_dim (z1, then z2) where the decoder reads both (model.skip)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         z = z[None] if z.dim() == 1 else z
-        if z.dim() != 2 or z.shape[1] != self.module.latent_dim:
-            raise UserError(f"z must be (N, {self.module.latent_dim}) or ({self.module.latent_dim},); "
-                            f"got shape {tuple(z.shape)}")
+        width = self.module.code_dim
+        if z.dim() != 2 or z.shape[1] != width:
+            raise UserError(f"z must be (N, {width}) or ({width},); got shape {tuple(z.shape)}")
         return self.module.means(self.module.decode(z))
+
+    @torch.no_grad()
+    def code(self, images) -> torch.Tensor:
+        """What the decoder reads of each image, (N, code_dim): its posterior mean (under a flow, the flow's image of
+        it), and z2's mean beside it where the decoder reads both (model.skip)."""
+        return self.module.code(as_pixels(images, self.device, self.shape)[0])
 
     @torch.no_grad()
     def reconstruct(self, images) -> torch.Tensor:

@@ -157,6 +157,9 @@ class ModelConfig:
     inference: str = key("bottom_up", "with `model.latent2_dim`: `bottom_up`, z1 ~ q(z1|x) then z2 ~ q(z2|z1); "
                          "`top_down`, z2 ~ q(z2|x) then z1 from x and p(z1|z2) (ladder VAE) "
                          "([more](training.md#two-stochastic-layers))", choices=("bottom_up", "top_down"))
+    skip: bool = key(False, "with `model.latent2_dim`: the decoder takes z2 beside z1, p(x|z1, z2), a skip "
+                     "connection from the top layer to the image; an image's code is then (z1, z2) "
+                     "([more](training.md#skip-connections))")
     prior: str = key("normal", "p(z) of the top stochastic layer: `normal`, N(0, I); `mog`, a learned mixture of "
                      "`model.prior_components` Gaussians; `vamp`, the VampPrior "
                      "([more](training.md#which-distributions-the-prior-and-the-posterior))",
@@ -190,6 +193,8 @@ class ModelConfig:
                  "top_down needs a second stochastic layer (set model.latent2_dim)")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
                  "flow is built for one stochastic layer (set model.latent2_dim=0)")
+        _require(not self.skip or self.latent2_dim, "model.skip", self.skip,
+                 "needs a second stochastic layer to join to the decoder (set model.latent2_dim)")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 // report.html's live decoder: the MLP decoder's forward pass on the weights in #vae-model, in plain JavaScript.
-// window.vaeExplorer.decode(zs) returns the means of p(x|z) for latents zs (arrays of latent_dim numbers).
+// window.vaeExplorer.decode(zs) returns the means of p(x|z) for latents zs (arrays of code_dim numbers: z1, and z2
+// after it where the decoder reads both).
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("vae-model").textContent);
@@ -42,7 +43,7 @@
       return x;
     };
   }
-  const L = data.latent_dim;
+  const L = data.latent_dim, skip = data.code_dim > L;  // skip: the decoder reads (z1, z2)
   const decoder = network(data.decoder);
   const prior = data.prior && network(data.prior);
   const sigmoid = (l) => 1 / (1 + Math.exp(-l)), D = C * H * W, K = data.likelihood.components;
@@ -72,9 +73,10 @@
   }
   function samplePrior() {  // z ~ p(z); with two layers z2 ~ p(z2), then z1 ~ p(z1|z2)
     if (!prior) return sampleTop(L);
-    const h = prior(sampleTop(data.latent2_dim));
+    const z2 = sampleTop(data.latent2_dim), h = prior(z2);
     const [low, high] = data.prior_logvar, logvar = (d) => Math.min(Math.max(h[L + d], low), high);
-    return Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * logvar(d)) * gaussian());
+    const z1 = Array.from({ length: L }, (_, d) => h[d] + Math.exp(0.5 * logvar(d)) * gaussian());
+    return skip ? [...z1, ...z2] : z1;
   }
 
   for (const id of ["original", "decoded", "between"]) Object.assign($(id), { width: W, height: H });
@@ -88,7 +90,7 @@
   }
 
   // Sliders: one per latent dim, most informative (by KL, or by the variance of the codes) first.
-  let z = new Array(L).fill(0);
+  let z = new Array(data.code_dim).fill(0);
   const sliders = data.sliders.map((s) => {
     const row = document.createElement("label"), input = document.createElement("input"),
       value = document.createElement("span");

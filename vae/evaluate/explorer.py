@@ -54,7 +54,7 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     if weights > MAX_DECODER_WEIGHTS:
         return {"absent": f"the decoder has {weights:,} weights, more than the {MAX_DECODER_WEIGHTS:,} a page "
                           f"carries; the pictures below are drawn by torch"}
-    mu, labels, classes = post.mu.cpu(), split.labels.cpu(), split.classes
+    mu, labels, classes = post.decoded.cpu(), split.labels.cpu(), split.classes
     per_class = EXAMPLES_PER_CLASS if len(classes) > 1 else 2 * MAX_CLASSES  # unlabelled: the first images
     chosen = [int(i) for c in range(min(len(classes), MAX_CLASSES))
               for i in (labels == c).nonzero().flatten()[:per_class]]
@@ -64,7 +64,8 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     points = (shown - origin) @ axes.T  # (M, 2)
     order, label = ranked_dims(post, dim_kl)
     return {
-        "shape": list(split.shape), "latent_dim": model.latent_dim, "activation": cfg.model.activation,
+        "shape": list(split.shape), "latent_dim": model.latent_dim, "code_dim": model.code_dim,
+        "activation": cfg.model.activation,
         "likelihood": {"name": cfg.model.likelihood, "components": cfg.model.likelihood_components},
         "decoder": layers(model.decoder),
         # two stochastic layers: p(z1|z2) emits (mu, logvar) of z1, side by side, for sampling; logvar clamped to these

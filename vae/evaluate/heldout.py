@@ -23,6 +23,7 @@ class Posteriors:
     kl: torch.Tensor  # (N,) the rate, nats: analytic for a Gaussian posterior against N(0, I), else sampled
     kl_dims: torch.Tensor | None  # (N, D) the rate of each latent dimension (D = latent + latent2), where defined
     kl_top: torch.Tensor | None  # (N,) with two stochastic layers, the part of the rate z2 carries
+    decoded: torch.Tensor  # (N, code_dim) what the decoder reads of each image: mu, and z2's mean beside it by skip
 
 
 @torch.no_grad()
@@ -43,7 +44,8 @@ def encode_split(model: VAE, split: Split, seed: int, as_trained: bool = False) 
         out = model(x, model.noise(len(x), gen, device))
         terms = vae_loss(out.logits, x, out.rate, likelihood)
         code = out.mu if model.flow is None else model.code(x)
-        parts.append((code, out.logvar, terms.reconstruction, out.rate.kl, out.rate.kl_dims, out.rate.kl_top))
+        decoded = code if model.code_dim == model.latent_dim else model.code(x)
+        parts.append((code, out.logvar, terms.reconstruction, out.rate.kl, out.rate.kl_dims, out.rate.kl_top, decoded))
     return Posteriors(*(None if p[0] is None else torch.cat(p) for p in zip(*parts)))
 
 

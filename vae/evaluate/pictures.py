@@ -95,13 +95,14 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
     if len(names) < 2:  # unlabelled: between the first test images
         pairs = [(i, i + 1, f"image {i} -> {i + 1}") for i in range(0, min(len(split), 10) - 1, 2)]
     if pairs:
-        lines = [model.means(model.decode(post.mu[a] * (1 - steps) + post.mu[b] * steps)) for a, b, _ in pairs]
+        z = post.decoded
+        lines = [model.means(model.decode(z[a] * (1 - steps) + z[b] * steps)) for a, b, _ in pairs]
         save_labeled_rows(torch.stack(lines), [label for _, _, label in pairs],
                           out / "interpolation.png", "linear interpolation between posterior means")
 
     order, label = ranked_dims(post, dim_kl)
     top = order[:TRAVERSED_DIMS]
-    base = post.mu[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.mu[0])
+    base = post.decoded[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.decoded[0])
     values = torch.linspace(-3, 3, 11, device=device)
     lines = []
     for d in top:

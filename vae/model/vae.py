@@ -57,6 +57,7 @@ class VAE(nn.Module):
     def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
         super().__init__()
         self.shape, self.latent_dim = tuple(shape), cfg.latent_dim  # shape: (C, H, W) of the images
+        self.code_dim = cfg.latent_dim + (cfg.latent2_dim if cfg.skip else 0)  # the decoder's input: z1, and z2 by skip
         pixels = math.prod(shape)
         self.likelihood = build_likelihood(cfg.likelihood, cfg.likelihood_components)  # p(x|z)
         outputs = self.likelihood.params  # per pixel, from the decoder
@@ -66,11 +67,11 @@ class VAE(nn.Module):
             activation = ACTIVATION_MODULES[cfg.activation]
             self.encoder = conv_encoder(self.shape, cfg.channels, cfg.res_blocks, 2 * cfg.latent_dim + context,
                                         activation)
-            self.decoder = conv_decoder(self.shape, cfg.channels, cfg.res_blocks, cfg.latent_dim, activation, outputs)
+            self.decoder = conv_decoder(self.shape, cfg.channels, cfg.res_blocks, self.code_dim, activation, outputs)
         else:
             hidden = list(cfg.hidden_dims)
             self.encoder = mlp([pixels, *hidden, 2 * cfg.latent_dim + context], cfg.activation)
-            self.decoder = mlp([cfg.latent_dim, *reversed(hidden), outputs * pixels], cfg.activation)
+            self.decoder = mlp([self.code_dim, *reversed(hidden), outputs * pixels], cfg.activation)
         self.flow = (IAF(cfg.latent_dim, cfg.flow_steps, cfg.flow_hidden, ACTIVATION_MODULES[cfg.activation])
                      if context else None)
         self.prior = build_prior(cfg.prior, cfg.prior_components, cfg.latent2_dim or cfg.latent_dim, pixels)
@@ -122,8 +123,8 @@ class VAE(nn.Module):
         return DiagonalGaussian(wide(mu), wide(logvar)).rsample(eps)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (..., latent) -> the parameters of p(x|z) (Bernoulli logits, ...): (..., params * D)."""
-        out = self.decoder(z.reshape(-1, self.latent_dim))
+        """z (..., code_dim) -> the parameters of p(x|z) (Bernoulli logits, ...): (..., params * D)."""
+        out = self.decoder(z.reshape(-1, self.code_dim))
         return out.view(*z.shape[:-1], out.shape[-1])
 
     def means(self, logits: torch.Tensor) -> torch.Tensor:
@@ -133,7 +134,7 @@ class VAE(nn.Module):
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         """The point of z each image (B, D) is drawn and decoded at: the posterior mean, or under a flow
-        the flow's image of its base mean (eps = 0). (B, latent)"""
+        the flow's image of its base mean (eps = 0). (B, code_dim)"""
         mu, _, context = self.posterior(x)
         return mu if self.flow is None else self.flow(mu.float(), context)[0]
 
@@ -161,7 +162,8 @@ class VAE(nn.Module):
 
 
 class TwoLayerVAE(VAE):
-    """Two stochastic layers (Burda et al. 2015): q(z1|x) q(z2|z1) and p(z2) p(z1|z2) p(x|z1).
+    """Two stochastic layers (Burda et al. 2015): q(z1|x) q(z2|z1) and p(z2) p(z1|z2) p(x|z1), or p(x|z1, z2)
+    under model.skip (the VampPrior code's hierarchical VAE).
 
     The networks between x and z1 are the one-layer VAE's; MLPs of model.hidden2_dims join z1 and
     z2, each way. The rate of z2 is analytic given z1 under p(z2) = N(0, I), else sampled; that of z1,
@@ -175,7 +177,7 @@ class TwoLayerVAE(VAE):
 
     def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE):
         super().__init__(cfg, shape)
-        self.latent2_dim = cfg.latent2_dim
+        self.latent2_dim, self.skip = cfg.latent2_dim, cfg.skip
         hidden2 = list(cfg.hidden2_dims)
         self.encoder2 = mlp([cfg.latent_dim, *hidden2, 2 * cfg.latent2_dim], cfg.activation)  # q(z2|z1)
         self.prior1 = mlp([cfg.latent2_dim, *reversed(hidden2), 2 * cfg.latent_dim], cfg.activation)  # p(z1|z2)
@@ -206,11 +208,21 @@ class TwoLayerVAE(VAE):
         mu2, logvar2 = (t.float() for t in self.top_gaussian(self.reparameterize(mu1, logvar1, eps1)))
         return mu2.mean(0), torch.log(logvar2.exp().mean(0) + mu2.var(0, unbiased=False))
 
+    def decoder_input(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads of z1 (..., B, L1) and z2 (..., B, L2): z1, or (z1, z2) under model.skip."""
+        return torch.cat([z1, z2.to(z1.dtype)], dim=-1) if self.skip else z1
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """z1's code (the mean of q(z1|x), or of q(z1|x, z2) at z2's mean), and under model.skip z2's mean beside it."""
+        mu1 = self.encode(x)[0]
+        return self.decoder_input(mu1, self.top_posterior(x)[0]) if self.skip else mu1
+
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
-        """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1)."""
+        """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1) (p(x|z1, z2) by skip)."""
         e1, top = noise.split([self.latent_dim, noise.shape[-1] - self.latent_dim], dim=-1)
-        mu_p, logvar_p = self.conditional_prior(self.prior_distribution().sample(top))
-        return self.decode(self.reparameterize(mu_p, logvar_p, e1))
+        z2 = self.prior_distribution().sample(top)
+        mu_p, logvar_p = self.conditional_prior(z2)
+        return self.decode(self.decoder_input(self.reparameterize(mu_p, logvar_p, e1), z2))
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
         """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
@@ -225,13 +237,14 @@ class TwoLayerVAE(VAE):
         bottom = 0.5 * ((z1 - mu_p).pow(2) * torch.exp(-logvar_p) + logvar_p - e1.pow(2) - logvar1)
         top = latent_rate(mu2.float(), logvar2.float(), e2, z2, self.prior_distribution())  # z2 given z1
         log_ratio = top.log_ratio - bottom.sum(-1)  # (..., B)
+        logits = self.decode(self.decoder_input(z1, z2))
         if top.kl_dims is None:
             bottom_kl = bottom.sum(-1).reshape(-1, len(x)).mean(0)
-            return Output(self.decode(z1), mu1, logvar1, Rate(bottom_kl + top.kl, log_ratio, kl_top=top.kl), z1)
+            return Output(logits, mu1, logvar1, Rate(bottom_kl + top.kl, log_ratio, kl_top=top.kl), z1)
         kl_dims = torch.cat([bottom, top.kl_dims], dim=-1)  # (..., B, L1 + L2)
         kl_dims = kl_dims.reshape(-1, *kl_dims.shape[-2:]).mean(0)
         rate = Rate(kl_dims.sum(-1), log_ratio, kl_dims, kl_dims[:, self.latent_dim:].sum(-1))
-        return Output(self.decode(z1), mu1, logvar1, rate, z1)
+        return Output(logits, mu1, logvar1, rate, z1)
 
 
 class LadderVAE(TwoLayerVAE):
@@ -307,7 +320,7 @@ class LadderVAE(TwoLayerVAE):
         else:
             kl_dims = torch.cat([bottom_kl, top.kl_dims], dim=-1)  # (B, L1 + L2)
             rate = Rate(kl_dims.sum(-1), log_ratio, kl_dims, top.kl)
-        return Output(self.decode(z1), code_mu, code_logvar, rate, z1)
+        return Output(self.decode(self.decoder_input(z1, z2)), code_mu, code_logvar, rate, z1)
 
 
 def build_model(cfg: ModelConfig, shape: tuple[int, int, int] = MNIST_SHAPE) -> VAE:
