@@ -1,8 +1,12 @@
-"""The ELU of vae/model/activations.py against torch's."""
+"""The ELU of vae/model/activations.py against torch's; the gated layers by hand."""
+import pytest
 import torch
 import torch.nn.functional as F
 
+from vae.config.schema import ModelConfig
+from vae.errors import UserError
 from vae.model.activations import ELU
+from vae.model.vae import mlp
 
 
 def test_elu_is_torchs_in_value_and_gradient():
@@ -21,3 +25,21 @@ def test_elu_gradcheck_and_bf16():
     y = ELU()(b)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y, F.elu(b.float()).bfloat16(), rtol=0, atol=0)  # computed in fp32, rounded once
+
+
+def test_a_gated_mlp_computes_h_times_sigmoid_g_in_each_hidden_layer_by_hand():
+    torch.manual_seed(0)
+    net = mlp([5, 4, 3, 2], "glu")
+    assert [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)] == [(5, 8), (4, 6), (3, 2)]
+    x = torch.randn(7, 5)
+    h = x
+    for layer in [m for m in net if isinstance(m, torch.nn.Linear)][:2]:
+        out = h @ layer.weight.T + layer.bias
+        h = out[:, :len(out[0]) // 2] / (1 + torch.exp(-out[:, len(out[0]) // 2:]))
+    torch.testing.assert_close(net(x), h @ net[-1].weight.T + net[-1].bias)
+
+
+def test_gated_layers_are_refused_where_no_mlp_carries_them():
+    for fields in ({"arch": "conv"}, {"posterior": "flow"}):
+        with pytest.raises(UserError, match="model.activation glu gates the MLPs' hidden layers"):
+            ModelConfig(activation="glu", **fields)

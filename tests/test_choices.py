@@ -23,8 +23,9 @@ CHOICES = {  # config sections of each case
     "flow": {"model": {"posterior": "flow", "flow_steps": 2, "flow_hidden": 16}},
     "two layers, vamp": {"model": {**VAMP, "latent2_dim": 3, "hidden2_dims": (16,)}},
     "ladder, vamp": {"model": {**VAMP, "latent2_dim": 3, "hidden2_dims": (16,), "inference": "top_down"}},
-    "ladder with skip, mog": {"model": {"prior": "mog", "prior_components": 5, "latent2_dim": 3, "hidden2_dims": (16,),
-                                        "inference": "top_down", "skip": True}},
+    "gated ladder with skip, mog": {"model": {"prior": "mog", "prior_components": 5, "latent2_dim": 3,
+                                              "hidden2_dims": (16,), "inference": "top_down", "skip": True,
+                                              "activation": "glu"}},
 }
 
 

@@ -143,7 +143,8 @@ def open_explorer(browser, tmp_path, model, split, model_cfg, dim_kl=None):
     ModelConfig(hidden_dims=(16,), latent_dim=5, activation="gelu"),
     ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,)),
     ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,), inference="top_down", skip=True),
-], ids=["tanh-2-hidden", "elu", "gelu", "two-layers", "ladder-with-skip"])
+    ModelConfig(hidden_dims=(16, 8), latent_dim=3, latent2_dim=2, hidden2_dims=(8,), activation="glu"),
+], ids=["tanh-2-hidden", "elu", "gelu", "two-layers", "ladder-with-skip", "gated-two-layers"])
 def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     torch.manual_seed(0)
     model = build_model(model_cfg).eval()

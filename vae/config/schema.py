@@ -124,7 +124,7 @@ class DataConfig:
                  "needs data.path (the folder of images, or the .npz file)")
 
 
-ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "glu")
 PRIORS = ("normal", "mog", "vamp")
 POSTERIORS = ("gaussian", "flow")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "logistic")
@@ -137,8 +137,9 @@ class ModelConfig:
                                        ok=_sizes(1, 65536), rule="must hold sizes in 1..65536")
     latent_dim: int = key(20, "the size of z (of z1, the layer next to x, with two stochastic layers)",
                           within=(1, 4096))
-    activation: str = key("relu", "the nonlinearity between hidden layers (`tanh`: Burda et al.'s networks)",
-                          choices=ACTIVATIONS)
+    activation: str = key("relu", "the nonlinearity between hidden layers (`tanh`: Burda et al.'s networks; `glu`: "
+                          "gated linear units h * sigmoid(g) of a layer twice as wide, `mlp` networks only "
+                          "([more](training.md#gated-layers)))", choices=ACTIVATIONS)
     arch: str = key("mlp", "`mlp`: fully connected encoder and decoder (`model.hidden_dims`); `conv`: "
                     "convolutional ones with residual blocks (`model.channels`, `model.res_blocks`)",
                     choices=("mlp", "conv"))
@@ -193,6 +194,9 @@ class ModelConfig:
                  "top_down needs a second stochastic layer (set model.latent2_dim)")
         _require(self.posterior == "gaussian" or not self.latent2_dim, "model.posterior", self.posterior,
                  "flow is built for one stochastic layer (set model.latent2_dim=0)")
+        _require(self.activation != "glu" or (self.arch == "mlp" and self.posterior == "gaussian"), "model.activation",
+                 self.activation, "glu gates the MLPs' hidden layers: it needs model.arch=mlp and "
+                 "model.posterior=gaussian")
         _require(not self.skip or self.latent2_dim, "model.skip", self.skip,
                  "needs a second stochastic layer to join to the decoder (set model.latent2_dim)")
 

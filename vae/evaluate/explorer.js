@@ -25,7 +25,10 @@
     elu: (x) => (x > 0 ? x : Math.expm1(x)),
     gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
   };
-  const act = ACTIVATIONS[data.activation];
+  const sigmoid = (l) => 1 / (1 + Math.exp(-l));
+  const act = data.activation === "glu"  // a hidden layer's outputs (h, g) -> h * sigmoid(g), half as many
+    ? (y) => y.subarray(0, y.length / 2).map((h, i) => h * sigmoid(y[y.length / 2 + i]))
+    : (y) => y.map(ACTIVATIONS[data.activation]);
 
   function network(spec) {  // Linear layers with the activation between them (none after the last)
     const net = spec.map((l) => ({ n: l.in, m: l.out, w: floats(l.weight), b: floats(l.bias) }));
@@ -36,9 +39,9 @@
           let s = l.b[o];
           const row = o * l.n;
           for (let i = 0; i < l.n; i++) s += l.w[row + i] * x[i];
-          y[o] = k < net.length - 1 ? act(s) : s;
+          y[o] = s;
         }
-        x = y;
+        x = k < net.length - 1 ? act(y) : y;
       });
       return x;
     };
@@ -46,7 +49,7 @@
   const L = data.latent_dim, skip = data.code_dim > L;  // skip: the decoder reads (z1, z2)
   const decoder = network(data.decoder);
   const prior = data.prior && network(data.prior);
-  const sigmoid = (l) => 1 / (1 + Math.exp(-l)), D = C * H * W, K = data.likelihood.components;
+  const D = C * H * W, K = data.likelihood.components;
   const MEANS = {  // the decoder's outputs (params planes of D) -> the means of p(x|z), as vae/model/likelihoods.py
     bernoulli: (out) => out.map(sigmoid),
     continuous_bernoulli: (out) =>  // 1/2 + l / 12 near l = 0

@@ -28,16 +28,19 @@ from vae.model.flow import IAF
 from vae.model.likelihoods import build_likelihood
 from vae.model.priors import NormalPrior, build_prior
 
-ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": ELU, "gelu": nn.GELU}
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": ELU, "gelu": nn.GELU, "glu": nn.GLU}
 
 
 def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
-    """Linear layers between consecutive sizes, the activation between them (none after the last)."""
+    """Linear layers between consecutive sizes, the activation between them (none after the last). Under `glu` a
+    hidden layer emits 2 * size numbers (h, g), and the gate h * sigmoid(g) halves them (Dauphin et al. 2017; the
+    VampPrior code's GatedDense)."""
     layers: list[nn.Module] = []
+    widen = 2 if activation == "glu" else 1
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         if i:
             layers.append(ACTIVATION_MODULES[activation]())
-        layers.append(nn.Linear(a, b))
+        layers.append(nn.Linear(a, b if i == len(sizes) - 2 else widen * b))
     return nn.Sequential(*layers)
 
 
