@@ -152,13 +152,19 @@ def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
                   lambda post: post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())
     z = 3 * torch.randn(8, model.code_dim, generator=torch.Generator().manual_seed(1))  # (z1, z2) under skip
     assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
-    browser.click(*centre_of(browser, "#sample"))  # with two layers: z2 ~ N(0, I), then z1 ~ p(z1|z2)
-    sample = browser.evaluate("vaeExplorer.z()")
-    assert len(sample) == model.code_dim and all(abs(v) < 100 for v in sample)
-    if model_cfg.skip:  # the sample is (z1, z2): z1 drawn from p(z1|z2) at the z2 beside it
-        z1, z2 = torch.tensor(sample).split([3, 2])
-        mu_p, logvar_p = model.conditional_prior(z2.float())
-        assert ((z1 - mu_p.double()) / torch.exp(0.5 * logvar_p.double())).abs().max() < 5
+    # With Math.random fixed at 0.1 every draw of N(0, 1) (Box-Muller) is g: z2 = g, then z1 = mu_p(z2) + sd_p(z2) g
+    browser.evaluate("(Math.random = () => 0.1, 0)")
+    browser.click(*centre_of(browser, "#sample"))
+    sample = torch.tensor(browser.evaluate("vaeExplorer.z()"), dtype=torch.float64)
+    g = math.sqrt(-2 * math.log(0.9)) * math.cos(0.2 * math.pi)
+    expected = torch.full((model_cfg.latent_dim,), g)
+    if model_cfg.latent2_dim:
+        z2 = torch.full((model_cfg.latent2_dim,), g)
+        with torch.no_grad():
+            mu_p, logvar_p = (t.double() for t in model.conditional_prior(z2.float()))
+        z1 = mu_p + torch.exp(0.5 * logvar_p) * g
+        expected = torch.cat([z1, z2]) if model_cfg.skip else z1
+    torch.testing.assert_close(sample, expected.double(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("raw_logvar", [-100.0, 50.0])

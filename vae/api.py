@@ -4,6 +4,8 @@
     model = load("outputs/mnist")                  # or a .pt file; device="cpu" | "cuda" | "auto"
     mu, logvar = model.encode(images)              # uint8 0..255 or float [0, 1]: (N, C, H, W), (N, H, W), (N, D) ...
     probs = model.reconstruct(images)              # the means of p(x|z), in the layout the images came in
+    z = model.code(images)                         # what the decoder reads of each: mu, or (z1, z2) under model.skip
+    probs = model.decode(z)                        # the means of p(x|z) at any z of that width: (N, C, H, W)
     model.shape, model.classes                     # (C, H, W) of the images it was trained on, its label names
     p = model.prior()                              # p(z): N(0, I) or a Gaussian mixture (mog, the VampPrior)
     model.score(images, reference=ref_images)      # per-image scores in nats: how unusual each image is

@@ -17,7 +17,7 @@ EVAL_BATCH = 1000
 class Posteriors:
     """Per-example results of one encoding pass over a split."""
 
-    mu: torch.Tensor  # (N, L) where each image sits in z: the posterior mean (model.code)
+    mu: torch.Tensor  # (N, L) where each image sits in z (z1): the posterior mean (model.code's z1 part)
     logvar: torch.Tensor  # (N, L) of q(z|x) (under a flow, of its base Gaussian)
     recon: torch.Tensor  # (N,) distortion, one z sample per example, nats
     kl: torch.Tensor  # (N,) the rate, nats: analytic for a Gaussian posterior against N(0, I), else sampled

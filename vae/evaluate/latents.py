@@ -14,10 +14,12 @@ from vae.files import atomic_write, atomic_write_text
 def save_latents(post: Posteriors, labels: torch.Tensor, nll: torch.Tensor, split: str, out: Path) -> None:
     """The posterior of each example (of z1 with two stochastic layers) with its label and nats.
 
-    latents.npz: mu, logvar (N, latent) float32; label, index (N,) int64; negative_elbo, nll_iwae
-    (N,) float64 nats; split (a 0-d string). latents.csv: index, label, mu_0 .. mu_{latent-1}.
+    latents.npz: mu, logvar (N, latent) float32; code (N, code_dim) float32, what the decoder reads (mu, and z2's mean
+    beside it under model.skip); label, index (N,) int64; negative_elbo, nll_iwae (N,) float64 nats; split (a 0-d
+    string). latents.csv: index, label, mu_0 .. mu_{latent-1}.
     """
     arrays = {"mu": post.mu.float().cpu().numpy(), "logvar": post.logvar.float().cpu().numpy(),
+              "code": post.decoded.float().cpu().numpy(),
               "label": labels.cpu().numpy().astype(np.int64), "index": np.arange(len(labels), dtype=np.int64),
               "negative_elbo": (post.recon + post.kl).double().cpu().numpy(),
               "nll_iwae": nll.double().cpu().numpy(), "split": np.array(split)}

@@ -131,6 +131,6 @@ def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, o
         z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
         z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
         save_grid(model.means(model.decode(z)), out / "manifold.png", nrow=20)
-    origin, axes, names = latent_plane(post.mu)
-    points = (post.mu.double() - origin) @ axes.T
+    origin, axes, names = latent_plane(post.decoded)  # the plane the report's live map shows
+    points = (post.decoded.double() - origin) @ axes.T
     plot_latent_scatter(points, split.labels, names, split.classes, out / "latent_scatter.png")

@@ -216,9 +216,9 @@ class TwoLayerVAE(VAE):
         return torch.cat([z1, z2.to(z1.dtype)], dim=-1) if self.skip else z1
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
-        """z1's code (the mean of q(z1|x), or of q(z1|x, z2) at z2's mean), and under model.skip z2's mean beside it."""
+        """The mean of q(z1|x), and under model.skip beside it that of q(z2|z1) at it."""
         mu1 = self.encode(x)[0]
-        return self.decoder_input(mu1, self.top_posterior(x)[0]) if self.skip else mu1
+        return self.decoder_input(mu1, self.top_gaussian(mu1)[0]) if self.skip else mu1
 
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         """Ancestral sampling: z2 ~ p(z2), then z1 ~ p(z1|z2), then the logits of p(x|z1) (p(x|z1, z2) by skip)."""
@@ -253,7 +253,8 @@ class TwoLayerVAE(VAE):
 class LadderVAE(TwoLayerVAE):
     """Two stochastic layers inferred top-down (Sønderby et al. 2016's ladder VAE): q(z2|x), then
     q(z1|x, z2), whose Gaussian is the precision-weighted merge of the encoder's N(mu^, var^) with the
-    generative model's own p(z1|z2). The generative model is TwoLayerVAE's: p(z2) p(z1|z2) p(x|z1).
+    generative model's own p(z1|z2). The generative model is TwoLayerVAE's: p(z2) p(z1|z2) p(x|z1) (p(x|z1, z2) under
+    model.skip).
 
     A deterministic bottom-up pass gives both layers' evidence: the encoder's output (mu^, logvar^) of z1, and
     from it, through the MLP of model.hidden2_dims, q(z2|x). Given z2 both q(z1|x, z2) and p(z1|z2) are diagonal
@@ -303,6 +304,12 @@ class LadderVAE(TwoLayerVAE):
         evidence = self.encoder(x)
         mu2 = self.top_gaussian(evidence)[0]
         return self.bottom_posterior(evidence, mu2)[:2]
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of q(z1|x, z2) at z2 = the mean of q(z2|x), and under model.skip that mean beside it."""
+        evidence = self.encoder(x)
+        mu2 = self.top_gaussian(evidence)[0]
+        return self.decoder_input(self.bottom_posterior(evidence, mu2)[0], mu2)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
         """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
