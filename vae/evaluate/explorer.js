@@ -19,16 +19,15 @@
       Math.exp(-a * a);
     return s * y;
   }
-  const ACTIVATIONS = {
-    relu: (x) => Math.max(0, x),
-    tanh: Math.tanh,
-    elu: (x) => (x > 0 ? x : Math.expm1(x)),
-    gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
-  };
   const sigmoid = (l) => 1 / (1 + Math.exp(-l));
-  const act = data.activation === "glu"  // a hidden layer's outputs (h, g) -> h * sigmoid(g), half as many
-    ? (y) => y.subarray(0, y.length / 2).map((h, i) => h * sigmoid(y[y.length / 2 + i]))
-    : (y) => y.map(ACTIVATIONS[data.activation]);
+  const ACTIVATIONS = {  // a hidden layer's outputs -> what the next layer reads
+    relu: (y) => y.map((x) => Math.max(0, x)),
+    tanh: (y) => y.map((x) => Math.tanh(x)),
+    elu: (y) => y.map((x) => (x > 0 ? x : Math.expm1(x))),
+    gelu: (y) => y.map((x) => 0.5 * x * (1 + erf(x / Math.SQRT2))),
+    glu: (y) => y.subarray(0, y.length / 2).map((h, i) => h * sigmoid(y[y.length / 2 + i])),  // (h, g): h sigmoid(g)
+  };
+  const act = ACTIVATIONS[data.activation];
 
   function network(spec) {  // Linear layers with the activation between them (none after the last)
     const net = spec.map((l) => ({ n: l.in, m: l.out, w: floats(l.weight), b: floats(l.bias) }));
