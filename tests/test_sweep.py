@@ -167,6 +167,20 @@ def test_a_grid_point_given_again_while_another_trial_has_it_is_not_trained(tmp_
     assert f"trial 2 was not trained: trial {owner.number} has its grid point" in summary(sweep_dir)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_failed_by_a_worker_killed_before_it_queued_the_copy_is_trained_on_resume(tmp_path, mnist_root):
+    # A worker failed a trial (its own, or a stale one) and was killed before queuing the copy that continues it.
+    spec, sweep_dir = make(tmp_path, mnist_root, ["loss.beta=0.5,2"])
+    study = open_study(spec, sweep_dir)
+    orphan = study.ask()
+    point = suggest(spec, orphan)
+    study.tell(orphan, state=optuna.trial.TrialState.FAIL)
+    run_workers(sweep_dir, 1)
+    done = [t for t in trials(sweep_dir) if t.state.name == "COMPLETE"]
+    assert sorted(t.params["loss.beta"] for t in done) == ["0.5", "2"]  # each point trained once, the orphan's too
+    assert point["loss.beta"] in [t.params["loss.beta"] for t in done if t.system_attrs.get("failed_trial") == 0]
+
+
 @pytest.mark.slow
 def test_two_workers_train_every_grid_point_exactly_once(tmp_path, mnist_root):
     config = write_config(tmp_path / "c.yaml", mnist_root)

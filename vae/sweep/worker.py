@@ -60,7 +60,7 @@ def take_trials(sweep: Sweep, sweep_dir: Path, workers: int, stop: WorkerStop) -
             with stop.deferred(), experimental():  # each failed trial queued again, whatever signal comes
                 optuna.storages.fail_stale_trials(study)
                 retry_unstarted(sweep, sweep_dir)
-        else:
+        elif not retry_orphans(sweep, sweep_dir):
             return
 
 
@@ -103,6 +103,20 @@ def retry_unstarted(sweep: Sweep, sweep_dir: Path) -> None:
         if not t.user_attrs.get("claim", "").endswith(f"#{t.number}") \
                 and (now - t.datetime_start).total_seconds() > 3 * sweep.heartbeat:
             requeue(study, t)
+
+
+def retry_orphans(sweep: Sweep, sweep_dir: Path) -> int:
+    """Queue again the failed trials that nothing continues: failed (as stale, or by their own worker) by a worker
+    killed before it queued the copy. Those that failed on an error of ours (kept as "error") stay failed, and so do
+    those whose grid point another trial has, running or complete. How many."""
+    study = plain_study(sweep, sweep_dir)
+    trials = study.get_trials(deepcopy=False)
+    covered = [t.params for t in trials if t.state in (TrialState.RUNNING, TrialState.COMPLETE)]
+    orphans = [t for t in trials if t.state == TrialState.FAIL and "error" not in t.user_attrs
+               and not requeued(study, t) and t.params not in covered]
+    for t in orphans:
+        requeue(study, t)
+    return len(orphans)
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
