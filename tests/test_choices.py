@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import with_, without_timing
@@ -59,6 +60,9 @@ def test_each_choice_trains_resumes_exactly_and_is_evaluated_in_its_own_terms(ti
     codes = model.code(images)  # what the API's decode takes: (z1, z2) under skip
     assert codes.shape == (2, cfg.model.latent_dim + (cfg.model.latent2_dim if cfg.model.skip else 0))
     torch.testing.assert_close(model.decode(codes), model.reconstruct(images))
+    saved = np.load(whole.run_dir / "eval" / "latents.npz")  # each test image's code, z1's part its mu
+    assert saved["code"].shape[1] == codes.shape[1] and np.array_equal(saved["code"][:, :cfg.model.latent_dim],
+                                                                       saved["mu"])
 
 
 def test_evaluate_py_prints_a_mixture_priors_numbers_without_a_kl_per_dimension(tiny_cfg, capsys):

@@ -299,17 +299,20 @@ class LadderVAE(TwoLayerVAE):
         log_ratio = -0.5 * ((scaled_gap + sd_ratio * e1).pow(2) + logvar_p - e1.pow(2) - logvar_q)
         return kl, log_ratio
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x): the code of each image."""
+    def at_top_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x), and that mean (B, latent2)."""
         evidence = self.encoder(x)
         mu2 = self.top_gaussian(evidence)[0]
-        return self.bottom_posterior(evidence, mu2)[:2]
+        return *self.bottom_posterior(evidence, mu2)[:2], mu2
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, latent) of q(z1|x, z2) at z2 = the mean of q(z2|x): the code of each image."""
+        return self.at_top_mean(x)[:2]
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of q(z1|x, z2) at z2 = the mean of q(z2|x), and under model.skip that mean beside it."""
-        evidence = self.encoder(x)
-        mu2 = self.top_gaussian(evidence)[0]
-        return self.decoder_input(self.bottom_posterior(evidence, mu2)[0], mu2)
+        mu1, _, mu2 = self.at_top_mean(x)
+        return self.decoder_input(mu1, mu2)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Output:
         """x (B, D) with noise eps (..., B, latent + latent2): that of z1, then that of z2."""
