@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -113,8 +114,9 @@ def test_metrics_json_agrees_with_an_independent_evaluation_of_the_checkpoint(ev
     assert set(m["seconds"]) == {"encode", "iwae", "aggregate_posterior", "pictures", "total"}
 
 
-def test_evaluation_is_repeatable_with_its_seed(evaluated):
+def test_evaluation_is_repeatable_with_its_seed(evaluated, tmp_path):
     run, m = evaluated[4]
+    run = shutil.copytree(run, tmp_path / "run")  # another seed's eval/ must not replace the one other tests read
     again = evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64"])
     assert again["nll_iwae"] == m["nll_iwae"] and again["rate_split"] == m["rate_split"]
     other = evaluate_checkpoint(run / "checkpoints" / "best.pt", ["eval.iwae_samples=64", "eval.seed=5"])

@@ -54,3 +54,39 @@ def test_a_conv_model_gets_a_reason_instead_of_a_decoder(tmp_path):
     save_explorer(model, split, post, Config(model=model_cfg), [0.0] * 3, tmp_path / "eval")
     text = explorer_section(tmp_path)
     assert "not ported" in text and "<script" not in text
+
+
+def test_under_skip_the_sliders_rank_z1s_and_z2s_dims_together_by_their_kl_and_name_each_layer():
+    cfg = ModelConfig(hidden_dims=(16,), latent_dim=3, latent2_dim=2, hidden2_dims=(8,), skip=True,
+                      inference="top_down")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    split = digit_split(100, seed=0)
+    post = encode_split(model, split, seed=0)
+    kl = post.kl_dims.double().mean(0)  # (3 + 2,): z1's, then z2's
+    data = explorer_data(model, split, post, Config(model=cfg), kl[:3].tolist(), kl[3:].tolist())
+    assert [s["dim"] for s in data["sliders"]] == kl.argsort(descending=True).tolist()
+    names = {s["dim"]: s["name"] for s in data["sliders"]}
+    assert names == {0: "z1[0]", 1: "z1[1]", 2: "z1[2]", 3: "z2[0]", 4: "z2[1]"}
+    for s in data["sliders"]:
+        assert s["label"] == f"{kl[s['dim']]:.1f} nats"
+
+
+def test_a_2d_code_of_two_layers_names_its_map_axes_z1_and_z2_and_a_mixtures_sliders_rank_by_variance():
+    cfg = ModelConfig(hidden_dims=(16,), latent_dim=1, latent2_dim=1, hidden2_dims=(8,), skip=True,
+                      inference="top_down", prior="mog", prior_components=3)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    split = digit_split(100, seed=0)
+    post = encode_split(model, split, seed=0)
+    data = explorer_data(model, split, post, Config(model=cfg), None)
+    assert data["map"]["names"] == ["z1[0]", "z2[0]"]
+    variance = post.decoded.double().var(0)  # (2,): the code is (z1, z2)
+    assert [s["dim"] for s in data["sliders"]] == variance.argsort(descending=True).tolist()
+    assert sorted(s["name"] for s in data["sliders"]) == ["z1[0]", "z2[0]"]
+
+
+def test_one_layers_dims_keep_their_plain_names():
+    _, _, _, data = payload(ModelConfig(hidden_dims=(16,), latent_dim=2))
+    assert data["map"]["names"] == ["z0", "z1"]
+    assert sorted(s["name"] for s in data["sliders"]) == ["z0", "z1"]

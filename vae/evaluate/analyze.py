@@ -175,9 +175,9 @@ def analyze(model: VAE, split: Split, cfg: Config, out: Path, epoch: int) -> dic
     }
     with timed(seconds, "pictures"):
         save_evaluation_pictures(model, split, post, cfg, dim_kl, active,
-                                 {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out)
+                                 {"negative ELBO": post.recon + post.kl, f"IWAE-{k} NLL": nll}, out, dim_kl_z2)
     save_latents(post, split.labels, nll, cfg.eval.split, out)
-    save_explorer(model, split, post, cfg, dim_kl, out)
+    save_explorer(model, split, post, cfg, dim_kl, out, dim_kl_z2)
     if cfg.logging.tensorboard:
         log_evaluation(out.parent / "tensorboard", metrics, post.mu, split, epoch)
     return {**metrics, "seconds": seconds}

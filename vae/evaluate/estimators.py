@@ -147,15 +147,14 @@ def rate_split(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior = STANDARD_N
             "mutual_information_bound": math.log(N)}
 
 
-def latent_plane(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
+def latent_plane(mu: torch.Tensor, dim_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
     """The plane the posterior means (N, L) are shown in: origin (L,), two orthonormal axes (2, L) and
-    their names; points are (mu - origin) @ axes.T. z itself for L <= 2 (one axis for L = 1), else the
-    top two principal components of mu around its mean. float64, on mu's device."""
+    their names; points are (mu - origin) @ axes.T. z itself for L <= 2 (one axis for L = 1), its dimensions
+    named by `dim_names`, else the top two principal components of mu around its mean. float64, on mu's device."""
     L = mu.shape[1]
     if L <= 2:
-        names = ("z0", "z1") if L == 2 else ("z0", "")
         return (torch.zeros(L, dtype=torch.float64, device=mu.device),
-                torch.eye(2, L, dtype=torch.float64, device=mu.device), names)
+                torch.eye(2, L, dtype=torch.float64, device=mu.device), (dim_names[0], dim_names[1] if L == 2 else ""))
     centre = mu.double().mean(0)
     _, _, v = torch.linalg.svd(mu.double() - centre, full_matrices=False)
     return centre, v[:2], ("principal component 1", "principal component 2")

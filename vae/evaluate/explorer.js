@@ -97,7 +97,7 @@
     const row = document.createElement("label"), input = document.createElement("input"),
       value = document.createElement("span");
     Object.assign(input, { type: "range", min: s.low, max: s.high, step: 0.01, id: `z${s.dim}` });
-    row.append(`z${s.dim} (${s.label}) `, input, value);
+    row.append(`${s.name} (${s.label}) `, input, value);
     input.addEventListener("input", () => { z[s.dim] = Number(input.value); show(); });
     $("sliders").append(row);
     return { dim: s.dim, input, value };

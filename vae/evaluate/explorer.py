@@ -16,7 +16,7 @@ from vae.config.schema import Config
 from vae.data.split import Split
 from vae.evaluate.estimators import latent_plane
 from vae.evaluate.heldout import Posteriors
-from vae.evaluate.pictures import ranked_dims
+from vae.evaluate.pictures import dim_names, ranked_dims
 from vae.files import atomic_write_text
 from vae.model.distributions import GaussianMixture, Prior
 from vae.model.vae import VAE, TwoLayerVAE
@@ -45,8 +45,10 @@ def mixture(prior: Prior) -> dict | None:
     return {"weights": prior.log_weights.exp().tolist(), "mu": prior.mu.tolist(), "logvar": prior.logvar.tolist()}
 
 
-def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None) -> dict:
-    """The page's payload; for a conv decoder only the reason it has none."""
+def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
+                  dim_kl_z2: list[float] | None = None) -> dict:
+    """The page's payload; for a conv decoder only the reason it has none. The sliders are the code's dims ranked
+    by ranked_dims (z1's KL per dim `dim_kl`, z2's `dim_kl_z2`)."""
     if cfg.model.arch != "mlp":
         return {"absent": "the convolutional decoder (transposed convolutions and residual blocks) is not "
                           "ported to the page's JavaScript; the pictures below are drawn by torch"}
@@ -59,10 +61,11 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
     chosen = [int(i) for c in range(min(len(classes), MAX_CLASSES))
               for i in (labels == c).nonzero().flatten()[:per_class]]
     first_of = lambda c: next((n for n, i in enumerate(chosen) if labels[i] == c), 0)  # noqa: E731
-    origin, axes, names = latent_plane(mu)
+    names = dim_names(model)
+    origin, axes, axis_names = latent_plane(mu, names)
     shown = mu[:MAP_POINTS].double()
     points = (shown - origin) @ axes.T  # (M, 2)
-    order, label = ranked_dims(post, dim_kl)
+    order, label = ranked_dims(model, post, dim_kl, dim_kl_z2)
     return {
         "shape": list(split.shape), "latent_dim": model.latent_dim, "code_dim": model.code_dim,
         "activation": cfg.model.activation,
@@ -78,16 +81,16 @@ def explorer_data(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_k
         # without classes)
         "start": first_of(cfg.viz.digit),
         "end": first_of((cfg.viz.digit + 5) % len(classes)) if len(classes) > 1 else min(1, len(chosen) - 1),
-        "sliders": [{"dim": d, "label": label[d], "low": min(-4.0, float(mu[:, d].min())),
+        "sliders": [{"dim": d, "name": names[d], "label": label[d], "low": min(-4.0, float(mu[:, d].min())),
                      "high": max(4.0, float(mu[:, d].max()))} for d in order[:MAX_SLIDERS]],
         "examples": [{"label": int(labels[i]), "index": i, "mu": mu[i].tolist(),
                       "pixels": base64.b64encode(split.images[i].cpu().numpy().tobytes()).decode("ascii")}
                      for i in chosen],
         "map": {"origin": origin.tolist(), "axes": axes.tolist(), "points": floats(points),  # (M, 2)
-                "labels": labels[:MAP_POINTS].tolist(), "names": list(names)},
+                "labels": labels[:MAP_POINTS].tolist(), "names": list(axis_names)},
     }
 
 
 def save_explorer(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
-                  out: Path) -> None:
-    atomic_write_text(out / "explorer.json", json.dumps(explorer_data(model, split, post, cfg, dim_kl)))
+                  out: Path, dim_kl_z2: list[float] | None = None) -> None:
+    atomic_write_text(out / "explorer.json", json.dumps(explorer_data(model, split, post, cfg, dim_kl, dim_kl_z2)))

@@ -17,7 +17,7 @@ from vae.evaluate.plots import (
     save_labeled_rows,
     save_pairs,
 )
-from vae.model.vae import VAE
+from vae.model.vae import VAE, TwoLayerVAE
 
 SHOWN = 32  # images in each reconstruction grid
 SAMPLES = 64  # images in the prior-sample grid
@@ -64,17 +64,31 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
 
 
 @torch.no_grad()
-def ranked_dims(post: Posteriors, dim_kl: list[float] | None) -> tuple[list[int], list[str]]:
-    """The latent dims, most informative first, and a label of each: by their KL where it is defined per
-    dimension, else by the variance of their posterior means across the images."""
+def dim_names(model: VAE) -> list[str]:
+    """The name of each dimension of the code the decoder reads: z0, z1, ... of one stochastic layer; z1[d], and
+    z2[d] beside them under model.skip, of two."""
+    if not isinstance(model, TwoLayerVAE):
+        return [f"z{d}" for d in range(model.code_dim)]
+    z2_dims = model.code_dim - model.latent_dim
+    return [f"z1[{d}]" for d in range(model.latent_dim)] + [f"z2[{d}]" for d in range(z2_dims)]
+
+
+def ranked_dims(model: VAE, post: Posteriors, dim_kl: list[float] | None, dim_kl_z2: list[float] | None = None
+                ) -> tuple[list[int], list[str]]:
+    """The dims of the code the decoder reads (z1's, and z2's under model.skip), most informative first, and a label
+    of each: by their KL (z1's `dim_kl`, z2's `dim_kl_z2`) where it is defined per dimension, else by the variance
+    of the codes across the images."""
+    if dim_kl is not None and model.code_dim > len(dim_kl):
+        dim_kl = dim_kl + dim_kl_z2 if dim_kl_z2 is not None else None
     if dim_kl is not None:
         return sorted(range(len(dim_kl)), key=lambda d: -dim_kl[d]), [f"{v:.1f} nats" for v in dim_kl]
-    variance = post.mu.double().var(0).tolist()
+    variance = post.decoded.double().var(0).tolist()
     return sorted(range(len(variance)), key=lambda d: -variance[d]), [f"variance {v:.2f}" for v in variance]
 
 
 def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Config, dim_kl: list[float] | None,
-                             active: list[bool], per_example: dict[str, torch.Tensor], out: Path) -> None:
+                             active: list[bool], per_example: dict[str, torch.Tensor], out: Path,
+                             dim_kl_z2: list[float] | None = None) -> None:
     """evaluate.py's pictures in `out`: grids, digits, interpolations, traversals, the latent space, the worst."""
     device, names = post.mu.device, split.classes
     save_pictures(model, split, fixed_latents(model.prior_noise_dim, cfg.train.seed, device), cfg.viz.digit,
@@ -100,7 +114,8 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         save_labeled_rows(torch.stack(lines), [label for _, _, label in pairs],
                           out / "interpolation.png", "linear interpolation between posterior means")
 
-    order, label = ranked_dims(post, dim_kl)
+    order, label = ranked_dims(model, post, dim_kl, dim_kl_z2)
+    dims = dim_names(model)
     top = order[:TRAVERSED_DIMS]
     base = post.decoded[first[cfg.viz.digit][0]] if len(first[cfg.viz.digit]) else torch.zeros_like(post.decoded[0])
     values = torch.linspace(-3, 3, 11, device=device)
@@ -109,7 +124,7 @@ def save_evaluation_pictures(model: VAE, split: Split, post: Posteriors, cfg: Co
         z = base.repeat(len(values), 1)
         z[:, d] = values
         lines.append(model.means(model.decode(z)))
-    save_labeled_rows(torch.stack(lines), [f"z{d} {label[d]}" for d in top], out / "traversal.png",
+    save_labeled_rows(torch.stack(lines), [f"{dims[d]} {label[d]}" for d in top], out / "traversal.png",
                       f"z_d from -3 to 3 around a {names[cfg.viz.digit]}, most informative dims first")
 
     if dim_kl is not None:
@@ -131,6 +146,6 @@ def save_latent_space(model: VAE, split: Split, post: Posteriors, cfg: Config, o
         z1, z0 = torch.meshgrid(grid.flip(0), grid, indexing="ij")
         z = torch.stack([z0, z1], dim=-1).reshape(-1, 2)
         save_grid(model.means(model.decode(z)), out / "manifold.png", nrow=20)
-    origin, axes, names = latent_plane(post.decoded)  # the plane the report's live map shows
+    origin, axes, axis_names = latent_plane(post.decoded, dim_names(model))  # the plane the report's live map shows
     points = (post.decoded.double() - origin) @ axes.T
-    plot_latent_scatter(points, split.labels, names, split.classes, out / "latent_scatter.png")
+    plot_latent_scatter(points, split.labels, axis_names, split.classes, out / "latent_scatter.png")
