@@ -63,7 +63,6 @@ def save_pictures(model: VAE, split: Split, fixed_z: torch.Tensor, digit: int, f
     return paths
 
 
-@torch.no_grad()
 def dim_names(model: VAE) -> list[str]:
     """The name of each dimension of the code the decoder reads: z0, z1, ... of one stochastic layer; z1[d], and
     z2[d] beside them under model.skip, of two."""
@@ -73,6 +72,7 @@ def dim_names(model: VAE) -> list[str]:
     return [f"z1[{d}]" for d in range(model.latent_dim)] + [f"z2[{d}]" for d in range(z2_dims)]
 
 
+@torch.no_grad()
 def ranked_dims(model: VAE, post: Posteriors, dim_kl: list[float] | None, dim_kl_z2: list[float] | None = None
                 ) -> tuple[list[int], list[str]]:
     """The dims of the code the decoder reads (z1's, and z2's under model.skip), most informative first, and a label
