@@ -92,3 +92,19 @@ def test_choices_that_do_not_fit_are_refused_in_one_line(overrides, message):
     with pytest.raises(UserError, match=message) as error:
         load_config(None, overrides)
     assert "\n" not in str(error.value)
+
+
+def test_evaluate_py_names_and_ranks_both_layers_dims_by_their_kl_under_skip(tiny_cfg, capsys):
+    ladder = {"latent2_dim": 3, "hidden2_dims": (16,), "inference": "top_down", "skip": True}
+    run = train(with_(tiny_cfg, model=ladder, train={"epochs": 1})).run_dir
+    importlib.import_module("evaluate").main(["--checkpoint", str(run), "eval.iwae_samples=4"])
+    out = capsys.readouterr().out
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    kl = {**{f"z1[{d}]": v for d, v in enumerate(m["kl_per_dim"])},
+          **{f"z2[{d}]": v for d, v in enumerate(m["kl_per_dim_z2"])}}
+    line = next(row for row in out.splitlines() if row.startswith("KL per dim (nats): "))
+    assert line == "KL per dim (nats): " + ", ".join(f"{name} {kl[name]:.2f}" for name in sorted(kl, key=kl.get,
+                                                                                               reverse=True))
+    sliders = json.loads((run / "eval" / "explorer.json").read_text())["sliders"]  # z1's dims, then z2's, by KL
+    assert [s["name"] for s in sliders] == sorted(kl, key=kl.get, reverse=True)
+    assert [s["label"] for s in sliders] == [f"{kl[s['name']]:.1f} nats" for s in sliders]

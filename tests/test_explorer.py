@@ -7,6 +7,7 @@ import torch
 from conftest import digit_split
 
 from vae.config.schema import Config, ModelConfig
+from vae.evaluate.analyze import layer_rates
 from vae.evaluate.explorer import explorer_data, save_explorer
 from vae.evaluate.heldout import encode_split
 from vae.evaluate.report import explorer_section
@@ -64,7 +65,8 @@ def test_under_skip_the_sliders_rank_z1s_and_z2s_dims_together_by_their_kl_and_n
     split = digit_split(100, seed=0)
     post = encode_split(model, split, seed=0)
     kl = post.kl_dims.double().mean(0)  # (3 + 2,): z1's, then z2's
-    data = explorer_data(model, split, post, Config(model=cfg), kl[:3].tolist(), kl[3:].tolist())
+    dim_kl, dim_kl_z2, _ = layer_rates(post, Config(model=cfg), kl.sum().item())  # as evaluate.py passes them
+    data = explorer_data(model, split, post, Config(model=cfg), dim_kl, dim_kl_z2)
     assert [s["dim"] for s in data["sliders"]] == kl.argsort(descending=True).tolist()
     names = {s["dim"]: s["name"] for s in data["sliders"]}
     assert names == {0: "z1[0]", 1: "z1[1]", 2: "z1[2]", 3: "z2[0]", 4: "z2[1]"}
@@ -79,10 +81,13 @@ def test_a_2d_code_of_two_layers_names_its_map_axes_z1_and_z2_and_a_mixtures_sli
     model = build_model(cfg).eval()
     split = digit_split(100, seed=0)
     post = encode_split(model, split, seed=0)
-    data = explorer_data(model, split, post, Config(model=cfg), None)
+    dim_kl, dim_kl_z2, _ = layer_rates(post, Config(model=cfg), post.kl.double().mean().item())  # as evaluate.py
+    assert dim_kl is None and dim_kl_z2 is None  # a mixture's KL is not a sum over dimensions
+    data = explorer_data(model, split, post, Config(model=cfg), dim_kl, dim_kl_z2)
     assert data["map"]["names"] == ["z1[0]", "z2[0]"]
     variance = post.decoded.double().var(0)  # (2,): the code is (z1, z2)
     assert [s["dim"] for s in data["sliders"]] == variance.argsort(descending=True).tolist()
+    assert [s["label"] for s in data["sliders"]] == [f"variance {variance[s['dim']]:.2f}" for s in data["sliders"]]
     assert sorted(s["name"] for s in data["sliders"]) == ["z1[0]", "z2[0]"]
 
 

@@ -127,11 +127,14 @@ def test_a_screenshot_of_the_report_is_not_blank(browser, evaluated):
     assert shot.std() > 0.1 and (shot < 0.5).float().mean() > 0.01  # text, digits and a map on white
 
 
-def open_explorer(browser, tmp_path, model, split, model_cfg, dim_kl=None):
-    """The explorer section alone in a page, for `model` on `split`, opened and ready."""
+def open_explorer(browser, tmp_path, model, split, model_cfg, by_kl=False):
+    """The explorer section alone in a page, for `model` on `split`, opened and ready; `by_kl`: its sliders ranked by
+    the KL of each dimension (z1's, and z2's beside them), else by the codes' variance."""
     post = encode_split(model, split, seed=0)
     (tmp_path / "eval").mkdir()
-    save_explorer(model, split, post, Config(model=model_cfg), dim_kl(post) if dim_kl else None, tmp_path / "eval")
+    kl = post.kl_dims.mean(0).tolist() if by_kl else None
+    L = model_cfg.latent_dim
+    save_explorer(model, split, post, Config(model=model_cfg), kl and kl[:L], tmp_path / "eval", kl and kl[L:])
     page = tmp_path / "page.html"
     page.write_text(f"<!DOCTYPE html><html><body>{explorer_section(tmp_path)}</body></html>")
     browser.open(page.as_uri(), READY)
@@ -148,8 +151,7 @@ def open_explorer(browser, tmp_path, model, split, model_cfg, dim_kl=None):
 def test_every_mlp_decoder_decodes_in_the_page(browser, tmp_path, model_cfg):
     torch.manual_seed(0)
     model = build_model(model_cfg).eval()
-    open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg,
-                  lambda post: post.kl_dims.mean(0)[:model_cfg.latent_dim].tolist())
+    open_explorer(browser, tmp_path, model, digit_split(40, seed=0), model_cfg, by_kl=True)
     z = 3 * torch.randn(8, model.code_dim, generator=torch.Generator().manual_seed(1))  # (z1, z2) under skip
     assert (page_means(browser, z) - torch_means(model, z)).abs().max() <= 1e-4
     # With Math.random fixed at 0.1 every draw of N(0, 1) (Box-Muller) is g: z2 = g, then z1 = mu_p(z2) + sd_p(z2) g

@@ -73,8 +73,10 @@ def run_command(args) -> None:
     for key, value in metric_rows(metrics):
         print(f"{key:<{width}}  {value}")
     if metrics["kl_per_dim"] is not None:  # not defined against a mixture prior or under a flow (said above)
-        ranked = sorted(enumerate(metrics["kl_per_dim"]), key=lambda p: -p[1])
-        print("KL per dim (nats): " + ", ".join(f"z{d} {kl:.2f}" for d, kl in ranked))
+        z2 = metrics.get("kl_per_dim_z2")  # with two stochastic layers: z1[d] and z2[d]
+        named = [(f"z1[{d}]" if z2 is not None else f"z{d}", kl) for d, kl in enumerate(metrics["kl_per_dim"])]
+        named += [(f"z2[{d}]", kl) for d, kl in enumerate(z2 or [])]
+        print("KL per dim (nats): " + ", ".join(f"{name} {kl:.2f}" for name, kl in sorted(named, key=lambda p: -p[1])))
     print(f"wrote {metrics['report']} and, in eval/ beside it, the pictures, metrics.json and latents.npz")
 
 
